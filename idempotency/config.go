@@ -1,0 +1,114 @@
+package idempotency
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Defaults of Config, as documented in the README.
+const (
+	DefaultKeyHeader      = "Idempotency-Key"
+	DefaultKeyField       = "idempotency_key"
+	DefaultTTL            = 24 * time.Hour
+	DefaultLockTimeout    = 60 * time.Second
+	DefaultMaxBody        = 1 << 20
+	DefaultMaxResponse    = 1 << 20
+	DefaultConflictStatus = http.StatusConflict
+
+	// KeyFieldOff as Config.KeyField turns the body field off.
+	KeyFieldOff = "off"
+)
+
+// Config configures a Handler. Zero values take the defaults above.
+type Config struct {
+	Store Store // required
+
+	KeyHeader  string // header carrying the key
+	KeyField   string // top-level JSON body field carrying the key; KeyFieldOff disables it
+	RequireKey bool   // answer 400 to a covered request without a key
+	// Scope returns the tenant a request belongs to; records of different
+	// scopes never meet. Default: the Authorization header.
+	Scope   func(*http.Request) string
+	Methods []string // covered methods; default POST
+
+	TTL         time.Duration // how long a completed record replays
+	LockTimeout time.Duration // lease of an in-flight record, renewed by a live owner
+	Wait        time.Duration // how long a duplicate waits for the in-flight result; 0 answers 409 at once
+
+	MaxBody        int64 // larger covered requests get 413
+	MaxResponse    int64 // larger responses pass through and are not stored
+	ConflictStatus int   // 409 or 422, for a key reused with other parameters
+
+	Logger *zap.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.Store == nil {
+		return errors.New("idempotency: a Store is required")
+	}
+	if c.KeyHeader == "" {
+		c.KeyHeader = DefaultKeyHeader
+	}
+	if c.KeyField == "" {
+		c.KeyField = DefaultKeyField
+	}
+	if c.Scope == nil {
+		c.Scope = func(r *http.Request) string { return r.Header.Get("Authorization") }
+	}
+	if len(c.Methods) == 0 {
+		c.Methods = []string{http.MethodPost}
+	}
+	if c.TTL == 0 {
+		c.TTL = DefaultTTL
+	}
+	if c.LockTimeout == 0 {
+		c.LockTimeout = DefaultLockTimeout
+	}
+	if c.MaxBody == 0 {
+		c.MaxBody = DefaultMaxBody
+	}
+	if c.MaxResponse == 0 {
+		c.MaxResponse = DefaultMaxResponse
+	}
+	if c.ConflictStatus == 0 {
+		c.ConflictStatus = DefaultConflictStatus
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	return c.validate()
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.TTL < time.Second:
+		return fmt.Errorf("idempotency: ttl %s is shorter than 1s", c.TTL)
+	case c.LockTimeout < 100*time.Millisecond:
+		return fmt.Errorf("idempotency: lock_timeout %s is shorter than 100ms", c.LockTimeout)
+	case c.Wait < 0:
+		return fmt.Errorf("idempotency: wait %s is negative", c.Wait)
+	case c.MaxBody < 0 || c.MaxResponse < 0:
+		return errors.New("idempotency: max_body and max_response must be positive")
+	case c.ConflictStatus != http.StatusConflict && c.ConflictStatus != http.StatusUnprocessableEntity:
+		return fmt.Errorf("idempotency: conflict_status must be 409 or 422, not %d", c.ConflictStatus)
+	}
+	for _, m := range c.Methods {
+		if m == "" || m != normalizeMethod(m) {
+			return fmt.Errorf("idempotency: method %q must be an upper-case HTTP method", m)
+		}
+	}
+	return nil
+}
+
+func normalizeMethod(m string) string {
+	for i := 0; i < len(m); i++ {
+		if c := m[i]; c < 'A' || c > 'Z' {
+			return ""
+		}
+	}
+	return m
+}

@@ -1,0 +1,61 @@
+package idempotency
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Error codes written in OpenAI's error envelope.
+const (
+	CodeKeyReused        = "idempotency_key_reused"
+	CodeKeyInUse         = "idempotency_key_in_use"
+	CodeInvalidKey       = "invalid_idempotency_key"
+	CodeKeyRequired      = "idempotency_key_required"
+	CodeInvalidJSON      = "invalid_json"
+	CodeRequestTooLarge  = "request_too_large"
+	CodeStoreUnavailable = "idempotency_store_unavailable"
+)
+
+// reuseMessage is llama-stack's ConflictError text, word for word, so clients
+// written against llama-stack see the same message.
+func reuseMessage(key string) string {
+	return fmt.Sprintf("Idempotency key '%s' was previously used with different parameters. "+
+		"Either use a new idempotency key or ensure all parameters match the original request.", key)
+}
+
+// writeError answers with OpenAI's error envelope. shouldRetry sets
+// x-should-retry, which OpenAI's SDKs obey over their own status rules.
+func writeError(w http.ResponseWriter, status int, code, message string, shouldRetry *bool) {
+	body := make([]byte, 0, 128+len(message))
+	body = append(body, `{"error":{"message":`...)
+	body = strconv.AppendQuote(body, message) // messages here are ASCII, where Go and JSON quoting agree
+	body = append(body, `,"type":"invalid_request_error","param":null,"code":`...)
+	body = strconv.AppendQuote(body, code)
+	body = append(body, "}}\n"...)
+
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("Cache-Control", "no-store")
+	if shouldRetry != nil {
+		h.Set("x-should-retry", strconv.FormatBool(*shouldRetry))
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+var (
+	retryYes = true
+	retryNo  = false
+)
+
+// writeInUse tells the client the same request is still running and when to ask again.
+func writeInUse(w http.ResponseWriter, after time.Duration) {
+	secs := int((after + time.Second - 1) / time.Second)
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	w.Header().Set("retry-after-ms", strconv.FormatInt(after.Milliseconds(), 10))
+	writeError(w, http.StatusConflict, CodeKeyInUse,
+		"A request with this idempotency key is still being processed. Retry after it completes.", &retryYes)
+}

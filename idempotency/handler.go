@@ -1,0 +1,362 @@
+package idempotency
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Next is the rest of the handler chain, in Caddy's shape: it may return an
+// error instead of writing a response.
+type Next func(http.ResponseWriter, *http.Request) error
+
+// Handler is the idempotency engine: safe for concurrent use, one per
+// configuration. It does not own its Store.
+type Handler struct {
+	cfg     Config
+	methods map[string]bool
+	waiters waitList
+}
+
+// New checks cfg, fills its defaults and returns a Handler.
+func New(cfg Config) (*Handler, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	h := &Handler{cfg: cfg, methods: make(map[string]bool, len(cfg.Methods))}
+	for _, m := range cfg.Methods {
+		h.methods[m] = true
+	}
+	return h, nil
+}
+
+// Config returns the configuration in force, defaults filled in.
+func (h *Handler) Config() Config { return h.cfg }
+
+// Middleware adapts the Handler to plain net/http.
+func (h *Handler) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := h.ServeHTTP(w, r, func(w http.ResponseWriter, r *http.Request) error {
+			next.ServeHTTP(w, r)
+			return nil
+		})
+		var se *StatusError
+		if errors.As(err, &se) {
+			http.Error(w, se.Error(), se.Status)
+		}
+	})
+}
+
+// StatusError is an error the caller should answer with Status (Caddy's
+// adapter turns it into a caddyhttp.HandlerError).
+type StatusError struct {
+	Status int
+	Err    error
+}
+
+func (e *StatusError) Error() string { return e.Err.Error() }
+func (e *StatusError) Unwrap() error { return e.Err }
+
+var canonicalPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+var responsePool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// ServeHTTP runs one request through the idempotency flow of the README:
+// key, fingerprint, begin, then forward-and-store, replay, or refuse.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) error {
+	if !h.methods[r.Method] {
+		return next(w, r)
+	}
+	key, hasKey, err := ParseKeyHeader(r.Header.Values(h.cfg.KeyHeader))
+	if err != nil {
+		h.reject(w, r, http.StatusBadRequest, CodeInvalidKey, err.Error(), &retryNo)
+		return nil
+	}
+	jsonBody := h.cfg.KeyField != KeyFieldOff && isJSON(r.Header.Get("Content-Type"))
+	if !hasKey && !jsonBody {
+		if h.cfg.RequireKey {
+			h.reject(w, r, http.StatusBadRequest, CodeKeyRequired, "An idempotency key is required for this request. Send it in the "+h.cfg.KeyHeader+" header.", nil)
+			return nil
+		}
+		return next(w, r) // nothing can carry a key: the body stays unread
+	}
+
+	body, err := readBody(r, h.cfg.MaxBody)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			h.reject(w, r, http.StatusRequestEntityTooLarge, CodeRequestTooLarge,
+				"The request body is larger than "+strconv.FormatInt(h.cfg.MaxBody, 10)+" bytes.", &retryNo)
+			return nil
+		}
+		return &StatusError{Status: http.StatusBadRequest, Err: err}
+	}
+
+	kind, canonical, upstreamBody := bodyRaw, body, body
+	bufp := canonicalPool.Get().(*[]byte)
+	defer func() { canonicalPool.Put(bufp) }()
+	if isJSON(r.Header.Get("Content-Type")) {
+		field := h.cfg.KeyField
+		if field == KeyFieldOff {
+			field = ""
+		}
+		parsed, perr := ParseJSON(body, field, (*bufp)[:0])
+		switch {
+		case perr != nil && !hasKey:
+			// Not ours to judge: without a key the request passes as sent.
+			setBody(r, body)
+			return next(w, r)
+		case errors.Is(perr, ErrKeyFieldNotString):
+			h.reject(w, r, http.StatusBadRequest, CodeInvalidKey, "The "+h.cfg.KeyField+" field must be a string.", &retryNo)
+			return nil
+		case perr != nil:
+			h.reject(w, r, http.StatusBadRequest, CodeInvalidJSON, "The request body is not valid JSON: "+perr.Error(), nil)
+			return nil
+		}
+		*bufp = parsed.Canonical[:0]
+		kind, canonical, upstreamBody = bodyJSON, parsed.Canonical, parsed.Stripped
+		if parsed.HasKey {
+			if err := ValidateKey(parsed.Key); err != nil {
+				h.reject(w, r, http.StatusBadRequest, CodeInvalidKey, err.Error(), &retryNo)
+				return nil
+			}
+			if hasKey && parsed.Key != key {
+				h.reject(w, r, http.StatusBadRequest, CodeInvalidKey, ErrKeyMismatch.Error(), &retryNo)
+				return nil
+			}
+			key, hasKey = parsed.Key, true
+		}
+	}
+	if !hasKey {
+		if h.cfg.RequireKey {
+			h.reject(w, r, http.StatusBadRequest, CodeKeyRequired, "An idempotency key is required for this request. Send it in the "+h.cfg.KeyHeader+" header or the "+h.cfg.KeyField+" body field.", nil)
+			return nil
+		}
+		setBody(r, body)
+		return next(w, r)
+	}
+
+	fp := NewFingerprint(r.Method, r.URL.Path, r.URL.Query(), kind, canonical)
+	rk := NewRecordKey(h.cfg.Scope(r), key)
+	setBody(r, upstreamBody)
+	return h.run(w, r, next, rk, fp, key)
+}
+
+// run claims the record or answers from it, waiting up to cfg.Wait for an
+// in-flight duplicate to finish.
+func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, rk RecordKey, fp Fingerprint, key string) error {
+	log := h.cfg.Logger.With(zap.String("key_hash", rk.String()))
+	owner := NewToken()
+	deadline := time.Now().Add(h.cfg.Wait)
+	pause := 5 * time.Millisecond
+	for {
+		rec, owned, err := h.cfg.Store.Begin(r.Context(), rk, fp, owner, h.cfg.LockTimeout)
+		switch {
+		case err != nil:
+			if r.Context().Err() != nil {
+				return nil // the client left; there is no one to answer
+			}
+			log.Error("idempotency store failed to begin", zap.Error(err))
+			h.reject(w, r, http.StatusServiceUnavailable, CodeStoreUnavailable, "The idempotency store is unavailable. Retry later.", &retryYes)
+			return nil
+		case owned:
+			log.Debug("idempotency key claimed; forwarding")
+			return h.forward(w, r, next, rk, owner, log)
+		case rec.Fingerprint != fp:
+			log.Debug("idempotency key reused with other parameters", zap.Stringer("state", rec.State))
+			h.reject(w, r, h.cfg.ConflictStatus, CodeKeyReused, reuseMessage(key), &retryNo)
+			return nil
+		case rec.State == StateCompleted:
+			log.Debug("idempotency replay", zap.Int("status", rec.Response.Status))
+			writeReplay(w, rec.Response)
+			return nil
+		}
+
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			log.Debug("idempotency key in use")
+			writeInUse(w, retryHint)
+			return nil
+		}
+		if !h.waitForChange(r.Context(), rk, min(pause, remaining)) {
+			return nil
+		}
+		pause = min(2*pause, 250*time.Millisecond)
+	}
+}
+
+// retryHint is what an in-flight duplicate is told to wait: most creates
+// answer within a second, and the SDKs' own backoff takes over after that.
+const retryHint = time.Second
+
+// waitForChange blocks until the local owner of rk finishes, d passes (an
+// owner in another process is only seen by polling), or ctx ends (false).
+func (h *Handler) waitForChange(ctx context.Context, rk RecordKey, d time.Duration) bool {
+	done, unsubscribe := h.waiters.subscribe(rk)
+	defer unsubscribe()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	case <-ctx.Done():
+		return false
+	}
+	return true
+}
+
+// forward sends the request upstream as the record's owner and stores a 2xx
+// response before the client sees it; anything else releases the record.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk RecordKey, owner Token, log *zap.Logger) (err error) {
+	// A client that gives up must not cancel a create the upstream may already
+	// have made: finishing it lets the client's retry replay the result.
+	storeCtx := context.WithoutCancel(r.Context())
+	defer h.waiters.wake(rk)
+
+	buf := responsePool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer responsePool.Put(buf)
+	rec := newRecorder(w, h.cfg.MaxResponse, buf)
+
+	stopRenewing := h.keepLease(storeCtx, rk, owner, log)
+	finished := false
+	defer func() {
+		if finished {
+			return
+		}
+		stopRenewing()
+		h.release(storeCtx, rk, owner, log, "panic")
+		// Re-raised as is, so http.ErrAbortHandler still aborts the connection.
+		if p := recover(); p != nil {
+			panic(p)
+		}
+	}()
+	err = next(rec, r.WithContext(storeCtx))
+	finished = true
+	stopRenewing()
+
+	switch {
+	case err != nil:
+		h.release(storeCtx, rk, owner, log, "error")
+		return err
+	case !rec.storable():
+		h.release(storeCtx, rk, owner, log, "not stored: status "+strconv.Itoa(rec.status))
+		return nil
+	}
+	resp := Response{Status: rec.status, Header: storedHeader(w.Header()), Body: buf.Bytes()}
+	if cerr := h.cfg.Store.Complete(storeCtx, rk, owner, resp, h.cfg.TTL); cerr != nil {
+		// The upstream acted, so the client gets its answer either way; the
+		// record stays in flight until its lease ends.
+		log.Error("idempotency store failed to complete the record", zap.Error(cerr))
+	} else {
+		log.Debug("idempotency response stored", zap.Int("status", rec.status), zap.Int("bytes", buf.Len()))
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
+	w.WriteHeader(rec.status)
+	_, _ = w.Write(buf.Bytes())
+	return nil
+}
+
+func (h *Handler) release(ctx context.Context, rk RecordKey, owner Token, log *zap.Logger, why string) {
+	if err := h.cfg.Store.Release(ctx, rk, owner); err != nil {
+		log.Warn("idempotency store failed to release the record", zap.String("reason", why), zap.Error(err))
+		return
+	}
+	log.Debug("idempotency record released", zap.String("reason", why))
+}
+
+// keepLease renews the owner's lease every third of lock_timeout, so only a
+// dead owner's lease ever runs out. The returned func stops it and waits.
+func (h *Handler) keepLease(ctx context.Context, rk RecordKey, owner Token, log *zap.Logger) (stop func()) {
+	quit, stopped := make(chan struct{}), make(chan struct{})
+	period := h.cfg.LockTimeout / 3
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+			}
+			rctx, cancel := context.WithTimeout(ctx, period)
+			err := h.cfg.Store.Renew(rctx, rk, owner, h.cfg.LockTimeout)
+			cancel()
+			if errors.Is(err, ErrNotOwner) {
+				log.Warn("idempotency lease lost while the request was upstream")
+				return
+			}
+			if err != nil {
+				log.Warn("idempotency lease renewal failed", zap.Error(err))
+			}
+		}
+	}()
+	return func() { close(quit); <-stopped }
+}
+
+func (h *Handler) reject(w http.ResponseWriter, r *http.Request, status int, code, message string, retry *bool) {
+	h.cfg.Logger.Debug("idempotency request rejected", zap.Int("status", status), zap.String("code", code),
+		zap.String("method", r.Method), zap.String("path", r.URL.Path))
+	writeError(w, status, code, message, retry)
+}
+
+func writeReplay(w http.ResponseWriter, resp *Response) {
+	h := w.Header()
+	for name, values := range resp.Header {
+		h[name] = append([]string(nil), values...)
+	}
+	h.Set("Idempotent-Replayed", "true")
+	h.Set("Content-Length", strconv.Itoa(len(resp.Body)))
+	w.WriteHeader(resp.Status)
+	_, _ = w.Write(resp.Body)
+}
+
+// readBody reads at most limit bytes; a larger body is an *http.MaxBytesError.
+func readBody(r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength > limit {
+		return nil, &http.MaxBytesError{Limit: limit}
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	size := int64(512)
+	if r.ContentLength > 0 {
+		size = r.ContentLength + 1 // +1 sees EOF without growing
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size))
+	_, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(buf.Len()) > limit {
+		return nil, &http.MaxBytesError{Limit: limit}
+	}
+	return buf.Bytes(), nil
+}
+
+// setBody gives r a fully buffered body with consistent framing, which
+// reverse_proxy needs to send it (and resend it on a retry).
+func setBody(r *http.Request, body []byte) {
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.ContentLength = int64(len(body))
+	r.TransferEncoding = nil
+	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	if len(body) == 0 {
+		r.Body = http.NoBody
+	}
+}
+
+func isJSON(contentType string) bool {
+	mt, _, _ := strings.Cut(contentType, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	return mt == "application/json" || strings.HasSuffix(mt, "+json")
+}

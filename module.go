@@ -1,0 +1,131 @@
+// Package caddyidempotency is the Caddy module http.handlers.idempotency: it
+// makes POST requests (OpenAI-compatible batch creates above all) safe to
+// retry. The engine lives in package idempotency; this is its Caddy adapter.
+package caddyidempotency
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// DefaultScope keys records by the caller's credential, so two API keys
+// never share a record.
+const DefaultScope = "{http.request.header.Authorization}"
+
+// Handler makes covered requests idempotent: the first request with a key
+// goes upstream and its 2xx response is stored; a retry with the same key and
+// parameters gets the stored response, one with other parameters a conflict.
+type Handler struct {
+	// The request header carrying the key. Default: Idempotency-Key.
+	KeyHeader string `json:"key_header,omitempty"`
+	// The top-level JSON body field carrying the key (llama-stack's
+	// transport), removed before the request goes upstream. "off" disables
+	// it. Default: idempotency_key.
+	KeyField string `json:"key_field,omitempty"`
+	// Answer 400 to a covered request that has no key.
+	RequireKey bool `json:"require_key,omitempty"`
+	// The tenant a request belongs to, with placeholders; records of different
+	// scopes never meet. Default: {http.request.header.Authorization}.
+	Scope string `json:"scope,omitempty"`
+	// The covered methods. Default: POST.
+	Methods []string `json:"methods,omitempty"`
+	// How long a completed record replays. Default: 24h.
+	TTL caddy.Duration `json:"ttl,omitempty"`
+	// The lease of an in-flight record; a live owner renews it every third of
+	// this, so it only runs out when the owner died. Default: 60s.
+	LockTimeout caddy.Duration `json:"lock_timeout,omitempty"`
+	// How long a duplicate of an in-flight request waits for its result
+	// before it is answered 409 idempotency_key_in_use. Default: 0.
+	Wait caddy.Duration `json:"wait,omitempty"`
+	// Covered requests with a larger body get 413. Default: 1 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+	// Larger responses pass through and are not stored. Default: 1 MiB.
+	MaxResponse int64 `json:"max_response,omitempty"`
+	// The status of a key reused with other parameters: 409 or 422. Default: 409.
+	ConflictStatus int `json:"conflict_status,omitempty"`
+	// Where records are kept: a module of namespace
+	// http.handlers.idempotency.stores. Default: badger in Caddy's data directory.
+	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.idempotency.stores inline_key=backend"`
+
+	engine *idempotency.Handler
+}
+
+// StoreProvider is what a store module gives the handler; the module's own
+// Provision and Cleanup open and close what it provides.
+type StoreProvider interface {
+	Store() idempotency.Store
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.idempotency",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision loads the store and builds the engine.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	if h.StoreRaw == nil {
+		h.StoreRaw = json.RawMessage(`{"backend":"badger"}`)
+	}
+	mod, err := ctx.LoadModule(h, "StoreRaw")
+	if err != nil {
+		return fmt.Errorf("loading idempotency store: %w", err)
+	}
+	provider, ok := mod.(StoreProvider)
+	if !ok {
+		return fmt.Errorf("module %T is not an idempotency store", mod)
+	}
+	scope := h.Scope
+	if scope == "" {
+		scope = DefaultScope
+	}
+	h.engine, err = idempotency.New(idempotency.Config{
+		Store:      provider.Store(),
+		KeyHeader:  h.KeyHeader,
+		KeyField:   h.KeyField,
+		RequireKey: h.RequireKey,
+		Scope: func(r *http.Request) string {
+			repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+			return repl.ReplaceAll(scope, "")
+		},
+		Methods:        h.Methods,
+		TTL:            time.Duration(h.TTL),
+		LockTimeout:    time.Duration(h.LockTimeout),
+		Wait:           time.Duration(h.Wait),
+		MaxBody:        h.MaxBody,
+		MaxResponse:    h.MaxResponse,
+		ConflictStatus: h.ConflictStatus,
+		Logger:         ctx.Logger(),
+	})
+	return err
+}
+
+// ServeHTTP adapts the engine to Caddy's middleware chain.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	err := h.engine.ServeHTTP(w, r, next.ServeHTTP)
+	var se *idempotency.StatusError
+	if errors.As(err, &se) {
+		return caddyhttp.Error(se.Status, se.Err)
+	}
+	return err
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)
