@@ -1,0 +1,254 @@
+package idempotency
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"time"
+)
+
+// recordFormatV1 is the first byte of every encoded Record. Layout after it:
+//
+//	state        1 byte
+//	fingerprint  32 bytes
+//	owner        16 bytes
+//	flags        1 byte (which of the optional parts below are present)
+//	leaseUntil   varint Unix ms   (flagLeaseUntil)
+//	createdAt    varint Unix ms   (flagCreatedAt)
+//	expiresAt    varint Unix ms   (flagExpiresAt)
+//	response     (flagResponse):
+//	  status     varint
+//	  headers    uvarint count, then per name: uvarint len + name,
+//	             uvarint value count, per value: uvarint len + value
+//	  body       uvarint len + bytes
+const recordFormatV1 byte = 1
+
+const (
+	flagLeaseUntil byte = 1 << iota
+	flagCreatedAt
+	flagExpiresAt
+	flagResponse
+	knownFlags = flagLeaseUntil | flagCreatedAt | flagExpiresAt | flagResponse
+)
+
+var errRecordTruncated = errors.New("idempotency: encoded record is truncated")
+
+// MarshalBinary encodes rec in the versioned store format. Times keep
+// millisecond precision; a zero time stays zero.
+func (rec *Record) MarshalBinary() ([]byte, error) {
+	if rec.Response != nil && !validStatus(int64(rec.Response.Status)) {
+		return nil, fmt.Errorf("idempotency: cannot encode response status %d", rec.Response.Status)
+	}
+	size := 1 + 1 + len(rec.Fingerprint) + len(rec.Owner) + 1 + 3*binary.MaxVarintLen64
+	if rec.Response != nil {
+		size += binary.MaxVarintLen64 + len(rec.Response.Body) + 2*binary.MaxVarintLen64
+		for name, values := range rec.Response.Header {
+			size += len(name) + 2*binary.MaxVarintLen64
+			for _, v := range values {
+				size += len(v) + binary.MaxVarintLen64
+			}
+		}
+	}
+	buf := make([]byte, 0, size)
+
+	var flags byte
+	if !rec.LeaseUntil.IsZero() {
+		flags |= flagLeaseUntil
+	}
+	if !rec.CreatedAt.IsZero() {
+		flags |= flagCreatedAt
+	}
+	if !rec.ExpiresAt.IsZero() {
+		flags |= flagExpiresAt
+	}
+	if rec.Response != nil {
+		flags |= flagResponse
+	}
+
+	buf = append(buf, recordFormatV1, byte(rec.State))
+	buf = append(buf, rec.Fingerprint[:]...)
+	buf = append(buf, rec.Owner[:]...)
+	buf = append(buf, flags)
+	if flags&flagLeaseUntil != 0 {
+		buf = binary.AppendVarint(buf, rec.LeaseUntil.UnixMilli())
+	}
+	if flags&flagCreatedAt != 0 {
+		buf = binary.AppendVarint(buf, rec.CreatedAt.UnixMilli())
+	}
+	if flags&flagExpiresAt != 0 {
+		buf = binary.AppendVarint(buf, rec.ExpiresAt.UnixMilli())
+	}
+	if resp := rec.Response; resp != nil {
+		buf = binary.AppendVarint(buf, int64(resp.Status))
+		names := make([]string, 0, len(resp.Header))
+		for name := range resp.Header {
+			names = append(names, name)
+		}
+		sort.Strings(names) // deterministic bytes for equal records
+		buf = binary.AppendUvarint(buf, uint64(len(names)))
+		for _, name := range names {
+			buf = appendBytes(buf, name)
+			values := resp.Header[name]
+			buf = binary.AppendUvarint(buf, uint64(len(values)))
+			for _, v := range values {
+				buf = appendBytes(buf, v)
+			}
+		}
+		buf = appendBytes(buf, resp.Body)
+	}
+	return buf, nil
+}
+
+// UnmarshalBinary decodes data written by MarshalBinary. It never keeps a
+// reference to data. Unknown versions, truncated or trailing bytes are errors.
+func (rec *Record) UnmarshalBinary(data []byte) error {
+	d := decoder{buf: data}
+	version := d.byte()
+	if d.err != nil {
+		return d.err
+	}
+	if version != recordFormatV1 {
+		return fmt.Errorf("idempotency: unknown record format version %d", version)
+	}
+
+	var out Record
+	out.State = State(d.byte())
+	copy(out.Fingerprint[:], d.take(len(out.Fingerprint)))
+	copy(out.Owner[:], d.take(len(out.Owner)))
+	flags := d.byte()
+	if d.err == nil && flags&^knownFlags != 0 {
+		return fmt.Errorf("idempotency: unknown record flags %#x", flags)
+	}
+	if flags&flagLeaseUntil != 0 {
+		out.LeaseUntil = d.time()
+	}
+	if flags&flagCreatedAt != 0 {
+		out.CreatedAt = d.time()
+	}
+	if flags&flagExpiresAt != 0 {
+		out.ExpiresAt = d.time()
+	}
+	if flags&flagResponse != 0 {
+		out.Response = d.response()
+	}
+	if d.err != nil {
+		return d.err
+	}
+	if len(d.buf) != 0 {
+		return fmt.Errorf("idempotency: %d trailing bytes after encoded record", len(d.buf))
+	}
+	*rec = out
+	return nil
+}
+
+func validStatus(status int64) bool { return status >= 0 && status <= 999 }
+
+func appendBytes[T string | []byte](buf []byte, b T) []byte {
+	buf = binary.AppendUvarint(buf, uint64(len(b)))
+	return append(buf, b...)
+}
+
+// decoder reads from buf; after the first error every read is a no-op
+// returning zero values, so callers check err once at the end.
+type decoder struct {
+	buf []byte
+	err error
+}
+
+func (d *decoder) fail(err error) {
+	if d.err == nil {
+		d.err = err
+	}
+	d.buf = nil
+}
+
+func (d *decoder) byte() byte {
+	b := d.take(1)
+	if b == nil {
+		return 0
+	}
+	return b[0]
+}
+
+func (d *decoder) take(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n < 0 || n > len(d.buf) {
+		d.fail(errRecordTruncated)
+		return nil
+	}
+	b := d.buf[:n:n]
+	d.buf = d.buf[n:]
+	return b
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.buf)
+	if n <= 0 {
+		d.fail(errRecordTruncated)
+		return 0
+	}
+	d.buf = d.buf[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.buf)
+	if n <= 0 {
+		d.fail(errRecordTruncated)
+		return 0
+	}
+	d.buf = d.buf[n:]
+	return v
+}
+
+// count reads a length or element count and rejects any larger than the bytes
+// left (each element takes at least minSize bytes), so garbage cannot make us
+// allocate huge slices.
+func (d *decoder) count(minSize int) int {
+	n := d.uvarint()
+	if d.err == nil && n > uint64(len(d.buf)/minSize) {
+		d.fail(errRecordTruncated)
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) string() string { return string(d.take(d.count(1))) }
+
+func (d *decoder) time() time.Time { return time.UnixMilli(d.varint()) }
+
+func (d *decoder) response() *Response {
+	status := d.varint()
+	if d.err == nil && !validStatus(status) {
+		d.fail(fmt.Errorf("idempotency: encoded record has invalid status %d", status))
+	}
+	resp := &Response{Status: int(status)}
+	// A name is at least a length byte plus a value-count byte.
+	names := d.count(2)
+	resp.Header = make(http.Header, names)
+	for range names {
+		name := d.string()
+		values := make([]string, d.count(1))
+		for j := range values {
+			values[j] = d.string()
+		}
+		if d.err != nil {
+			return nil
+		}
+		resp.Header[name] = values
+	}
+	if body := d.take(d.count(1)); len(body) > 0 {
+		resp.Body = append([]byte(nil), body...)
+	}
+	return resp
+}

@@ -1,0 +1,246 @@
+package idempotency
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func codecSamples() map[string]Record {
+	at := time.UnixMilli(1_760_000_000_123)
+	var fp Fingerprint
+	var owner Token
+	for i := range fp {
+		fp[i] = byte(i)
+	}
+	for i := range owner {
+		owner[i] = byte(0xf0 + i)
+	}
+	return map[string]Record{
+		"zero": {},
+		"in-flight": {
+			State: StateInFlight, Fingerprint: fp, Owner: owner,
+			LeaseUntil: at.Add(30 * time.Second), CreatedAt: at,
+		},
+		"completed": {
+			State: StateCompleted, Fingerprint: fp, CreatedAt: at, ExpiresAt: at.Add(24 * time.Hour),
+			Response: &Response{
+				Status: 200,
+				Header: http.Header{
+					"Content-Type": {"application/json"},
+					"Set-Cookie":   {"a=1", "b=2"},
+					"X-Empty":      {""},
+					"X-None":       {},
+				},
+				Body: []byte(`{"id":"batch_1","status":"validating"}`),
+			},
+		},
+		"completed empty response": {
+			State: StateCompleted, ExpiresAt: at,
+			Response: &Response{Status: 204, Header: http.Header{}},
+		},
+		"large body": {
+			State: StateCompleted, ExpiresAt: at,
+			Response: &Response{Status: 200, Header: http.Header{}, Body: bytes.Repeat([]byte("0123456789"), 100_000)},
+		},
+		"pre-1970 time": {State: StateCompleted, ExpiresAt: time.UnixMilli(-5)},
+	}
+}
+
+func TestRecordCodecRoundTrip(t *testing.T) {
+	for name, rec := range codecSamples() {
+		t.Run(name, func(t *testing.T) {
+			data, err := rec.MarshalBinary()
+			if err != nil {
+				t.Fatalf("MarshalBinary: %v", err)
+			}
+			if data[0] != recordFormatV1 {
+				t.Errorf("first byte = %d, want format version %d", data[0], recordFormatV1)
+			}
+			var got Record
+			if err := got.UnmarshalBinary(data); err != nil {
+				t.Fatalf("UnmarshalBinary: %v", err)
+			}
+			assertSameRecord(t, got, rec)
+
+			again, err := got.MarshalBinary()
+			if err != nil {
+				t.Fatalf("MarshalBinary of the decoded record: %v", err)
+			}
+			if !bytes.Equal(again, data) {
+				t.Error("re-encoding the decoded record gives different bytes")
+			}
+		})
+	}
+}
+
+func TestRecordCodecTruncatesToMilliseconds(t *testing.T) {
+	rec := Record{State: StateInFlight, LeaseUntil: time.Unix(100, 123_456_789)}
+	data, _ := rec.MarshalBinary()
+	var got Record
+	if err := got.UnmarshalBinary(data); err != nil {
+		t.Fatal(err)
+	}
+	if want := time.Unix(100, 123_000_000); !got.LeaseUntil.Equal(want) {
+		t.Errorf("LeaseUntil = %v, want %v", got.LeaseUntil, want)
+	}
+}
+
+func TestRecordCodecRejectsTruncated(t *testing.T) {
+	for name, rec := range codecSamples() {
+		if name == "large body" {
+			continue // every prefix of a megabyte is slow and adds nothing
+		}
+		data, _ := rec.MarshalBinary()
+		for n := range len(data) {
+			var got Record
+			if err := got.UnmarshalBinary(data[:n]); err == nil {
+				t.Errorf("%s: decoding the first %d of %d bytes succeeded", name, n, len(data))
+			}
+		}
+	}
+}
+
+func TestRecordCodecRejectsGarbage(t *testing.T) {
+	sample := codecSamples()["completed"]
+	valid, _ := sample.MarshalBinary()
+	cases := map[string][]byte{
+		"nil":             nil,
+		"unknown version": append([]byte{2}, valid[1:]...),
+		"version zero":    append([]byte{0}, valid[1:]...),
+		"trailing byte":   append(append([]byte(nil), valid...), 0),
+		"unknown flag":    withByte(valid, 1+1+32+16, 0x80),
+		"text":            []byte("not a record at all"),
+		// version, state, fingerprint, owner, flags=response, status 200,
+		// then a header count of 2^62 that the remaining bytes cannot hold.
+		"huge count": append(append([]byte{recordFormatV1, 2}, make([]byte, 48)...),
+			flagResponse, 0x90, 0x03, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40),
+	}
+	for name, data := range cases {
+		var got Record
+		if err := got.UnmarshalBinary(data); err == nil {
+			t.Errorf("%s: decoded without error into %+v", name, got)
+		}
+	}
+}
+
+func TestRecordCodecRejectsBadStatus(t *testing.T) {
+	rec := Record{State: StateCompleted, Response: &Response{Status: 1000}}
+	if _, err := rec.MarshalBinary(); err == nil {
+		t.Error("MarshalBinary accepted status 1000")
+	}
+}
+
+// A failed decode must leave the destination untouched.
+func TestRecordCodecErrorKeepsRecord(t *testing.T) {
+	rec := codecSamples()["in-flight"]
+	before := rec
+	if err := rec.UnmarshalBinary([]byte{recordFormatV1, 1, 2}); err == nil {
+		t.Fatal("decoded a truncated record")
+	}
+	assertSameRecord(t, rec, before)
+}
+
+func TestRecordCodecRandomInputNeverPanics(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	sample := codecSamples()["completed"]
+	valid, _ := sample.MarshalBinary()
+	for range 20_000 {
+		data := append([]byte(nil), valid...)
+		for range 1 + rng.IntN(4) {
+			data[rng.IntN(len(data))] = byte(rng.Uint32())
+		}
+		data = data[:rng.IntN(len(data)+1)]
+		var got Record
+		_ = got.UnmarshalBinary(data)
+	}
+}
+
+func FuzzRecordCodec(f *testing.F) {
+	for _, rec := range codecSamples() {
+		data, _ := rec.MarshalBinary()
+		if len(data) < 4096 {
+			f.Add(data)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var rec Record
+		if err := rec.UnmarshalBinary(data); err != nil {
+			return
+		}
+		again, err := rec.MarshalBinary()
+		if err != nil {
+			t.Fatalf("re-encoding a decoded record: %v", err)
+		}
+		var back Record
+		if err := back.UnmarshalBinary(again); err != nil {
+			t.Fatalf("decoding a re-encoded record: %v", err)
+		}
+		assertSameRecord(t, back, rec)
+	})
+}
+
+func withByte(data []byte, i int, b byte) []byte {
+	out := append([]byte(nil), data...)
+	out[i] = b
+	return out
+}
+
+func assertSameRecord(t *testing.T, got, want Record) {
+	t.Helper()
+	var diffs []string
+	if got.State != want.State {
+		diffs = append(diffs, "State")
+	}
+	if got.Fingerprint != want.Fingerprint {
+		diffs = append(diffs, "Fingerprint")
+	}
+	if got.Owner != want.Owner {
+		diffs = append(diffs, "Owner")
+	}
+	for _, tm := range []struct {
+		name      string
+		got, want time.Time
+	}{
+		{"LeaseUntil", got.LeaseUntil, want.LeaseUntil},
+		{"CreatedAt", got.CreatedAt, want.CreatedAt},
+		{"ExpiresAt", got.ExpiresAt, want.ExpiresAt},
+	} {
+		if tm.got.IsZero() != tm.want.IsZero() || !tm.got.Equal(tm.want) {
+			diffs = append(diffs, tm.name)
+		}
+	}
+	switch g, w := got.Response, want.Response; {
+	case (g == nil) != (w == nil):
+		diffs = append(diffs, "Response presence")
+	case g != nil:
+		if g.Status != w.Status {
+			diffs = append(diffs, "Status")
+		}
+		if !bytes.Equal(g.Body, w.Body) {
+			diffs = append(diffs, "Body")
+		}
+		if len(g.Header) != len(w.Header) || (len(w.Header) > 0 && !reflect.DeepEqual(normalizeHeader(g.Header), normalizeHeader(w.Header))) {
+			diffs = append(diffs, "Header")
+		}
+	}
+	if len(diffs) > 0 {
+		t.Errorf("records differ in %s:\n got %+v\nwant %+v", strings.Join(diffs, ", "), got, want)
+	}
+}
+
+// normalizeHeader maps empty value lists to nil so decoded and original compare equal.
+func normalizeHeader(h http.Header) http.Header {
+	out := make(http.Header, len(h))
+	for k, v := range h {
+		if len(v) == 0 {
+			v = nil
+		}
+		out[k] = v
+	}
+	return out
+}

@@ -1,0 +1,194 @@
+package idempotency
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// inFlightRetention is how long a store keeps an in-flight record after its
+// lease has passed. Until someone takes the key over, the original owner may
+// still Complete, Renew or Release it: nothing conflicts, and storing the
+// response it did get is the honest outcome (the upstream did act on it).
+// Once another Begin takes the key over, the old owner gets ErrNotOwner.
+const inFlightRetention = time.Minute
+
+// memorySweepInterval bounds how often Begin scans the whole map for dead
+// records, so the sweep costs O(1) amortised while memory stays bounded.
+const memorySweepInterval = 30 * time.Second
+
+var errStoreClosed = errors.New("idempotency: store is closed")
+
+// MemoryStore is a Store for a single process; records vanish on restart.
+type MemoryStore struct {
+	mu        sync.Mutex
+	records   map[RecordKey]Record
+	lastSweep time.Time
+	closed    bool
+}
+
+var _ Store = (*MemoryStore)(nil)
+
+// NewMemoryStore returns an empty MemoryStore.
+func NewMemoryStore() *MemoryStore {
+	return &MemoryStore{records: make(map[RecordKey]Record), lastSweep: time.Now()}
+}
+
+// Close drops every record; later calls return an error.
+func (s *MemoryStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.records = nil
+	return nil
+}
+
+// lock takes the mutex unless ctx is done or the store closed; on success
+// the caller must unlock.
+func (s *MemoryStore) lock(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errStoreClosed
+	}
+	return nil
+}
+
+func (s *MemoryStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner Token, lease time.Duration) (Record, bool, error) {
+	if err := s.lock(ctx); err != nil {
+		return Record{}, false, err
+	}
+	defer s.mu.Unlock()
+	now := time.Now()
+	s.maybeSweep(now)
+	if rec, ok := s.records[key]; ok && rec.live(now) {
+		return copyRecord(rec), false, nil
+	}
+	rec := Record{
+		State:       StateInFlight,
+		Fingerprint: fp,
+		Owner:       owner,
+		LeaseUntil:  now.Add(lease),
+		CreatedAt:   now,
+	}
+	s.records[key] = rec
+	return rec, true, nil
+}
+
+func (s *MemoryStore) Renew(ctx context.Context, key RecordKey, owner Token, lease time.Duration) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	now := time.Now()
+	rec, ok := s.ownedRecord(key, owner, now)
+	if !ok {
+		return ErrNotOwner
+	}
+	rec.LeaseUntil = now.Add(lease)
+	s.records[key] = rec
+	return nil
+}
+
+func (s *MemoryStore) Complete(ctx context.Context, key RecordKey, owner Token, resp Response, ttl time.Duration) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	now := time.Now()
+	rec, ok := s.ownedRecord(key, owner, now)
+	if !ok {
+		return ErrNotOwner
+	}
+	s.records[key] = completedRecord(rec, resp, now, ttl)
+	return nil
+}
+
+func (s *MemoryStore) Release(ctx context.Context, key RecordKey, owner Token) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	if _, ok := s.ownedRecord(key, owner, time.Now()); !ok {
+		return ErrNotOwner
+	}
+	delete(s.records, key)
+	return nil
+}
+
+func (s *MemoryStore) Get(ctx context.Context, key RecordKey) (Record, bool, error) {
+	if err := s.lock(ctx); err != nil {
+		return Record{}, false, err
+	}
+	defer s.mu.Unlock()
+	rec, ok := s.records[key]
+	if !ok || !rec.live(time.Now()) {
+		return Record{}, false, nil
+	}
+	return copyRecord(rec), true, nil
+}
+
+// ownedRecord returns key's record if it is in-flight under owner and still
+// retained (its lease may have passed; see inFlightRetention).
+func (s *MemoryStore) ownedRecord(key RecordKey, owner Token, now time.Time) (Record, bool) {
+	rec, ok := s.records[key]
+	if !ok || !ownedBy(&rec, owner) || !retained(&rec, now) {
+		return Record{}, false
+	}
+	return rec, true
+}
+
+func (s *MemoryStore) maybeSweep(now time.Time) {
+	if now.Sub(s.lastSweep) < memorySweepInterval {
+		return
+	}
+	s.lastSweep = now
+	for key, rec := range s.records {
+		if !retained(&rec, now) {
+			delete(s.records, key)
+		}
+	}
+}
+
+// ownedBy reports whether rec is in flight under owner.
+func ownedBy(rec *Record, owner Token) bool {
+	return rec.State == StateInFlight && rec.Owner == owner
+}
+
+// retained reports whether a store still keeps rec at now: completed records
+// until they expire, in-flight ones for inFlightRetention past their lease.
+func retained(rec *Record, now time.Time) bool {
+	if rec.State == StateInFlight {
+		return now.Before(rec.LeaseUntil.Add(inFlightRetention))
+	}
+	return rec.live(now)
+}
+
+// completedRecord is rec (owner's in-flight record) turned into its completed
+// form holding a private copy of resp.
+func completedRecord(rec Record, resp Response, now time.Time, ttl time.Duration) Record {
+	return Record{
+		State:       StateCompleted,
+		Fingerprint: rec.Fingerprint,
+		CreatedAt:   rec.CreatedAt,
+		ExpiresAt:   now.Add(ttl),
+		Response:    copyResponse(&resp),
+	}
+}
+
+// copyRecord returns rec with a Response that shares no memory with rec's.
+func copyRecord(rec Record) Record {
+	if rec.Response != nil {
+		rec.Response = copyResponse(rec.Response)
+	}
+	return rec
+}
+
+func copyResponse(resp *Response) *Response {
+	return &Response{Status: resp.Status, Header: resp.Header.Clone(), Body: bytes.Clone(resp.Body)}
+}

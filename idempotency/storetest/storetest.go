@@ -1,0 +1,672 @@
+// Package storetest is the contract every idempotency.Store must pass.
+//
+// It uses real time with short leases, so it also fits stores whose clock is
+// not ours (Redis); each test waits by polling against a deadline. Tests run
+// in parallel on random keys, so a store shared between tests or runs is fine.
+package storetest
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/http"
+	"reflect"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+)
+
+const (
+	shortLease = 300 * time.Millisecond
+	longLease  = time.Minute
+	longTTL    = time.Hour
+	// clockSlack absorbs store-side millisecond rounding and scheduling delays
+	// when comparing a stored time with one computed here.
+	clockSlack = time.Second
+	// waitLimit is how long a test polls for an expiry that is due in shortLease.
+	waitLimit = 5 * time.Second
+	pollEvery = 10 * time.Millisecond
+	// lateOwnerDelay is how long after its lease a late owner completes.
+	lateOwnerDelay = 1500 * time.Millisecond
+)
+
+// Run runs the contract suite. newStore returns a store for one test, which
+// it may share with others; it should register its own cleanup (t.Cleanup).
+func Run(t *testing.T, newStore func(t *testing.T) idempotency.Store) {
+	tests := []struct {
+		name string
+		fn   func(*testing.T, idempotency.Store)
+	}{
+		{"BeginOnEmptyOwns", testBeginOnEmptyOwns},
+		{"SecondBeginSeesInFlight", testSecondBeginSeesInFlight},
+		{"CompleteReplays", testCompleteReplays},
+		{"ReleaseFreesKey", testReleaseFreesKey},
+		{"RenewExtendsLease", testRenewExtendsLease},
+		{"LeaseExpiryTakeover", testLeaseExpiryTakeover},
+		{"LateOwnerMayComplete", testLateOwnerMayComplete},
+		{"MissingKeyNotOwner", testMissingKeyNotOwner},
+		{"OtherTokenNotOwner", testOtherTokenNotOwner},
+		{"CompletedNotOwner", testCompletedNotOwner},
+		{"TTLExpiry", testTTLExpiry},
+		{"DistinctKeysIndependent", testDistinctKeysIndependent},
+		{"FingerprintKept", testFingerprintKept},
+		{"CanceledContext", testCanceledContext},
+		{"ResponseNotAliased", testResponseNotAliased},
+		{"RacingBeginOneOwner", testRacingBeginOneOwner},
+		{"ConcurrentMixedOps", testConcurrentMixedOps},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.fn(t, newStore(t))
+		})
+	}
+}
+
+func testBeginOnEmptyOwns(t *testing.T, s idempotency.Store) {
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	start := time.Now()
+	rec, owned := mustBegin(t, s, key, fp, owner, longLease)
+	if !owned {
+		t.Fatalf("Begin on an empty key: owned=false, record %+v", rec)
+	}
+	wantInFlight(t, rec, owner, fp)
+	wantNear(t, "LeaseUntil", rec.LeaseUntil, start.Add(longLease))
+	wantNear(t, "CreatedAt", rec.CreatedAt, start)
+
+	got := mustGet(t, s, key)
+	wantInFlight(t, got, owner, fp)
+}
+
+func testSecondBeginSeesInFlight(t *testing.T, s idempotency.Store) {
+	key := newKey()
+	fpA, ownerA := newFingerprint(), idempotency.NewToken()
+	mustOwn(t, s, key, fpA, ownerA, longLease)
+
+	rec, owned := mustBegin(t, s, key, newFingerprint(), idempotency.NewToken(), longLease)
+	if owned {
+		t.Fatal("second Begin on an in-flight key reported owned")
+	}
+	wantInFlight(t, rec, ownerA, fpA)
+	wantInFlight(t, mustGet(t, s, key), ownerA, fpA)
+}
+
+func testCompleteReplays(t *testing.T, s idempotency.Store) {
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	mustOwn(t, s, key, fp, owner, longLease)
+	resp := sampleResponse()
+	start := time.Now()
+	if err := s.Complete(ctx(t), key, owner, cloneResponse(resp), longTTL); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+
+	rec, owned := mustBegin(t, s, key, newFingerprint(), idempotency.NewToken(), longLease)
+	if owned {
+		t.Fatal("Begin on a completed key reported owned")
+	}
+	wantCompleted(t, rec, fp, resp)
+	wantNear(t, "ExpiresAt", rec.ExpiresAt, start.Add(longTTL))
+
+	got := mustGet(t, s, key)
+	wantCompleted(t, got, fp, resp)
+	wantNear(t, "ExpiresAt", got.ExpiresAt, start.Add(longTTL))
+}
+
+func testReleaseFreesKey(t *testing.T, s idempotency.Store) {
+	key, ownerA := newKey(), idempotency.NewToken()
+	mustOwn(t, s, key, newFingerprint(), ownerA, longLease)
+	if err := s.Release(ctx(t), key, ownerA); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	wantAbsent(t, s, key)
+
+	fpB, ownerB := newFingerprint(), idempotency.NewToken()
+	rec := mustOwn(t, s, key, fpB, ownerB, longLease)
+	wantInFlight(t, rec, ownerB, fpB)
+}
+
+func testRenewExtendsLease(t *testing.T, s idempotency.Store) {
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	first := mustOwn(t, s, key, fp, owner, shortLease)
+	if err := s.Renew(ctx(t), key, owner, longLease); err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	sleepUntil(first.LeaseUntil.Add(shortLease))
+
+	rec, ok := get(t, s, key)
+	if !ok {
+		t.Fatal("record gone after its original lease although it was renewed")
+	}
+	wantInFlight(t, rec, owner, fp)
+	if !rec.LeaseUntil.After(first.LeaseUntil.Add(longLease / 2)) {
+		t.Errorf("LeaseUntil after Renew = %v, want about %v later than %v", rec.LeaseUntil, longLease, first.LeaseUntil)
+	}
+	if _, owned := mustBegin(t, s, key, newFingerprint(), idempotency.NewToken(), longLease); owned {
+		t.Error("Begin took over a renewed lease")
+	}
+}
+
+func testLeaseExpiryTakeover(t *testing.T, s idempotency.Store) {
+	key, fpA, ownerA := newKey(), newFingerprint(), idempotency.NewToken()
+	recA := mustOwn(t, s, key, fpA, ownerA, shortLease)
+
+	fpB, ownerB := newFingerprint(), idempotency.NewToken()
+	if _, owned := mustBegin(t, s, key, fpB, ownerB, longLease); owned {
+		t.Fatal("Begin took over a lease that had not expired")
+	}
+	var recB idempotency.Record
+	waitFor(t, "takeover after lease expiry", func() bool {
+		var owned bool
+		recB, owned = mustBegin(t, s, key, fpB, ownerB, longLease)
+		return owned
+	})
+	if tookAt := time.Now(); tookAt.Before(recA.LeaseUntil.Add(-clockSlack / 10)) {
+		t.Errorf("taken over at %v, before the lease ended at %v", tookAt, recA.LeaseUntil)
+	}
+	wantInFlight(t, recB, ownerB, fpB)
+	if !recB.CreatedAt.After(recA.CreatedAt) {
+		t.Errorf("takeover kept CreatedAt %v, want a fresh one after %v", recB.CreatedAt, recA.CreatedAt)
+	}
+
+	if err := s.Renew(ctx(t), key, ownerA, longLease); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("old owner's Renew after takeover = %v, want ErrNotOwner", err)
+	}
+	if err := s.Complete(ctx(t), key, ownerA, sampleResponse(), longTTL); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("old owner's Complete after takeover = %v, want ErrNotOwner", err)
+	}
+	if err := s.Release(ctx(t), key, ownerA); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("old owner's Release after takeover = %v, want ErrNotOwner", err)
+	}
+	got := mustGet(t, s, key)
+	wantInFlight(t, got, ownerB, fpB)
+	wantNear(t, "new owner's LeaseUntil", got.LeaseUntil, recB.LeaseUntil)
+
+	resp := sampleResponse()
+	if err := s.Complete(ctx(t), key, ownerB, cloneResponse(resp), longTTL); err != nil {
+		t.Fatalf("new owner's Complete: %v", err)
+	}
+	wantCompleted(t, mustGet(t, s, key), fpB, resp)
+}
+
+// An owner whose lease passed but whose key nobody took over may still
+// complete: nothing conflicts, and its response is the honest outcome. Stores
+// keep such a record for a while (a minute in this package) past its lease;
+// the test is late by more than any second-granular TTL rounding.
+func testLateOwnerMayComplete(t *testing.T, s idempotency.Store) {
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	rec := mustOwn(t, s, key, fp, owner, shortLease)
+	waitFor(t, "lease expiry", func() bool {
+		_, ok := get(t, s, key)
+		return !ok
+	})
+	sleepUntil(rec.LeaseUntil.Add(lateOwnerDelay))
+	resp := sampleResponse()
+	if err := s.Complete(ctx(t), key, owner, cloneResponse(resp), longTTL); err != nil {
+		t.Fatalf("Complete by the late owner of a key nobody took over: %v", err)
+	}
+	wantCompleted(t, mustGet(t, s, key), fp, resp)
+}
+
+func testMissingKeyNotOwner(t *testing.T, s idempotency.Store) {
+	key, owner := newKey(), idempotency.NewToken()
+	if err := s.Complete(ctx(t), key, owner, sampleResponse(), longTTL); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Complete on a missing key = %v, want ErrNotOwner", err)
+	}
+	if err := s.Release(ctx(t), key, owner); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Release on a missing key = %v, want ErrNotOwner", err)
+	}
+	if err := s.Renew(ctx(t), key, owner, longLease); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Renew on a missing key = %v, want ErrNotOwner", err)
+	}
+	wantAbsent(t, s, key)
+}
+
+func testOtherTokenNotOwner(t *testing.T, s idempotency.Store) {
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	first := mustOwn(t, s, key, fp, owner, longLease)
+	other := idempotency.NewToken()
+	if err := s.Renew(ctx(t), key, other, 2*longLease); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Renew by another token = %v, want ErrNotOwner", err)
+	}
+	if err := s.Complete(ctx(t), key, other, sampleResponse(), longTTL); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Complete by another token = %v, want ErrNotOwner", err)
+	}
+	if err := s.Release(ctx(t), key, other); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Release by another token = %v, want ErrNotOwner", err)
+	}
+	got := mustGet(t, s, key)
+	wantInFlight(t, got, owner, fp)
+	wantNear(t, "LeaseUntil", got.LeaseUntil, first.LeaseUntil)
+}
+
+func testCompletedNotOwner(t *testing.T, s idempotency.Store) {
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	mustOwn(t, s, key, fp, owner, longLease)
+	resp := sampleResponse()
+	if err := s.Complete(ctx(t), key, owner, cloneResponse(resp), longTTL); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	if err := s.Renew(ctx(t), key, owner, longLease); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Renew on a completed record = %v, want ErrNotOwner", err)
+	}
+	other := idempotency.Response{Status: 500, Body: []byte("second completion")}
+	if err := s.Complete(ctx(t), key, owner, other, longTTL); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("second Complete = %v, want ErrNotOwner", err)
+	}
+	if err := s.Release(ctx(t), key, owner); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Release on a completed record = %v, want ErrNotOwner", err)
+	}
+	wantCompleted(t, mustGet(t, s, key), fp, resp)
+}
+
+func testTTLExpiry(t *testing.T, s idempotency.Store) {
+	key, owner := newKey(), idempotency.NewToken()
+	mustOwn(t, s, key, newFingerprint(), owner, longLease)
+	if err := s.Complete(ctx(t), key, owner, sampleResponse(), shortLease); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	rec := mustGet(t, s, key)
+	if rec.State != idempotency.StateCompleted {
+		t.Fatalf("State = %v right after Complete, want completed", rec.State)
+	}
+	waitFor(t, "ttl expiry", func() bool {
+		_, ok := get(t, s, key)
+		return !ok
+	})
+	if now := time.Now(); now.Before(rec.ExpiresAt.Add(-clockSlack / 10)) {
+		t.Errorf("record vanished at %v, before it expired at %v", now, rec.ExpiresAt)
+	}
+
+	fpB, ownerB := newFingerprint(), idempotency.NewToken()
+	got := mustOwn(t, s, key, fpB, ownerB, longLease)
+	wantInFlight(t, got, ownerB, fpB)
+	if got.Response != nil {
+		t.Errorf("fresh record after expiry carries the old Response %+v", got.Response)
+	}
+}
+
+func testDistinctKeysIndependent(t *testing.T, s idempotency.Store) {
+	key1, fp1, owner1 := newKey(), newFingerprint(), idempotency.NewToken()
+	key2, fp2, owner2 := newKey(), newFingerprint(), idempotency.NewToken()
+	mustOwn(t, s, key1, fp1, owner1, longLease)
+	mustOwn(t, s, key2, fp2, owner2, longLease)
+
+	resp := sampleResponse()
+	if err := s.Complete(ctx(t), key1, owner1, cloneResponse(resp), longTTL); err != nil {
+		t.Fatalf("Complete key1: %v", err)
+	}
+	wantInFlight(t, mustGet(t, s, key2), owner2, fp2)
+	if err := s.Complete(ctx(t), key2, owner1, sampleResponse(), longTTL); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Complete of key2 with key1's token = %v, want ErrNotOwner", err)
+	}
+	if err := s.Release(ctx(t), key2, owner2); err != nil {
+		t.Fatalf("Release key2: %v", err)
+	}
+	wantCompleted(t, mustGet(t, s, key1), fp1, resp)
+	wantAbsent(t, s, key2)
+}
+
+func testFingerprintKept(t *testing.T, s idempotency.Store) {
+	key, owner := newKey(), idempotency.NewToken()
+	var fp idempotency.Fingerprint
+	for i := range fp {
+		fp[i] = byte(i*7 + 1)
+	}
+	mustOwn(t, s, key, fp, owner, longLease)
+	if got := mustGet(t, s, key).Fingerprint; got != fp {
+		t.Errorf("in-flight Fingerprint = %x, want %x", got, fp)
+	}
+	if err := s.Complete(ctx(t), key, owner, sampleResponse(), longTTL); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	if got := mustGet(t, s, key).Fingerprint; got != fp {
+		t.Errorf("completed Fingerprint = %x, want %x", got, fp)
+	}
+	rec, _ := mustBegin(t, s, key, newFingerprint(), idempotency.NewToken(), longLease)
+	if rec.Fingerprint != fp {
+		t.Errorf("Fingerprint returned by Begin = %x, want %x", rec.Fingerprint, fp)
+	}
+}
+
+func testCanceledContext(t *testing.T, s idempotency.Store) {
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	key, owner := newKey(), idempotency.NewToken()
+	if _, owned, err := s.Begin(canceled, key, newFingerprint(), owner, longLease); !errors.Is(err, context.Canceled) || owned {
+		t.Errorf("Begin with a canceled context = owned %v, err %v; want context.Canceled", owned, err)
+	}
+	wantAbsent(t, s, key)
+
+	mustOwn(t, s, key, newFingerprint(), owner, longLease)
+	if _, _, err := s.Get(canceled, key); !errors.Is(err, context.Canceled) {
+		t.Errorf("Get with a canceled context = %v, want context.Canceled", err)
+	}
+	if err := s.Release(canceled, key, owner); !errors.Is(err, context.Canceled) {
+		t.Errorf("Release with a canceled context = %v, want context.Canceled", err)
+	}
+	if err := s.Complete(canceled, key, owner, sampleResponse(), longTTL); !errors.Is(err, context.Canceled) {
+		t.Errorf("Complete with a canceled context = %v, want context.Canceled", err)
+	}
+	if got := mustGet(t, s, key); got.State != idempotency.StateInFlight || got.Owner != owner {
+		t.Errorf("record after canceled calls = %+v, want still in flight under its owner", got)
+	}
+}
+
+func testResponseNotAliased(t *testing.T, s idempotency.Store) {
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	mustOwn(t, s, key, fp, owner, longLease)
+	want := sampleResponse()
+	given := cloneResponse(want)
+	if err := s.Complete(ctx(t), key, owner, given, longTTL); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	scribble(&given)
+	got := mustGet(t, s, key)
+	wantCompleted(t, got, fp, want)
+
+	// Changing what a read returned must not change the store either.
+	scribble(got.Response)
+	wantCompleted(t, mustGet(t, s, key), fp, want)
+}
+
+func testRacingBeginOneOwner(t *testing.T, s idempotency.Store) {
+	const racers = 64
+	key := newKey()
+	type result struct {
+		owner idempotency.Token
+		fp    idempotency.Fingerprint
+		rec   idempotency.Record
+		owned bool
+		err   error
+	}
+	results := make([]result, racers)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range results {
+		results[i].owner, results[i].fp = idempotency.NewToken(), newFingerprint()
+		wg.Go(func() {
+			r := &results[i]
+			<-start
+			r.rec, r.owned, r.err = s.Begin(ctx(t), key, r.fp, r.owner, longLease)
+		})
+	}
+	close(start)
+	wg.Wait()
+
+	var winner *result
+	for i := range results {
+		r := &results[i]
+		if r.err != nil {
+			t.Fatalf("racer %d: Begin: %v", i, r.err)
+		}
+		if r.owned {
+			if winner != nil {
+				t.Fatalf("racers %x and %x both own the key", winner.owner, r.owner)
+			}
+			winner = r
+		}
+	}
+	if winner == nil {
+		t.Fatal("no racer owns the key")
+	}
+	for i, r := range results {
+		if !r.owned && (r.rec.State != idempotency.StateInFlight || r.rec.Owner != winner.owner || r.rec.Fingerprint != winner.fp) {
+			t.Errorf("racer %d saw %+v, want the winner's in-flight record (owner %x)", i, r.rec, winner.owner)
+		}
+	}
+	wantInFlight(t, mustGet(t, s, key), winner.owner, winner.fp)
+}
+
+// testConcurrentMixedOps hammers a few keys with every operation at once and
+// checks, with per-key counters, that no key ever has two owners. Leases are
+// long, so a second owner could only come from a broken Begin.
+func testConcurrentMixedOps(t *testing.T, s idempotency.Store) {
+	const (
+		workers    = 64
+		keyCount   = 8
+		iterations = 50
+		// Completed records expire quickly so keys keep cycling back to free.
+		replayTTL = 5 * time.Millisecond
+	)
+	keys := make([]idempotency.RecordKey, keyCount)
+	for i := range keys {
+		keys[i] = newKey()
+	}
+	var holders [keyCount]atomic.Int32
+	var ownerships atomic.Int64
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			errs <- mixedWorker(ctx(t), s, keys, holders[:], &ownerships, w, iterations, replayTTL)
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if ownerships.Load() < keyCount {
+		t.Errorf("only %d successful Begins across %d keys; the test did not exercise ownership", ownerships.Load(), keyCount)
+	}
+}
+
+func mixedWorker(c context.Context, s idempotency.Store, keys []idempotency.RecordKey, holders []atomic.Int32, ownerships *atomic.Int64, w, iterations int, replayTTL time.Duration) error {
+	for i := range iterations {
+		k := (w + i) % len(keys)
+		key := keys[k]
+		if (w+i)%4 == 0 {
+			if rec, ok, err := s.Get(c, key); err != nil {
+				return fmt.Errorf("worker %d: Get: %w", w, err)
+			} else if ok {
+				if err := checkConsistent(rec); err != nil {
+					return fmt.Errorf("worker %d: Get: %w", w, err)
+				}
+			}
+			continue
+		}
+		owner := idempotency.NewToken()
+		rec, owned, err := s.Begin(c, key, newFingerprint(), owner, longLease)
+		if err != nil {
+			return fmt.Errorf("worker %d: Begin: %w", w, err)
+		}
+		if !owned {
+			if err := checkConsistent(rec); err != nil {
+				return fmt.Errorf("worker %d: Begin: %w", w, err)
+			}
+			continue
+		}
+		ownerships.Add(1)
+		if n := holders[k].Add(1); n != 1 {
+			return fmt.Errorf("worker %d: key %d has %d owners at once", w, k, n)
+		}
+		runtime.Gosched() // widen the window in which a second owner would show
+		if cur, ok, err := s.Get(c, key); err != nil {
+			return fmt.Errorf("worker %d: Get: %w", w, err)
+		} else if !ok || cur.State != idempotency.StateInFlight || cur.Owner != owner {
+			return fmt.Errorf("worker %d: owner of key %d reads %+v (found %v), want its own in-flight record", w, k, cur, ok)
+		}
+		// Give up the claim in our bookkeeping before the store frees the key.
+		holders[k].Add(-1)
+		if i%2 == 0 {
+			err = s.Complete(c, key, owner, idempotency.Response{Status: 200, Body: []byte{byte(w)}}, replayTTL)
+		} else {
+			err = s.Release(c, key, owner)
+		}
+		if err != nil {
+			return fmt.Errorf("worker %d: owner lost key %d before its lease ended: %w", w, k, err)
+		}
+	}
+	return nil
+}
+
+func checkConsistent(rec idempotency.Record) error {
+	switch rec.State {
+	case idempotency.StateInFlight:
+		if rec.Owner == (idempotency.Token{}) {
+			return fmt.Errorf("in-flight record without an owner: %+v", rec)
+		}
+	case idempotency.StateCompleted:
+		if rec.Response == nil {
+			return fmt.Errorf("completed record without a response: %+v", rec)
+		}
+	default:
+		return fmt.Errorf("record in unknown state: %+v", rec)
+	}
+	return nil
+}
+
+// --- helpers ---
+
+func ctx(t *testing.T) context.Context { return t.Context() }
+
+func newKey() idempotency.RecordKey {
+	var k idempotency.RecordKey
+	_, _ = rand.Read(k[:])
+	return k
+}
+
+func newFingerprint() idempotency.Fingerprint {
+	var fp idempotency.Fingerprint
+	_, _ = rand.Read(fp[:])
+	return fp
+}
+
+func sampleResponse() idempotency.Response {
+	return idempotency.Response{
+		Status: http.StatusOK,
+		Header: http.Header{
+			"Content-Type": {"application/json"},
+			"Set-Cookie":   {"a=1", "b=2"},
+			"X-Empty":      {""},
+		},
+		Body: []byte(`{"id":"batch_abc","object":"batch","status":"validating"}`),
+	}
+}
+
+func cloneResponse(r idempotency.Response) idempotency.Response {
+	return idempotency.Response{Status: r.Status, Header: r.Header.Clone(), Body: append([]byte(nil), r.Body...)}
+}
+
+// scribble overwrites every part of r in place, as a caller reusing its
+// buffers would.
+func scribble(r *idempotency.Response) {
+	r.Status = 599
+	for i := range r.Body {
+		r.Body[i] = 'X'
+	}
+	for _, values := range r.Header {
+		for i := range values {
+			values[i] = "scribbled"
+		}
+	}
+	r.Header.Set("X-Added", "after")
+}
+
+func mustBegin(t *testing.T, s idempotency.Store, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.Token, lease time.Duration) (idempotency.Record, bool) {
+	t.Helper()
+	rec, owned, err := s.Begin(ctx(t), key, fp, owner, lease)
+	if err != nil {
+		t.Fatalf("Begin: %v", err)
+	}
+	return rec, owned
+}
+
+func mustOwn(t *testing.T, s idempotency.Store, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.Token, lease time.Duration) idempotency.Record {
+	t.Helper()
+	rec, owned := mustBegin(t, s, key, fp, owner, lease)
+	if !owned {
+		t.Fatalf("Begin on a free key: owned=false, existing record %+v", rec)
+	}
+	return rec
+}
+
+func get(t *testing.T, s idempotency.Store, key idempotency.RecordKey) (idempotency.Record, bool) {
+	t.Helper()
+	rec, ok, err := s.Get(ctx(t), key)
+	if err != nil {
+		t.Fatalf("Get: %v", err)
+	}
+	return rec, ok
+}
+
+func mustGet(t *testing.T, s idempotency.Store, key idempotency.RecordKey) idempotency.Record {
+	t.Helper()
+	rec, ok := get(t, s, key)
+	if !ok {
+		t.Fatal("Get: no record, want one")
+	}
+	return rec
+}
+
+func wantAbsent(t *testing.T, s idempotency.Store, key idempotency.RecordKey) {
+	t.Helper()
+	if rec, ok := get(t, s, key); ok {
+		t.Fatalf("Get: found %+v, want no record", rec)
+	}
+}
+
+func wantInFlight(t *testing.T, rec idempotency.Record, owner idempotency.Token, fp idempotency.Fingerprint) {
+	t.Helper()
+	if rec.State != idempotency.StateInFlight {
+		t.Errorf("State = %v, want in_flight", rec.State)
+	}
+	if rec.Owner != owner {
+		t.Errorf("Owner = %x, want %x", rec.Owner, owner)
+	}
+	if rec.Fingerprint != fp {
+		t.Errorf("Fingerprint = %x, want %x", rec.Fingerprint, fp)
+	}
+}
+
+func wantCompleted(t *testing.T, rec idempotency.Record, fp idempotency.Fingerprint, resp idempotency.Response) {
+	t.Helper()
+	if rec.State != idempotency.StateCompleted {
+		t.Errorf("State = %v, want completed", rec.State)
+	}
+	if rec.Fingerprint != fp {
+		t.Errorf("Fingerprint = %x, want %x", rec.Fingerprint, fp)
+	}
+	if rec.Response == nil {
+		t.Errorf("completed record has no Response")
+		return
+	}
+	if got := rec.Response; got.Status != resp.Status || string(got.Body) != string(resp.Body) || !sameHeader(got.Header, resp.Header) {
+		t.Errorf("Response = {%d %v %q}, want {%d %v %q}", got.Status, got.Header, got.Body, resp.Status, resp.Header, resp.Body)
+	}
+}
+
+// sameHeader compares headers treating nil and empty as equal.
+func sameHeader(a, b http.Header) bool {
+	if len(a) == 0 && len(b) == 0 {
+		return true
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+func wantNear(t *testing.T, what string, got, want time.Time) {
+	t.Helper()
+	if d := got.Sub(want); d < -clockSlack || d > clockSlack {
+		t.Errorf("%s = %v, want within %v of %v", what, got, clockSlack, want)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting %v for %s", waitLimit, what)
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+func sleepUntil(at time.Time) { time.Sleep(time.Until(at)) }
