@@ -131,7 +131,7 @@ func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	}
 	v, err := caddy.ParseDuration(s)
 	if err != nil || v < 0 {
-		return d.Errf("%s: invalid duration %q", d.Val(), s)
+		return d.Errf("invalid duration %q", s)
 	}
 	*dst = caddy.Duration(v)
 	return nil

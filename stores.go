@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -32,7 +33,21 @@ type BadgerStore struct {
 
 type pooledBadger struct{ *idempotency.BadgerStore }
 
-func (p pooledBadger) Destruct() error { return p.Close() }
+// closeTimeout bounds how long a reload waits for Badger to close. Badger
+// retries a failing memtable flush forever (its directory deleted, the disk
+// gone), and Caddy holds its config lock during Cleanup.
+const closeTimeout = 10 * time.Second
+
+func (p pooledBadger) Destruct() error {
+	done := make(chan error, 1)
+	go func() { done <- p.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(closeTimeout):
+		return fmt.Errorf("badger store did not close within %s; its directory stays locked", closeTimeout)
+	}
+}
 
 // CaddyModule returns the Caddy module information.
 func (BadgerStore) CaddyModule() caddy.ModuleInfo {

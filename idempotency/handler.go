@@ -109,7 +109,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 		}
 		parsed, perr := ParseJSON(body, field, (*bufp)[:0])
 		switch {
-		case perr != nil && !hasKey:
+		case perr != nil && !hasKey && !h.cfg.RequireKey && !mentionsField(body, field):
 			// Not ours to judge: without a key the request passes as sent.
 			setBody(r, body)
 			return next(w, r)
@@ -353,6 +353,13 @@ func setBody(r *http.Request, body []byte) {
 	if len(body) == 0 {
 		r.Body = http.NoBody
 	}
+}
+
+// mentionsField reports whether a body that failed to parse names the key
+// field: then the client meant it to be keyed, and it gets invalid_json
+// rather than going upstream unprotected.
+func mentionsField(body []byte, field string) bool {
+	return field != "" && bytes.Contains(body, []byte(`"`+field+`"`))
 }
 
 func isJSON(contentType string) bool {
