@@ -32,12 +32,15 @@ func main() {
 	config := flag.String("config", "testdata/demo.Caddyfile", "the Caddyfile to run")
 	data := flag.String("data", "", "Caddy's data directory, which holds the Badger store (default: a new temporary one)")
 	flag.Parse()
-	if err := run(*port, *upstream, *config, *data); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *port, *upstream, *config, *data); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(port int, upstream, config, data string) error {
+// run serves the demo until ctx ends.
+func run(ctx context.Context, port int, upstream, config, data string) error {
 	if data == "" {
 		dir, err := os.MkdirTemp("", "caddy-idempotency-demo-")
 		if err != nil {
@@ -78,8 +81,6 @@ func run(port int, upstream, config, data string) error {
 
 	fmt.Printf("demo: batches API on http://%s, Caddy with the idempotency handler on http://localhost:%d\n", upstream, port)
 	fmt.Printf("demo: records in %s; press Ctrl-C to stop\n", data)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	<-ctx.Done()
 	return nil
 }

@@ -1,0 +1,61 @@
+package caddyidempotency
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
+)
+
+// The JSON form of the README, loaded as JSON: every field set.
+func TestJSONConfig(t *testing.T) {
+	backend := batchesbackend.New()
+	upstream := httptest.NewServer(backend)
+	defer upstream.Close()
+	tester := caddytest.NewTester(t)
+	tester.InitServer(fmt.Sprintf(`{
+		"admin": {"listen": "localhost:2999"},
+		"logging": {"logs": {"default": {"level": "ERROR"}}},
+		"apps": {"http": {"http_port": %d, "https_port": %d, "servers": {"srv0": {
+			"listen": [":%d"],
+			"automatic_https": {"disable": true},
+			"routes": [{
+				"match": [{"path": ["/v1/batches"]}],
+				"handle": [{
+					"handler": "idempotency",
+					"key_header": "X-Key",
+					"key_field": "idempotency_key",
+					"scope": "{http.request.header.Authorization}",
+					"methods": ["POST"],
+					"ttl": "1h",
+					"lock_timeout": "30s",
+					"wait": "5s",
+					"max_body": 65536,
+					"max_response": 65536,
+					"conflict_status": 422,
+					"store": {"backend": "badger", "path": %q}
+				}, {
+					"handler": "reverse_proxy",
+					"upstreams": [{"dial": %q}]
+				}]
+			}]
+		}}}}
+	}`, httpPort, httpsPort, httpPort, storeDir(t), upstream.Listener.Addr().String()), "json")
+	if t.Failed() {
+		t.FailNow()
+	}
+	s := &stack{t: t, backend: backend, url: fmt.Sprintf("http://localhost:%d", httpPort), client: http.DefaultClient}
+
+	body := createBody(t, nil, "")
+	created := s.send(http.MethodPost, "/v1/batches", body, "X-Key", "json-1").batch(t)
+	r := s.send(http.MethodPost, "/v1/batches", body, "X-Key", "json-1")
+	if b := r.batch(t); b.ID != created.ID || r.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("no replay under the JSON config: %s vs %s", b.ID, created.ID)
+	}
+	s.send(http.MethodPost, "/v1/batches", createBody(t, map[string]any{"input_file_id": "file-2"}, ""), "X-Key", "json-1").
+		apiError(t, http.StatusUnprocessableEntity, "idempotency_key_reused")
+}
