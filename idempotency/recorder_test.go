@@ -1,0 +1,203 @@
+package idempotency
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// clientWriter stands for the client's connection: it logs, in order, every
+// header, write and flush that reaches it.
+type clientWriter struct {
+	header http.Header
+	events []string
+	body   bytes.Buffer
+}
+
+func newClientWriter() *clientWriter { return &clientWriter{header: http.Header{}} }
+
+func (c *clientWriter) Header() http.Header { return c.header }
+func (c *clientWriter) WriteHeader(status int) {
+	c.events = append(c.events, fmt.Sprintf("header %d", status))
+}
+func (c *clientWriter) Write(p []byte) (int, error) {
+	c.events = append(c.events, "write "+string(p))
+	return c.body.Write(p)
+}
+func (c *clientWriter) Flush() { c.events = append(c.events, "flush") }
+
+func wantEvents(t *testing.T, c *clientWriter, want ...string) {
+	t.Helper()
+	if len(want) == 0 && len(c.events) == 0 {
+		return
+	}
+	if !reflect.DeepEqual(c.events, want) {
+		t.Fatalf("the client saw %q, want %q", c.events, want)
+	}
+}
+
+func TestRecorderHoldsStorable2xx(t *testing.T) {
+	for _, status := range []int{http.StatusOK, http.StatusCreated, http.StatusAccepted, 299} {
+		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			client, buf := newClientWriter(), new(bytes.Buffer)
+			rec := newRecorder(client, 10, buf)
+			rec.Header().Set("Content-Type", "application/json")
+			rec.WriteHeader(status)
+			_, _ = rec.Write([]byte("01234"))
+			_, _ = rec.Write([]byte("56789")) // exactly the limit
+			rec.Flush()                       // must not leak the held response
+			http.NewResponseController(rec).Flush()
+
+			wantEvents(t, client)
+			if !rec.storable() {
+				t.Fatal("a 2xx within the limit is not storable")
+			}
+			if rec.status != status || buf.String() != "0123456789" {
+				t.Fatalf("held status %d body %q, want %d %q", rec.status, buf, status, "0123456789")
+			}
+			if client.header.Get("Content-Type") != "application/json" {
+				t.Fatal("headers set through the recorder are not the client's headers")
+			}
+		})
+	}
+}
+
+func TestRecorderImplicit200(t *testing.T) {
+	client, buf := newClientWriter(), new(bytes.Buffer)
+	rec := newRecorder(client, 100, buf)
+	_, _ = rec.Write([]byte("hi"))
+	wantEvents(t, client)
+	if !rec.storable() || rec.status != http.StatusOK || buf.String() != "hi" {
+		t.Fatalf("storable=%v status=%d body=%q, want true 200 \"hi\"", rec.storable(), rec.status, buf)
+	}
+	rec.WriteHeader(http.StatusInternalServerError) // superfluous: ignored
+	if rec.status != http.StatusOK || !rec.storable() {
+		t.Fatalf("a second WriteHeader changed the response: status %d", rec.status)
+	}
+}
+
+func TestRecorderNothingWritten(t *testing.T) {
+	rec := newRecorder(newClientWriter(), 100, new(bytes.Buffer))
+	if rec.storable() {
+		t.Fatal("a response that was never written is storable")
+	}
+}
+
+func TestRecorderOverLimitPassesThrough(t *testing.T) {
+	client, buf := newClientWriter(), new(bytes.Buffer)
+	rec := newRecorder(client, 8, buf)
+	rec.WriteHeader(http.StatusOK)
+	_, _ = rec.Write([]byte("abc"))
+	_, _ = rec.Write([]byte("defg"))
+	wantEvents(t, client) // 7 bytes: still held
+	_, _ = rec.Write([]byte("hij"))
+	wantEvents(t, client, "header 200", "write abcdefg", "write hij")
+	rec.Flush()
+	_, _ = rec.Write([]byte("klm"))
+	wantEvents(t, client, "header 200", "write abcdefg", "write hij", "flush", "write klm")
+	if rec.storable() {
+		t.Fatal("a response over the limit is storable")
+	}
+	if client.body.String() != "abcdefghijklm" {
+		t.Fatalf("the client got %q, want every byte in order", client.body.String())
+	}
+}
+
+func TestRecorderFirstWriteOverLimit(t *testing.T) {
+	client := newClientWriter()
+	rec := newRecorder(client, 4, new(bytes.Buffer))
+	_, _ = rec.Write([]byte("12345"))
+	wantEvents(t, client, "header 200", "write 12345")
+	if rec.storable() {
+		t.Fatal("a response over the limit is storable")
+	}
+}
+
+func TestRecorderNon2xxPassesThroughAtOnce(t *testing.T) {
+	for _, status := range []int{http.StatusMovedPermanently, http.StatusBadRequest, http.StatusConflict, http.StatusInternalServerError} {
+		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			client, buf := newClientWriter(), new(bytes.Buffer)
+			rec := newRecorder(client, 1<<20, buf)
+			rec.WriteHeader(status)
+			wantEvents(t, client, fmt.Sprintf("header %d", status))
+			_, _ = rec.Write([]byte("oops"))
+			rec.Flush()
+			wantEvents(t, client, fmt.Sprintf("header %d", status), "write oops", "flush")
+			if rec.storable() || buf.Len() != 0 {
+				t.Fatalf("a %d is storable (%v) or held (%q)", status, rec.storable(), buf)
+			}
+		})
+	}
+}
+
+func TestRecorderInformationalForwarded(t *testing.T) {
+	client, buf := newClientWriter(), new(bytes.Buffer)
+	rec := newRecorder(client, 100, buf)
+	rec.Header().Set("Link", "</style.css>; rel=preload")
+	rec.WriteHeader(http.StatusEarlyHints)
+	wantEvents(t, client, "header 103")
+	if rec.wroteHeader {
+		t.Fatal("103 was taken as the final response")
+	}
+	rec.WriteHeader(http.StatusCreated)
+	_, _ = rec.Write([]byte("done"))
+	wantEvents(t, client, "header 103")
+	if !rec.storable() || rec.status != http.StatusCreated || buf.String() != "done" {
+		t.Fatalf("after a 103: storable=%v status=%d body=%q, want true 201 \"done\"", rec.storable(), rec.status, buf)
+	}
+}
+
+func TestRecorderUnwrap(t *testing.T) {
+	client := newClientWriter()
+	rec := newRecorder(client, 100, new(bytes.Buffer))
+	if rec.Unwrap() != http.ResponseWriter(client) {
+		t.Fatal("Unwrap does not return the client's writer")
+	}
+}
+
+func TestStoredHeader(t *testing.T) {
+	h := http.Header{}
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Request-Id", "req_123")
+	h.Add("Openai-Processing-Ms", "12")
+	h.Add("Vary", "Origin")
+	h.Add("Vary", "Accept-Encoding")
+	h.Set("X-Hop", "1")
+	h.Set("X-Other-Hop", "2")
+	h.Add("Connection", "x-hop")
+	h.Add("Connection", " keep-alive , X-Other-Hop")
+	dropped := []string{
+		"Set-Cookie", "Authorization", "WWW-Authenticate", "Proxy-Authenticate", "Proxy-Authorization",
+		"Date", "Content-Length", "Keep-Alive", "Proxy-Connection", "TE", "Trailer",
+		"Transfer-Encoding", "Upgrade",
+	}
+	for _, name := range dropped {
+		h.Set(name, "v")
+	}
+	h.Add("Set-Cookie", "session=2")
+
+	got := storedHeader(h)
+	want := http.Header{
+		"Content-Type":         {"application/json"},
+		"X-Request-Id":         {"req_123"},
+		"Openai-Processing-Ms": {"12"},
+		"Vary":                 {"Origin", "Accept-Encoding"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("storedHeader kept %v\nwant %v", got, want)
+	}
+
+	// A copy: changing the source afterwards does not change what is stored.
+	h["Vary"][0] = "changed"
+	if got.Get("Vary") != "Origin" {
+		t.Fatal("storedHeader shares value slices with its source")
+	}
+	for name := range got {
+		if strings.EqualFold(name, "connection") {
+			t.Fatal("Connection itself was stored")
+		}
+	}
+}
