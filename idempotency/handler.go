@@ -102,7 +102,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 	kind, canonical, upstreamBody := bodyRaw, body, body
 	bufp := canonicalPool.Get().(*[]byte)
 	defer func() { canonicalPool.Put(bufp) }()
-	if isJSON(r.Header.Get("Content-Type")) {
+	// An empty body has no JSON to check (a keyed cancel, say): it hashes as raw.
+	if len(body) > 0 && isJSON(r.Header.Get("Content-Type")) {
 		field := h.cfg.KeyField
 		if field == KeyFieldOff {
 			field = ""

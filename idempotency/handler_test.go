@@ -611,6 +611,17 @@ func TestKeyFieldInInvalidJSONNotForwarded(t *testing.T) {
 	s.up.wantCalls(t, 0)
 }
 
+// POST /v1/batches/{id}/cancel has no body, yet SDKs send it as JSON.
+func TestEmptyJSONBodyWithKey(t *testing.T) {
+	s := newStack(t, Config{}, nil)
+	cancel := withPath("/v1/batches/batch_1/cancel")
+	first := s.post(t, "", withKey("k-cancel"), cancel)
+	wantForwarded(t, first, http.StatusOK)
+	wantReplayOf(t, s.post(t, "", withKey("k-cancel"), cancel), first)
+	wantError(t, s.post(t, "{}", withKey("k-cancel"), cancel), http.StatusConflict, CodeKeyReused)
+	s.up.wantCalls(t, 1)
+}
+
 func TestInvalidJSONWithoutKeyPassesThrough(t *testing.T) {
 	s := newStack(t, Config{}, nil)
 	bodies := []string{`{"a":1,"a":2}`, `not json`, `[1,2,`, `{"n":1e400}`}
