@@ -45,12 +45,14 @@ func TestConcurrentDuplicatesWait(t *testing.T) {
 	release := make(chan struct{})
 	s.backend.SetFault(batchesbackend.Fault{Block: release, Times: 1})
 	replies := s.sendConcurrently(50, createBody(t, nil, ""), "Idempotency-Key", "dup-wait")
+	waitFor(t, func() bool { return s.backend.Requests() == 1 }) // one owner upstream, the rest waiting
+	time.Sleep(200 * time.Millisecond)                            // let the duplicates arrive and begin waiting
 	close(release)
-	first := (<-replies).batch(t)
+	first := <-replies
+	first.batch(t)
 	for i := 1; i < 50; i++ {
-		r := <-replies
-		if b := r.batch(t); b.ID != first.ID || b.CreatedAt != first.CreatedAt {
-			t.Fatalf("client got batch %s, another got %s", b.ID, first.ID)
+		if r := <-replies; r.Status != first.Status || !bytes.Equal(r.Body, first.Body) {
+			t.Fatalf("client got %d %s, another got %d %s", r.Status, r.Body, first.Status, first.Body)
 		}
 	}
 	if n := s.backend.Creates(); n != 1 {
