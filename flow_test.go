@@ -46,7 +46,7 @@ func TestConcurrentDuplicatesWait(t *testing.T) {
 	s.backend.SetFault(batchesbackend.Fault{Block: release, Times: 1})
 	replies := s.sendConcurrently(50, createBody(t, nil, ""), "Idempotency-Key", "dup-wait")
 	waitFor(t, func() bool { return s.backend.Requests() == 1 }) // one owner upstream, the rest waiting
-	time.Sleep(200 * time.Millisecond)                            // let the duplicates arrive and begin waiting
+	time.Sleep(200 * time.Millisecond)                           // let the duplicates arrive and begin waiting
 	close(release)
 	first := <-replies
 	first.batch(t)
