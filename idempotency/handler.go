@@ -79,8 +79,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 		h.reject(w, r, http.StatusBadRequest, CodeInvalidKey, err.Error(), &retryNo)
 		return nil
 	}
-	jsonBody := h.cfg.KeyField != KeyFieldOff && isJSON(r.Header.Get("Content-Type"))
-	if !hasKey && !jsonBody {
+	jsonType := isJSON(r.Header.Get("Content-Type"))
+	if !hasKey && (!jsonType || h.cfg.KeyField == KeyFieldOff) {
 		if h.cfg.RequireKey {
 			h.reject(w, r, http.StatusBadRequest, CodeKeyRequired, "An idempotency key is required for this request. Send it in the "+h.cfg.KeyHeader+" header.", nil)
 			return nil
@@ -103,7 +103,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 	bufp := canonicalPool.Get().(*[]byte)
 	defer func() { canonicalPool.Put(bufp) }()
 	// An empty body has no JSON to check (a keyed cancel, say): it hashes as raw.
-	if len(body) > 0 && isJSON(r.Header.Get("Content-Type")) {
+	if len(body) > 0 && jsonType {
 		field := h.cfg.KeyField
 		if field == KeyFieldOff {
 			field = ""
