@@ -18,12 +18,15 @@ import (
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 )
 
-// Every caddytest test in this package shares one in-process Caddy (admin
-// port 2999): keep them here and off t.Parallel().
+// Every caddytest test in this package shares one in-process Caddy: keep them
+// here and off t.Parallel(). Its admin port is picked per run, not caddytest's
+// fixed 2999, so two test processes on one machine never configure each
+// other's Caddy.
 
 var (
 	httpPort  int
 	httpsPort int
+	adminPort int
 	testRoot  string // outlives every Caddy config of the run
 )
 
@@ -35,10 +38,14 @@ func TestMain(m *testing.M) {
 	os.Setenv("XDG_DATA_HOME", dir+"/data")
 	os.Setenv("XDG_CONFIG_HOME", dir+"/config")
 	testRoot = dir
-	httpPort, httpsPort = freePort(), freePort()
+	httpPort, httpsPort, adminPort = freePort(), freePort(), freePort()
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+func newTester(t *testing.T) *caddytest.Tester {
+	return caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 }
 
 func freePort() int {
@@ -81,7 +88,7 @@ func newStack(t *testing.T, block string) *stack {
 	t.Cleanup(upstream.Close)
 	s := &stack{
 		t:       t,
-		tester:  caddytest.NewTester(t),
+		tester:  newTester(t),
 		backend: backend,
 		url:     fmt.Sprintf("http://localhost:%d", httpPort),
 		client:  &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 100}},
@@ -103,7 +110,7 @@ func (s *stack) load(block, upstream string) {
 
 func caddyfileFor(block, upstream string) string {
 	return fmt.Sprintf(`{
-	admin localhost:2999
+	admin localhost:%d
 	http_port %d
 	https_port %d
 	log {
@@ -116,7 +123,7 @@ http://localhost:%d {
 	}
 	reverse_proxy %s
 }
-`, httpPort, httpsPort, httpPort, block, upstream)
+`, adminPort, httpPort, httpsPort, httpPort, block, upstream)
 }
 
 // reply is one response, read whole.

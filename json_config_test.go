@@ -6,8 +6,6 @@ import (
 	"net/http/httptest"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
-
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 )
 
@@ -16,9 +14,9 @@ func TestJSONConfig(t *testing.T) {
 	backend := batchesbackend.New()
 	upstream := httptest.NewServer(backend)
 	defer upstream.Close()
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(fmt.Sprintf(`{
-		"admin": {"listen": "localhost:2999"},
+		"admin": {"listen": "localhost:%d"},
 		"logging": {"logs": {"default": {"level": "ERROR"}}},
 		"apps": {"http": {"http_port": %d, "https_port": %d, "servers": {"srv0": {
 			"listen": [":%d"],
@@ -44,7 +42,7 @@ func TestJSONConfig(t *testing.T) {
 				}]
 			}]
 		}}}}
-	}`, httpPort, httpsPort, httpPort, storeDir(t), upstream.Listener.Addr().String()), "json")
+	}`, adminPort, httpPort, httpsPort, httpPort, storeDir(t), upstream.Listener.Addr().String()), "json")
 	if t.Failed() {
 		t.FailNow()
 	}
