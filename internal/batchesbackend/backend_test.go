@@ -327,6 +327,12 @@ func TestFaultDelay(t *testing.T) {
 	}
 }
 
+func (s *Server) faultPending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fault != (Fault{})
+}
+
 func TestFaultBlock(t *testing.T) {
 	s, ts := start(t)
 	release := make(chan struct{})
@@ -344,7 +350,9 @@ func TestFaultBlock(t *testing.T) {
 		_ = json.NewDecoder(resp.Body).Decode(&m)
 		done <- m
 	}()
-	for s.Requests() == 0 {
+	// Wait until the first request took the fault: counting its arrival is
+	// not enough, since a later request could overtake it and block instead.
+	for s.faultPending() {
 		time.Sleep(time.Millisecond)
 	}
 	// A second request is not blocked: Times was 1.
