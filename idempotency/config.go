@@ -97,18 +97,18 @@ func (c *Config) validate() error {
 		return fmt.Errorf("idempotency: conflict_status must be 409 or 422, not %d", c.ConflictStatus)
 	}
 	for _, m := range c.Methods {
-		if m == "" || m != normalizeMethod(m) {
+		if !isUpperMethod(m) {
 			return fmt.Errorf("idempotency: method %q must be an upper-case HTTP method", m)
 		}
 	}
 	return nil
 }
 
-func normalizeMethod(m string) string {
+func isUpperMethod(m string) bool {
 	for i := 0; i < len(m); i++ {
 		if c := m[i]; c < 'A' || c > 'Z' {
-			return ""
+			return false
 		}
 	}
-	return m
+	return m != ""
 }

@@ -82,7 +82,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 	jsonType := isJSON(r.Header.Get("Content-Type"))
 	if !hasKey && (!jsonType || h.cfg.KeyField == KeyFieldOff) {
 		if h.cfg.RequireKey {
-			h.reject(w, r, http.StatusBadRequest, CodeKeyRequired, "An idempotency key is required for this request. Send it in the "+h.cfg.KeyHeader+" header.", nil)
+			h.rejectMissingKey(w, r)
 			return nil
 		}
 		return next(w, r) // nothing can carry a key: the body stays unread
@@ -137,7 +137,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 	}
 	if !hasKey {
 		if h.cfg.RequireKey {
-			h.reject(w, r, http.StatusBadRequest, CodeKeyRequired, "An idempotency key is required for this request. Send it in the "+h.cfg.KeyHeader+" header or the "+h.cfg.KeyField+" body field.", nil)
+			h.rejectMissingKey(w, r)
 			return nil
 		}
 		setBody(r, body)
@@ -307,6 +307,14 @@ func (h *Handler) reject(w http.ResponseWriter, r *http.Request, status int, cod
 	h.cfg.Logger.Debug("idempotency request rejected", zap.Int("status", status), zap.String("code", code),
 		zap.String("method", r.Method), zap.String("path", r.URL.Path))
 	writeError(w, status, code, message, retry)
+}
+
+func (h *Handler) rejectMissingKey(w http.ResponseWriter, r *http.Request) {
+	where := "the " + h.cfg.KeyHeader + " header"
+	if h.cfg.KeyField != KeyFieldOff {
+		where += " or the " + h.cfg.KeyField + " field of a JSON body"
+	}
+	h.reject(w, r, http.StatusBadRequest, CodeKeyRequired, "An idempotency key is required for this request. Send it in "+where+".", nil)
 }
 
 func writeReplay(w http.ResponseWriter, resp *Response) {
