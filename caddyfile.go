@@ -32,6 +32,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		key_field       <name>|off
 //		require_key
 //		scope           <template>
+//		require_scope
 //		methods         <method...>
 //		ttl             <duration>
 //		lock_timeout    <duration>
@@ -39,6 +40,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_body        <size>
 //		max_response    <size>
 //		conflict_status 409|422
+//		fail_open
 //		store           badger [<dir>] | memory
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -61,10 +63,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "key_field":
 			err = oneArg(d, &h.KeyField)
 		case "require_key":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			h.RequireKey = true
+			err = flagArg(d, &h.RequireKey)
+		case "require_scope":
+			err = flagArg(d, &h.RequireScope)
+		case "fail_open":
+			err = flagArg(d, &h.FailOpen)
 		case "scope":
 			err = oneArg(d, &h.Scope)
 		case "methods":
@@ -121,6 +124,14 @@ func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	if !d.AllArgs(dst) {
 		return d.ArgErr()
 	}
+	return nil
+}
+
+func flagArg(d *caddyfile.Dispenser, dst *bool) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = true
 	return nil
 }
 

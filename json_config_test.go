@@ -28,6 +28,7 @@ func TestJSONConfig(t *testing.T) {
 					"key_header": "X-Key",
 					"key_field": "idempotency_key",
 					"scope": "{http.request.header.Authorization}",
+					"require_scope": true,
 					"methods": ["POST"],
 					"ttl": "1h",
 					"lock_timeout": "30s",
@@ -35,6 +36,7 @@ func TestJSONConfig(t *testing.T) {
 					"max_body": 65536,
 					"max_response": 65536,
 					"conflict_status": 422,
+					"fail_open": true,
 					"store": {"backend": "badger", "path": %q}
 				}, {
 					"handler": "reverse_proxy",
@@ -56,4 +58,6 @@ func TestJSONConfig(t *testing.T) {
 	}
 	s.send(http.MethodPost, "/v1/batches", createBody(t, map[string]any{"input_file_id": "file-2"}, ""), "X-Key", "json-1").
 		apiError(t, http.StatusUnprocessableEntity, "idempotency_key_reused")
+	s.send(http.MethodPost, "/v1/batches", body, "X-Key", "json-2", "Authorization", "").
+		apiError(t, http.StatusBadRequest, "idempotency_scope_required")
 }

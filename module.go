@@ -39,6 +39,9 @@ type Handler struct {
 	// The tenant a request belongs to, with placeholders; records of different
 	// scopes never meet. Default: {http.request.header.Authorization}.
 	Scope string `json:"scope,omitempty"`
+	// Answer 400 idempotency_scope_required to a keyed request whose scope is
+	// empty, instead of giving all such requests one shared scope.
+	RequireScope bool `json:"require_scope,omitempty"`
 	// The covered methods. Default: POST.
 	Methods []string `json:"methods,omitempty"`
 	// How long a completed record replays. Default: 24h.
@@ -55,6 +58,9 @@ type Handler struct {
 	MaxResponse int64 `json:"max_response,omitempty"`
 	// The status of a key reused with other parameters: 409 or 422. Default: 409.
 	ConflictStatus int `json:"conflict_status,omitempty"`
+	// Forward a keyed request unprotected, logging a warning, when the store
+	// fails. Default: answer 503 idempotency_store_unavailable and forward nothing.
+	FailOpen bool `json:"fail_open,omitempty"`
 	// Where records are kept: a module of namespace
 	// http.handlers.idempotency.stores. Default: badger in Caddy's data directory.
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.idempotency.stores inline_key=backend"`
@@ -102,6 +108,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 			return repl.ReplaceAll(scope, "")
 		},
+		RequireScope:   h.RequireScope,
 		Methods:        h.Methods,
 		TTL:            time.Duration(h.TTL),
 		LockTimeout:    time.Duration(h.LockTimeout),
@@ -109,6 +116,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		MaxBody:        h.MaxBody,
 		MaxResponse:    h.MaxResponse,
 		ConflictStatus: h.ConflictStatus,
+		FailOpen:       h.FailOpen,
 		Logger:         ctx.Logger(),
 	})
 	return err

@@ -32,8 +32,12 @@ type Config struct {
 	RequireKey bool   // answer 400 to a covered request without a key
 	// Scope returns the tenant a request belongs to; records of different
 	// scopes never meet. Default: the Authorization header.
-	Scope   func(*http.Request) string
-	Methods []string // covered methods; default POST
+	Scope func(*http.Request) string
+	// RequireScope answers 400 to a keyed request whose scope is empty
+	// (by default: no Authorization header) instead of giving all such
+	// requests one shared scope.
+	RequireScope bool
+	Methods      []string // covered methods; default POST
 
 	TTL         time.Duration // how long a completed record replays
 	LockTimeout time.Duration // lease of an in-flight record, renewed by a live owner
@@ -42,6 +46,11 @@ type Config struct {
 	MaxBody        int64 // larger covered requests get 413
 	MaxResponse    int64 // larger responses pass through and are not stored
 	ConflictStatus int   // 409 or 422, for a key reused with other parameters
+
+	// FailOpen forwards a keyed request unprotected, with a warning, when the
+	// store cannot begin it. The default answers 503 and forwards nothing: a
+	// create that went upstream without a record could be duplicated by a retry.
+	FailOpen bool
 
 	Logger *zap.Logger
 }

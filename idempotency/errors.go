@@ -13,6 +13,7 @@ const (
 	CodeKeyInUse         = "idempotency_key_in_use"
 	CodeInvalidKey       = "invalid_idempotency_key"
 	CodeKeyRequired      = "idempotency_key_required"
+	CodeScopeRequired    = "idempotency_scope_required"
 	CodeInvalidJSON      = "invalid_json"
 	CodeRequestTooLarge  = "request_too_large"
 	CodeStoreUnavailable = "idempotency_store_unavailable"

@@ -144,8 +144,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 		return next(w, r)
 	}
 
+	scope := h.cfg.Scope(r)
+	if scope == "" && h.cfg.RequireScope {
+		h.reject(w, r, http.StatusBadRequest, CodeScopeRequired,
+			"A request with an idempotency key must identify its caller (for example with an Authorization header).", &retryNo)
+		return nil
+	}
 	fp := NewFingerprint(r.Method, r.URL.Path, r.URL.Query(), kind, canonical)
-	rk := NewRecordKey(h.cfg.Scope(r), key)
+	rk := NewRecordKey(scope, key)
 	setBody(r, upstreamBody)
 	return h.run(w, r, next, rk, fp, key)
 }
@@ -163,6 +169,10 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, rk Reco
 		case err != nil:
 			if r.Context().Err() != nil {
 				return nil // the client left; there is no one to answer
+			}
+			if h.cfg.FailOpen {
+				log.Warn("idempotency store failed to begin; forwarding unprotected (fail_open)", zap.Error(err))
+				return next(w, r)
 			}
 			log.Error("idempotency store failed to begin", zap.Error(err))
 			h.reject(w, r, http.StatusServiceUnavailable, CodeStoreUnavailable, "The idempotency store is unavailable. Retry later.", &retryYes)

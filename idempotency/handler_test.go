@@ -1035,53 +1035,6 @@ func TestResponseOverMaxResponse(t *testing.T) {
 	s.up.wantCalls(t, 3)
 }
 
-func TestStoreFailingBegin(t *testing.T) {
-	s := newStack(t, Config{Store: failingStore{Store: NewMemoryStore(), failBegin: true}}, nil)
-	r := s.post(t, createBody, withKey("k-down"))
-	wantError(t, r, http.StatusServiceUnavailable, CodeStoreUnavailable)
-	wantHeader(t, r, "x-should-retry", "true")
-	s.up.wantCalls(t, 0)
-	// Without a key the store is not needed.
-	wantForwarded(t, s.post(t, createBody), http.StatusOK)
-}
-
-// When the record cannot be completed, the upstream has still acted: the
-// client gets its answer, and the record stays in flight (a duplicate is told
-// to retry) rather than letting the create run twice at once.
-func TestStoreFailingComplete(t *testing.T) {
-	s := newStack(t, Config{Store: failingStore{Store: NewMemoryStore(), failComplete: true}}, nil)
-	first := s.post(t, createBody, withKey("k-half"))
-	wantForwarded(t, first, http.StatusOK)
-	if !bytes.Contains(first.body, []byte(`"id":"batch_`)) {
-		t.Fatalf("client got %s, want the upstream's batch", first.body)
-	}
-	wantHeader(t, first, "Content-Length", strconv.Itoa(len(first.body)))
-	wantError(t, s.post(t, createBody, withKey("k-half")), http.StatusConflict, CodeKeyInUse)
-	s.up.wantCalls(t, 1)
-}
-
-// failingStore is a real store whose chosen operations fail.
-type failingStore struct {
-	Store
-	failBegin, failComplete bool
-}
-
-var errStoreDown = errors.New("store unreachable")
-
-func (f failingStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner Token, lease time.Duration) (Record, bool, error) {
-	if f.failBegin {
-		return Record{}, false, errStoreDown
-	}
-	return f.Store.Begin(ctx, key, fp, owner, lease)
-}
-
-func (f failingStore) Complete(ctx context.Context, key RecordKey, owner Token, resp Response, ttl time.Duration) error {
-	if f.failComplete {
-		return errStoreDown
-	}
-	return f.Store.Complete(ctx, key, owner, resp, ttl)
-}
-
 func TestScopesAreIndependent(t *testing.T) {
 	s := newStack(t, Config{}, nil)
 	a := s.post(t, createBody, withKey("shared"), withAuth("Bearer sk-tenant-a"))
