@@ -159,3 +159,165 @@ func FuzzCanonicalJSON(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCanonicalRoundTrip checks ParseJSON with any key field name (also none):
+// it never panics; what it accepts, encoding/json decodes to the same value as
+// its Canonical output once the key field and top-level nulls are removed;
+// canonicalizing Canonical again changes nothing; and Stripped is the input
+// with exactly the key member cut out.
+func FuzzCanonicalRoundTrip(f *testing.F) {
+	for _, s := range []struct{ in, kf string }{
+		{`{"idempotency_key":"k-1","b":[1,2],"a":null}`, "idempotency_key"},
+		{`{"a":1,"idempotency_key":"k","c":{"idempotency_key":null}}`, "idempotency_key"},
+		{` { "k" : "v" } `, "k"},
+		{`{"\u006b":"v","x":-0}`, "k"},
+		{`{"k":1}`, "k"},
+		{`{"k":null,"k":"v"}`, "k"},
+		{`{"é":"\ud83d\ude00"}`, "é"},
+		{`{"":"empty name"}`, ""},
+		{`[{"k":"nested only"}]`, "k"},
+		{`{"a":1e21,"b":0.1,"c":123456789012345678901234567890}`, "idempotency_key"},
+	} {
+		f.Add([]byte(s.in), s.kf)
+	}
+	f.Fuzz(func(t *testing.T, in []byte, kf string) {
+		// A dirty dst checks that only dst[:0] is used.
+		res, err := ParseJSON(in, kf, []byte("garbage"))
+		plain, plainErr := ParseJSON(in, "", nil)
+		if err != nil {
+			checkParseError(t, in, kf, err, plainErr)
+			return
+		}
+		if plainErr != nil {
+			t.Fatalf("%q accepted with key field %q but not without: %v", in, kf, plainErr)
+		}
+		if !json.Valid(in) {
+			t.Fatalf("accepted input that encoding/json rejects: %q", in)
+		}
+		var orig any
+		if err := json.Unmarshal(in, &orig); err != nil {
+			t.Fatalf("accepted input that encoding/json cannot decode: %q: %v", in, err)
+		}
+
+		// What the key field is, according to encoding/json.
+		top, isObject := orig.(map[string]any)
+		keyVal, keyPresent := top[kf]
+		wantKey := kf != "" && isObject && keyPresent
+		if res.HasKey != wantKey {
+			t.Fatalf("%q with key field %q: HasKey = %v, want %v", in, kf, res.HasKey, wantKey)
+		}
+		if wantKey && keyVal != res.Key {
+			t.Fatalf("%q with key field %q: Key = %q, encoding/json says %#v", in, kf, res.Key, keyVal)
+		}
+
+		// (a) Round trip: Canonical decodes to the input minus key and top-level nulls.
+		want := decodeJSON(t, in)
+		if m, ok := want.(map[string]any); ok {
+			for k, v := range m {
+				if v == nil || (kf != "" && k == kf) {
+					delete(m, k)
+				}
+			}
+		}
+		if got := decodeJSON(t, res.Canonical); !reflect.DeepEqual(got, want) {
+			t.Fatalf("canonical %q of %q (key field %q) decodes to %#v, want %#v", res.Canonical, in, kf, got, want)
+		}
+		if ref := referenceJCS(nil, want); !bytes.Equal(ref, res.Canonical) {
+			t.Fatalf("canonical of %q (key field %q) is\n%q, reference gives\n%q", in, kf, res.Canonical, ref)
+		}
+		if !wantKey && !bytes.Equal(res.Canonical, plain.Canonical) {
+			t.Fatalf("%q: no key for field %q, yet canonical %q differs from %q", in, kf, res.Canonical, plain.Canonical)
+		}
+
+		// (b) Idempotence, with and without the key field.
+		for _, f2 := range []string{kf, ""} {
+			again, err := ParseJSON(res.Canonical, f2, nil)
+			if err != nil || again.HasKey || !bytes.Equal(again.Canonical, res.Canonical) {
+				t.Fatalf("not idempotent (key field %q then %q): %q -> %q -> %q, hasKey=%v, err=%v",
+					kf, f2, in, res.Canonical, again.Canonical, again.HasKey, err)
+			}
+		}
+
+		// Stripped: the input when there is no key, else the input with one
+		// contiguous cut that removes the key member and nothing else.
+		if !res.HasKey {
+			if len(res.Stripped) != len(in) || (len(in) > 0 && &res.Stripped[0] != &in[0]) {
+				t.Fatalf("no key, but Stripped %q is not the input slice %q", res.Stripped, in)
+			}
+			return
+		}
+		s := res.Stripped
+		if !isOneCut(in, s) {
+			t.Fatalf("stripped %q is not %q with one cut", s, in)
+		}
+		if !json.Valid(s) {
+			t.Fatalf("stripped %q of %q is not valid JSON", s, in)
+		}
+		wantStripped := decodeJSON(t, in).(map[string]any)
+		delete(wantStripped, kf)
+		if got := decodeJSON(t, s); !reflect.DeepEqual(got, wantStripped) {
+			t.Fatalf("stripped %q of %q decodes to %#v, want %#v", s, in, got, wantStripped)
+		}
+		re, err := ParseJSON(s, kf, nil)
+		if err != nil || re.HasKey || !bytes.Equal(re.Canonical, res.Canonical) {
+			t.Fatalf("stripped %q of %q: canonical %q hasKey=%v err=%v, want %q", s, in, re.Canonical, re.HasKey, err, res.Canonical)
+		}
+	})
+}
+
+// checkParseError checks a rejection: a *JSONError inside the input, the same
+// one as without a key field; or ErrKeyFieldNotString for valid JSON whose
+// top-level key field is not a string.
+func checkParseError(t *testing.T, in []byte, kf string, err, plainErr error) {
+	t.Helper()
+	if errors.Is(err, ErrKeyFieldNotString) {
+		if plainErr != nil {
+			t.Fatalf("%q: ErrKeyFieldNotString, but invalid without a key field: %v", in, plainErr)
+		}
+		var m map[string]any
+		if kf == "" || json.Unmarshal(in, &m) != nil {
+			t.Fatalf("%q: ErrKeyFieldNotString for key field %q, but it is no object with that field", in, kf)
+		}
+		if v, ok := m[kf]; !ok {
+			t.Fatalf("%q: ErrKeyFieldNotString, but there is no field %q", in, kf)
+		} else if _, isString := v.(string); isString {
+			t.Fatalf("%q: ErrKeyFieldNotString, but field %q is the string %q", in, kf, v)
+		}
+		return
+	}
+	var je *JSONError
+	if !errors.As(err, &je) {
+		t.Fatalf("%q: error %v is neither a *JSONError nor ErrKeyFieldNotString", in, err)
+	}
+	if je.Offset < 0 || je.Offset > len(in) {
+		t.Fatalf("offset %d outside input of length %d", je.Offset, len(in))
+	}
+	if !reflect.DeepEqual(err, plainErr) {
+		t.Fatalf("%q: error with key field %q is %v, without it %v", in, kf, err, plainErr)
+	}
+}
+
+func decodeJSON(t *testing.T, b []byte) any {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatalf("encoding/json cannot decode %q: %v", b, err)
+	}
+	return v
+}
+
+// isOneCut reports whether short is long with one contiguous run of bytes removed.
+func isOneCut(long, short []byte) bool {
+	if len(short) > len(long) {
+		return false
+	}
+	p := 0
+	for p < len(short) && long[p] == short[p] {
+		p++
+	}
+	s := 0
+	for s < len(short) && long[len(long)-1-s] == short[len(short)-1-s] {
+		s++
+	}
+	return p+s >= len(short)
+}
