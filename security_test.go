@@ -1,0 +1,158 @@
+package caddyidempotency
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
+)
+
+// Tenant B, using the key tenant A has in flight, neither waits for A, nor
+// is told the key is in use, nor sees A's response: B's request runs as if A
+// did not exist, so nothing about A (not even timing) shows through.
+func TestTenantCannotSeeOrBlockAnotherTenantsKey(t *testing.T) {
+	s := newStack(t, "store badger "+storeDir(t)+"\n\t\twait 5s")
+	body := createBody(t, nil, "")
+	const key = "shared-key"
+	asA := []string{"Idempotency-Key", key, "Authorization", "Bearer sk-tenant-a"}
+	asB := []string{"Idempotency-Key", key, "Authorization", "Bearer sk-tenant-b"}
+
+	block := make(chan struct{})
+	s.backend.SetFault(batchesbackend.Fault{Block: block, Times: 1})
+	aDone := make(chan reply, 1)
+	go func() { aDone <- sendTo(t, s.client, http.MethodPost, s.url+"/v1/batches", body, asA...) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.backend.Requests() == 0 {
+		if time.Now().After(deadline) {
+			close(block)
+			t.Fatal("tenant A's create never reached the backend")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	start := time.Now()
+	b := s.send(http.MethodPost, "/v1/batches", body, asB...)
+	took := time.Since(start)
+	bBatch := b.batch(t) // not 409 in_use, and not a wait for A
+	if b.Header.Get("Idempotent-Replayed") != "" || took > 2*time.Second {
+		t.Fatalf("tenant B was held or answered from A's record (replayed %q, took %s)", b.Header.Get("Idempotent-Replayed"), took)
+	}
+	// B's conflicts are against B's own record only.
+	s.send(http.MethodPost, "/v1/batches", createBody(t, map[string]any{"input_file_id": "file-b"}, ""), asB...).
+		apiError(t, http.StatusConflict, "idempotency_key_reused")
+
+	close(block)
+	aBatch := (<-aDone).batch(t)
+	if aBatch.ID == bBatch.ID || s.backend.Creates() != 2 {
+		t.Fatalf("tenants share a batch: A %s, B %s, creates %d", aBatch.ID, bBatch.ID, s.backend.Creates())
+	}
+	for _, c := range []struct {
+		headers []string
+		want    string
+	}{{asA, aBatch.ID}, {asB, bBatch.ID}} {
+		if got := s.send(http.MethodPost, "/v1/batches", body, c.headers...).batch(t); got.ID != c.want {
+			t.Fatalf("replay got %s, want %s", got.ID, c.want)
+		}
+	}
+}
+
+// With Caddy at DEBUG, neither the handler's own log lines nor the access log
+// (with the README's filter for the key header) carry a raw key or a
+// credential, on every path: stored, replayed, reused, in flight, rejected,
+// released, store down.
+func TestLogsCarryNoKeyThroughCaddy(t *testing.T) {
+	backend := batchesbackend.New()
+	upstream := httptest.NewServer(backend)
+	t.Cleanup(upstream.Close)
+	dir := t.TempDir()
+	mainLog, accessLog := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "access.log")
+	tester := newTester(t)
+	tester.InitServer(fmt.Sprintf(`{
+	admin localhost:%d
+	http_port %d
+	https_port %d
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+http://localhost:%d {
+	log {
+		output file %s
+		format filter {
+			request>headers>Idempotency-Key hash
+		}
+	}
+	idempotency /v1/batches {
+		store test_failing
+	}
+	reverse_proxy %s
+}
+`, adminPort, httpPort, httpsPort, mainLog, httpPort, accessLog, upstream.Listener.Addr().String()), "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	t.Cleanup(func() { storeDown.Store(false) })
+	s := &stack{t: t, backend: backend, url: fmt.Sprintf("http://localhost:%d", httpPort), client: &http.Client{Timeout: 10 * time.Second}}
+
+	const key, credential = "log-key-5e2f81", "sk-log-credential-77aa"
+	auth := []string{"Authorization", "Bearer " + credential}
+	body := createBody(t, nil, "")
+	with := func(extra ...string) []string { return append(append([]string(nil), auth...), extra...) }
+	s.send(http.MethodPost, "/v1/batches", body, with("Idempotency-Key", key)...).batch(t)                     // stored
+	s.send(http.MethodPost, "/v1/batches", body, with("Idempotency-Key", key)...).batch(t)                     // replayed
+	s.send(http.MethodPost, "/v1/batches", createBody(t, nil, key), auth...).batch(t)                          // replayed, key in the body
+	s.send(http.MethodPost, "/v1/batches", createBody(t, map[string]any{"input_file_id": "f2"}, key), auth...) // reused
+	s.send(http.MethodPost, "/v1/batches", `{"input_file_id":`, with("Idempotency-Key", key)...)               // invalid JSON
+	s.send(http.MethodPost, "/v1/batches", body, with("Idempotency-Key", key+strings.Repeat("x", 300))...)     // bad key
+	backend.SetFault(batchesbackend.Fault{Status: http.StatusInternalServerError, Times: 1})
+	s.send(http.MethodPost, "/v1/batches", body, with("Idempotency-Key", key+"-released")...) // released
+	storeDown.Store(true)
+	s.send(http.MethodPost, "/v1/batches", body, with("Idempotency-Key", key+"-down")...) // store down
+	storeDown.Store(false)
+
+	// Reload to a config without the log files, so Caddy flushes and lets go of them.
+	newStack(t, "store memory")
+
+	handlerLines, accessLines := 0, 0
+	for _, file := range []string{mainLog, accessLog} {
+		f, err := os.Open(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var entry struct {
+				Logger string `json:"logger"`
+			}
+			if err := json.Unmarshal(sc.Bytes(), &entry); err != nil {
+				t.Fatalf("%s: not a JSON log line: %s", file, sc.Text())
+			}
+			ours := strings.HasPrefix(entry.Logger, "http.handlers.idempotency")
+			access := strings.HasPrefix(entry.Logger, "http.log.access")
+			if ours {
+				handlerLines++
+			}
+			if access {
+				accessLines++
+			}
+			if (ours || access) && (strings.Contains(sc.Text(), key) || strings.Contains(sc.Text(), credential)) {
+				t.Errorf("log line leaks the key or the credential: %s", sc.Text())
+			}
+		}
+		f.Close()
+	}
+	// The control: both logs really recorded these requests.
+	if handlerLines < 7 || accessLines < 8 {
+		t.Fatalf("only %d handler and %d access log lines: the paths were not logged", handlerLines, accessLines)
+	}
+}
