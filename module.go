@@ -5,7 +5,6 @@ package caddyidempotency
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -124,12 +123,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // ServeHTTP adapts the engine to Caddy's middleware chain.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	err := h.engine.ServeHTTP(w, r, next.ServeHTTP)
-	var se *idempotency.StatusError
-	if errors.As(err, &se) {
-		return caddyhttp.Error(se.Status, se.Err)
-	}
-	return err
+	return h.engine.ServeHTTP(w, r, next.ServeHTTP)
 }
 
 // Interface guards

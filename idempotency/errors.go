@@ -16,6 +16,7 @@ const (
 	CodeScopeRequired    = "idempotency_scope_required"
 	CodeInvalidJSON      = "invalid_json"
 	CodeRequestTooLarge  = "request_too_large"
+	CodeBodyUnreadable   = "request_body_unreadable"
 	CodeStoreUnavailable = "idempotency_store_unavailable"
 )
 

@@ -44,32 +44,19 @@ func (h *Handler) Config() Config { return h.cfg }
 // Middleware adapts the Handler to plain net/http.
 func (h *Handler) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := h.ServeHTTP(w, r, func(w http.ResponseWriter, r *http.Request) error {
+		_ = h.ServeHTTP(w, r, func(w http.ResponseWriter, r *http.Request) error {
 			next.ServeHTTP(w, r)
 			return nil
 		})
-		var se *StatusError
-		if errors.As(err, &se) {
-			http.Error(w, se.Error(), se.Status)
-		}
 	})
 }
-
-// StatusError is an error the caller should answer with Status (Caddy's
-// adapter turns it into a caddyhttp.HandlerError).
-type StatusError struct {
-	Status int
-	Err    error
-}
-
-func (e *StatusError) Error() string { return e.Err.Error() }
-func (e *StatusError) Unwrap() error { return e.Err }
 
 var canonicalPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 var responsePool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // ServeHTTP runs one request through the idempotency flow of the README:
-// key, fingerprint, begin, then forward-and-store, replay, or refuse.
+// key, fingerprint, begin, then forward-and-store, replay, or refuse. It
+// answers every refusal itself; the error it returns is next's.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) error {
 	if !h.methods[r.Method] {
 		return next(w, r)
@@ -96,7 +83,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 				"The request body is larger than "+strconv.FormatInt(h.cfg.MaxBody, 10)+" bytes.", &retryNo)
 			return nil
 		}
-		return &StatusError{Status: http.StatusBadRequest, Err: err}
+		// Cut short or timed out: nothing was claimed, so the retry is safe.
+		h.reject(w, r, http.StatusBadRequest, CodeBodyUnreadable, "The request body could not be read: "+err.Error(), &retryYes)
+		return nil
 	}
 
 	kind, canonical, upstreamBody := bodyRaw, body, body

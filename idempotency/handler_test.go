@@ -22,6 +22,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -785,6 +786,27 @@ func TestBodyTooLarge(t *testing.T) {
 		wantReplayOf(t, s.post(t, atLimit, withKey("k-big")), first)
 	})
 	s.up.wantCalls(t, 1)
+}
+
+// A body cut short (a client gone mid-upload, a read timeout) is answered
+// in the envelope, claims nothing, and leaves the key usable.
+func TestBodyReadFailure(t *testing.T) {
+	h, store := newHandler(t, Config{})
+	req := jsonRequest("k-cut", "")
+	req.Body = io.NopCloser(io.MultiReader(strings.NewReader(`{"input_file_id":`), iotest.ErrReader(io.ErrUnexpectedEOF)))
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, req, func(http.ResponseWriter, *http.Request) error {
+		t.Fatal("next called for a body that could not be read")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	res := result{status: w.Code, header: w.Header(), body: w.Body.Bytes()}
+	wantError(t, res, http.StatusBadRequest, CodeBodyUnreadable)
+	wantHeader(t, res, "x-should-retry", "true")
+	if _, ok := getRecord(t, store, "", "k-cut"); ok {
+		t.Fatal("a request whose body could not be read claimed its key")
+	}
 }
 
 // A declared length over the limit is refused before a byte is read.
