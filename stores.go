@@ -117,11 +117,21 @@ func (b *BadgerStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// MemoryStore keeps records in this process's memory: they are lost on a
-// reload or restart. For tests and development.
+// MemoryStore keeps records in this process's memory: they survive a reload
+// (one store per process is shared by the configs, like Badger's handle) and
+// are lost on a restart. For tests and development.
 type MemoryStore struct {
 	store *idempotency.MemoryStore
 }
+
+// memoryPoolKey names the process's one memory store in memoryPool.
+const memoryPoolKey = "memory"
+
+var memoryPool = caddy.NewUsagePool()
+
+type pooledMemory struct{ *idempotency.MemoryStore }
+
+func (p pooledMemory) Destruct() error { return p.Close() }
 
 // CaddyModule returns the Caddy module information.
 func (MemoryStore) CaddyModule() caddy.ModuleInfo {
@@ -131,21 +141,29 @@ func (MemoryStore) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision creates the store.
+// Provision creates the store, or takes another reference to it.
 func (m *MemoryStore) Provision(caddy.Context) error {
-	m.store = idempotency.NewMemoryStore()
+	val, _, err := memoryPool.LoadOrNew(memoryPoolKey, func() (caddy.Destructor, error) {
+		return pooledMemory{idempotency.NewMemoryStore()}, nil
+	})
+	if err != nil {
+		return err
+	}
+	m.store = val.(pooledMemory).MemoryStore
 	return nil
 }
 
 // Store returns the store.
 func (m *MemoryStore) Store() idempotency.Store { return m.store }
 
-// Cleanup stops the store.
+// Cleanup drops this config's reference; the last one closes the store.
 func (m *MemoryStore) Cleanup() error {
 	if m.store == nil {
 		return nil
 	}
-	return m.store.Close()
+	m.store = nil
+	_, err := memoryPool.Delete(memoryPoolKey)
+	return err
 }
 
 // UnmarshalCaddyfile sets up the store from `store memory`.
