@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"maps"
 	"reflect"
 	"slices"
 	"strconv"
@@ -181,88 +182,102 @@ func FuzzCanonicalRoundTrip(f *testing.F) {
 		f.Add([]byte(s.in), s.kf)
 	}
 	f.Fuzz(func(t *testing.T, in []byte, kf string) {
-		// A dirty dst checks that only dst[:0] is used.
-		res, err := ParseJSON(in, kf, []byte("garbage"))
-		plain, plainErr := ParseJSON(in, "", nil)
-		if err != nil {
-			checkParseError(t, in, kf, err, plainErr)
-			return
-		}
-		if plainErr != nil {
-			t.Fatalf("%q accepted with key field %q but not without: %v", in, kf, plainErr)
-		}
-		if !json.Valid(in) {
-			t.Fatalf("accepted input that encoding/json rejects: %q", in)
-		}
-		var orig any
-		if err := json.Unmarshal(in, &orig); err != nil {
-			t.Fatalf("accepted input that encoding/json cannot decode: %q: %v", in, err)
-		}
-
-		// What the key field is, according to encoding/json.
-		top, isObject := orig.(map[string]any)
-		keyVal, keyPresent := top[kf]
-		wantKey := kf != "" && isObject && keyPresent
-		if res.HasKey != wantKey {
-			t.Fatalf("%q with key field %q: HasKey = %v, want %v", in, kf, res.HasKey, wantKey)
-		}
-		if wantKey && keyVal != res.Key {
-			t.Fatalf("%q with key field %q: Key = %q, encoding/json says %#v", in, kf, res.Key, keyVal)
-		}
-
-		// (a) Round trip: Canonical decodes to the input minus key and top-level nulls.
-		want := decodeJSON(t, in)
-		if m, ok := want.(map[string]any); ok {
-			for k, v := range m {
-				if v == nil || (kf != "" && k == kf) {
-					delete(m, k)
-				}
+		checkRoundTrip(t, in, kf)
+		// Random key field names rarely occur in random bodies: also use one
+		// of the body's own top-level names.
+		var top map[string]any
+		if json.Unmarshal(in, &top) == nil && len(top) > 0 {
+			names := slices.Sorted(maps.Keys(top))
+			if name := names[len(kf)%len(names)]; name != "" && name != kf {
+				checkRoundTrip(t, in, name)
 			}
-		}
-		if got := decodeJSON(t, res.Canonical); !reflect.DeepEqual(got, want) {
-			t.Fatalf("canonical %q of %q (key field %q) decodes to %#v, want %#v", res.Canonical, in, kf, got, want)
-		}
-		if ref := referenceJCS(nil, want); !bytes.Equal(ref, res.Canonical) {
-			t.Fatalf("canonical of %q (key field %q) is\n%q, reference gives\n%q", in, kf, res.Canonical, ref)
-		}
-		if !wantKey && !bytes.Equal(res.Canonical, plain.Canonical) {
-			t.Fatalf("%q: no key for field %q, yet canonical %q differs from %q", in, kf, res.Canonical, plain.Canonical)
-		}
-
-		// (b) Idempotence, with and without the key field.
-		for _, f2 := range []string{kf, ""} {
-			again, err := ParseJSON(res.Canonical, f2, nil)
-			if err != nil || again.HasKey || !bytes.Equal(again.Canonical, res.Canonical) {
-				t.Fatalf("not idempotent (key field %q then %q): %q -> %q -> %q, hasKey=%v, err=%v",
-					kf, f2, in, res.Canonical, again.Canonical, again.HasKey, err)
-			}
-		}
-
-		// Stripped: the input when there is no key, else the input with one
-		// contiguous cut that removes the key member and nothing else.
-		if !res.HasKey {
-			if len(res.Stripped) != len(in) || (len(in) > 0 && &res.Stripped[0] != &in[0]) {
-				t.Fatalf("no key, but Stripped %q is not the input slice %q", res.Stripped, in)
-			}
-			return
-		}
-		s := res.Stripped
-		if !isOneCut(in, s) {
-			t.Fatalf("stripped %q is not %q with one cut", s, in)
-		}
-		if !json.Valid(s) {
-			t.Fatalf("stripped %q of %q is not valid JSON", s, in)
-		}
-		wantStripped := decodeJSON(t, in).(map[string]any)
-		delete(wantStripped, kf)
-		if got := decodeJSON(t, s); !reflect.DeepEqual(got, wantStripped) {
-			t.Fatalf("stripped %q of %q decodes to %#v, want %#v", s, in, got, wantStripped)
-		}
-		re, err := ParseJSON(s, kf, nil)
-		if err != nil || re.HasKey || !bytes.Equal(re.Canonical, res.Canonical) {
-			t.Fatalf("stripped %q of %q: canonical %q hasKey=%v err=%v, want %q", s, in, re.Canonical, re.HasKey, err, res.Canonical)
 		}
 	})
+}
+
+func checkRoundTrip(t *testing.T, in []byte, kf string) {
+	t.Helper()
+	// A dirty dst checks that only dst[:0] is used.
+	res, err := ParseJSON(in, kf, []byte("garbage"))
+	plain, plainErr := ParseJSON(in, "", nil)
+	if err != nil {
+		checkParseError(t, in, kf, err, plainErr)
+		return
+	}
+	if plainErr != nil {
+		t.Fatalf("%q accepted with key field %q but not without: %v", in, kf, plainErr)
+	}
+	if !json.Valid(in) {
+		t.Fatalf("accepted input that encoding/json rejects: %q", in)
+	}
+	var orig any
+	if err := json.Unmarshal(in, &orig); err != nil {
+		t.Fatalf("accepted input that encoding/json cannot decode: %q: %v", in, err)
+	}
+
+	// What the key field is, according to encoding/json.
+	top, isObject := orig.(map[string]any)
+	keyVal, keyPresent := top[kf]
+	wantKey := kf != "" && isObject && keyPresent
+	if res.HasKey != wantKey {
+		t.Fatalf("%q with key field %q: HasKey = %v, want %v", in, kf, res.HasKey, wantKey)
+	}
+	if wantKey && keyVal != res.Key {
+		t.Fatalf("%q with key field %q: Key = %q, encoding/json says %#v", in, kf, res.Key, keyVal)
+	}
+
+	// (a) Round trip: Canonical decodes to the input minus key and top-level nulls.
+	want := decodeJSON(t, in)
+	if m, ok := want.(map[string]any); ok {
+		for k, v := range m {
+			if v == nil || (kf != "" && k == kf) {
+				delete(m, k)
+			}
+		}
+	}
+	if got := decodeJSON(t, res.Canonical); !reflect.DeepEqual(got, want) {
+		t.Fatalf("canonical %q of %q (key field %q) decodes to %#v, want %#v", res.Canonical, in, kf, got, want)
+	}
+	if ref := referenceJCS(nil, want); !bytes.Equal(ref, res.Canonical) {
+		t.Fatalf("canonical of %q (key field %q) is\n%q, reference gives\n%q", in, kf, res.Canonical, ref)
+	}
+	if !wantKey && !bytes.Equal(res.Canonical, plain.Canonical) {
+		t.Fatalf("%q: no key for field %q, yet canonical %q differs from %q", in, kf, res.Canonical, plain.Canonical)
+	}
+
+	// (b) Idempotence, with and without the key field.
+	for _, f2 := range []string{kf, ""} {
+		again, err := ParseJSON(res.Canonical, f2, nil)
+		if err != nil || again.HasKey || !bytes.Equal(again.Canonical, res.Canonical) {
+			t.Fatalf("not idempotent (key field %q then %q): %q -> %q -> %q, hasKey=%v, err=%v",
+				kf, f2, in, res.Canonical, again.Canonical, again.HasKey, err)
+		}
+	}
+
+	// Stripped: the input when there is no key, else the input with one
+	// contiguous cut that removes the key member and nothing else.
+	if !res.HasKey {
+		if len(res.Stripped) != len(in) || (len(in) > 0 && &res.Stripped[0] != &in[0]) {
+			t.Fatalf("no key, but Stripped %q is not the input slice %q", res.Stripped, in)
+		}
+		return
+	}
+	s := res.Stripped
+	if !isOneCut(in, s) {
+		t.Fatalf("stripped %q is not %q with one cut", s, in)
+	}
+	if !json.Valid(s) {
+		t.Fatalf("stripped %q of %q is not valid JSON", s, in)
+	}
+	wantStripped := decodeJSON(t, in).(map[string]any)
+	delete(wantStripped, kf)
+	if got := decodeJSON(t, s); !reflect.DeepEqual(got, wantStripped) {
+		t.Fatalf("stripped %q of %q decodes to %#v, want %#v", s, in, got, wantStripped)
+	}
+	re, err := ParseJSON(s, kf, nil)
+	if err != nil || re.HasKey || !bytes.Equal(re.Canonical, res.Canonical) {
+		t.Fatalf("stripped %q of %q: canonical %q hasKey=%v err=%v, want %q", s, in, re.Canonical, re.HasKey, err, res.Canonical)
+	}
 }
 
 // checkParseError checks a rejection: a *JSONError inside the input, the same
