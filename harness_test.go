@@ -108,22 +108,26 @@ func (s *stack) load(block, upstream string) {
 	}
 }
 
+// caddyfileFor is the harness's usual Caddyfile: the handler, configured by
+// block, in front of upstream.
 func caddyfileFor(block, upstream string) string {
-	return fmt.Sprintf(`{
-	admin localhost:%d
-	http_port %d
-	https_port %d
-	log {
-		level ERROR
-	}
+	return testCaddyfile(quietLog, idempotencySite(block, upstream))
 }
-http://localhost:%d {
-	idempotency /v1/batches {
-%s
-	}
-	reverse_proxy %s
+
+// quietLog is the usual global log option: errors only.
+const quietLog = "log {\n\t\tlevel ERROR\n\t}"
+
+// testCaddyfile is a whole Caddyfile for the shared in-process Caddy: this
+// run's ports, the given global options, and one site on httpPort.
+func testCaddyfile(globals, site string) string {
+	return fmt.Sprintf("{\n\tadmin localhost:%d\n\thttp_port %d\n\thttps_port %d\n\t%s\n}\nhttp://localhost:%d {\n%s\n}\n",
+		adminPort, httpPort, httpsPort, globals, httpPort, site)
 }
-`, adminPort, httpPort, httpsPort, httpPort, block, upstream)
+
+// idempotencySite is a site body: idempotency on /v1/batches, configured by
+// block, then reverse_proxy to upstream.
+func idempotencySite(block, upstream string) string {
+	return fmt.Sprintf("\tidempotency /v1/batches {\n%s\n\t}\n\treverse_proxy %s", block, upstream)
 }
 
 // reply is one response, read whole.

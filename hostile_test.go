@@ -293,9 +293,8 @@ func newHostileStack(t *testing.T) *stack {
 	t.Helper()
 	block := hostileBlock + storeDir(t)
 	s := newStack(t, block)
-	config := strings.Replace(caddyfileFor(block, s.upstream), "\tlog {",
-		"\tservers {\n\t\ttimeouts {\n\t\t\tread_body 2s\n\t\t}\n\t}\n\tlog {", 1)
-	s.tester.InitServer(config, "caddyfile")
+	readBodyTimeout := "servers {\n\t\ttimeouts {\n\t\t\tread_body 2s\n\t\t}\n\t}\n\t"
+	s.tester.InitServer(testCaddyfile(readBodyTimeout+quietLog, idempotencySite(block, s.upstream)), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}

@@ -195,18 +195,7 @@ func siteStack(t *testing.T, site func(upstream string) string) (*stack, <-chan 
 		url:      fmt.Sprintf("http://localhost:%d", httpPort),
 		client:   &http.Client{Timeout: 20 * time.Second},
 	}
-	s.tester.InitServer(fmt.Sprintf(`{
-	admin localhost:%d
-	http_port %d
-	https_port %d
-	log {
-		level ERROR
-	}
-}
-http://localhost:%d {
-%s
-}
-`, adminPort, httpPort, httpsPort, httpPort, site(s.upstream)), "caddyfile")
+	s.tester.InitServer(testCaddyfile(quietLog, site(s.upstream)), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}

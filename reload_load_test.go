@@ -27,29 +27,10 @@ import (
 // previous config's, so every load is a real reload. Caddy's own logs go to
 // logPath at INFO, so the test can read them.
 func reloadCaddyfile(gen int, dir, logPath, upstream string) string {
-	return fmt.Sprintf(`{
-	admin localhost:%d
-	http_port %d
-	https_port %d
-	log {
-		output file %s
-		format json
-		level INFO
-	}
-}
-http://localhost:%d {
-	header {
-		defer
-		X-Config-Gen %d
-	}
-	idempotency /v1/batches {
-		store badger %s
-		wait 10s
-		ttl %dh
-	}
-	reverse_proxy %s
-}
-`, adminPort, httpPort, httpsPort, logPath, httpPort, gen, dir, 24+gen%2, upstream)
+	globals := fmt.Sprintf("log {\n\t\toutput file %s\n\t\tformat json\n\t\tlevel INFO\n\t}", logPath)
+	site := fmt.Sprintf("\theader {\n\t\tdefer\n\t\tX-Config-Gen %d\n\t}\n", gen) +
+		idempotencySite(fmt.Sprintf("\t\tstore badger %s\n\t\twait 10s\n\t\tttl %dh", dir, 24+gen%2), upstream)
+	return testCaddyfile(globals, site)
 }
 
 // adminLoad posts a Caddyfile to the admin API's /load.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,39 +68,23 @@ func TestTenantCannotSeeOrBlockAnotherTenantsKey(t *testing.T) {
 // credential, on every path: stored, replayed, reused, in flight, rejected,
 // released, store down.
 func TestLogsCarryNoKeyThroughCaddy(t *testing.T) {
-	backend := batchesbackend.New()
-	upstream := httptest.NewServer(backend)
-	t.Cleanup(upstream.Close)
+	s := newStack(t, "\t\tstore test_failing")
 	dir := t.TempDir()
 	mainLog, accessLog := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "access.log")
-	tester := newTester(t)
-	tester.InitServer(fmt.Sprintf(`{
-	admin localhost:%d
-	http_port %d
-	https_port %d
-	log {
-		output file %s
-		level DEBUG
-	}
-}
-http://localhost:%d {
-	log {
+	globals := fmt.Sprintf("log {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}", mainLog)
+	accessLogWithFilter := fmt.Sprintf(`	log {
 		output file %s
 		format filter {
 			request>headers>Idempotency-Key hash
 		}
 	}
-	idempotency /v1/batches {
-		store test_failing
-	}
-	reverse_proxy %s
-}
-`, adminPort, httpPort, httpsPort, mainLog, httpPort, accessLog, upstream.Listener.Addr().String()), "caddyfile")
+`, accessLog)
+	s.tester.InitServer(testCaddyfile(globals, accessLogWithFilter+idempotencySite("\t\tstore test_failing", s.upstream)), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}
 	t.Cleanup(func() { storeDown.Store(false) })
-	s := &stack{t: t, backend: backend, url: fmt.Sprintf("http://localhost:%d", httpPort), client: &http.Client{Timeout: 10 * time.Second}}
+	backend := s.backend
 
 	const key, credential = "log-key-5e2f81", "sk-log-credential-77aa"
 	auth := []string{"Authorization", "Bearer " + credential}
