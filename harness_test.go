@@ -182,10 +182,19 @@ func (s *stack) send(method, path, body string, headers ...string) reply {
 // returns a zero reply.
 func sendTo(t testing.TB, c *http.Client, method, url, body string, headers ...string) reply {
 	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	r, err := request(c, method, url, body, headers...)
 	if err != nil {
 		t.Errorf("%s %s: %v", method, url, err)
-		return reply{}
+	}
+	return r
+}
+
+// request is sendTo for a request that may fail on purpose: it returns the
+// transport error instead of reporting it.
+func request(c *http.Client, method, url, body string, headers ...string) (reply, error) {
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		return reply{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer sk-tenant-a")
@@ -194,15 +203,11 @@ func sendTo(t testing.TB, c *http.Client, method, url, body string, headers ...s
 	}
 	res, err := c.Do(req)
 	if err != nil {
-		t.Errorf("%s %s: %v", method, url, err)
-		return reply{}
+		return reply{}, err
 	}
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Errorf("%s %s: reading the body: %v", method, url, err)
-	}
-	return reply{Status: res.StatusCode, Header: res.Header, Body: b}
+	return reply{Status: res.StatusCode, Header: res.Header, Body: b}, err
 }
 
 // createBody is a batch create, with the key as body field when key != "".

@@ -53,27 +53,6 @@ func waitTaken(t *testing.T, taken <-chan struct{}) {
 	}
 }
 
-// post is sendTo for a request that may fail on purpose: it returns the
-// transport error instead of reporting it.
-func post(c *http.Client, url, body string, headers ...string) (reply, error) {
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		return reply{}, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer sk-tenant-a")
-	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Set(headers[i], headers[i+1])
-	}
-	res, err := c.Do(req)
-	if err != nil {
-		return reply{}, err
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	return reply{Status: res.StatusCode, Header: res.Header, Body: b}, err
-}
-
 func mustReplay(t *testing.T, r reply, want []byte) {
 	t.Helper()
 	if r.Status != http.StatusOK || r.Header.Get("Idempotent-Replayed") != "true" || !bytes.Equal(r.Body, want) {
@@ -115,7 +94,7 @@ func TestKillWithRequestInFlight(t *testing.T) {
 	inFlight := bodyOf(done)
 	lost := make(chan error, 1)
 	go func() {
-		r, err := post(&http.Client{Timeout: 20 * time.Second}, first.url+"/v1/batches", inFlight, "Idempotency-Key", "k-in-flight")
+		r, err := request(&http.Client{Timeout: 20 * time.Second}, http.MethodPost, first.url+"/v1/batches", inFlight, "Idempotency-Key", "k-in-flight")
 		if err == nil {
 			err = fmt.Errorf("answered %d %s", r.Status, r.Body)
 		}
@@ -228,7 +207,7 @@ func TestPanicDownstreamReleasesKey(t *testing.T) {
 			// keyed POST on its own after the server drops the connection.
 			fresh := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 			body := createBody(t, nil, "")
-			r, err := post(fresh, s.url+"/v1/batches", body, "Idempotency-Key", "k-panic")
+			r, err := request(fresh, http.MethodPost, s.url+"/v1/batches", body, "Idempotency-Key", "k-panic")
 			if err == nil {
 				t.Fatalf("the panicking request was answered %d %s, want the connection dropped", r.Status, r.Body)
 			}
