@@ -42,7 +42,10 @@ func ParseKeyHeader(values []string) (key string, ok bool, err error) {
 		}
 		key = v
 	}
-	return key, true, ValidateKey(key)
+	if err := ValidateKey(key); err != nil {
+		return "", true, err
+	}
+	return key, true, nil
 }
 
 // ValidateKey checks a decoded key: 1 to MaxKeyLength printable ASCII characters.
