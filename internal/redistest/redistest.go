@@ -1,0 +1,186 @@
+// Package redistest runs a real redis-server for tests: a private one on a
+// free loopback port (Start), or the one CI provides in REDIS_URL (URL).
+package redistest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	startTimeout = 10 * time.Second
+	stopTimeout  = 5 * time.Second
+	// startAttempts retries on another port when a freshly picked one was
+	// taken by someone else before redis-server bound it.
+	startAttempts = 3
+)
+
+// Server is a redis-server process this test started. It keeps no data on
+// disk: a Stop or Restart loses every key.
+type Server struct {
+	tb   testing.TB
+	bin  string
+	dir  string
+	port int
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+	done chan struct{} // closed when cmd has been waited for
+}
+
+// URL returns REDIS_URL when set (a server CI or the developer runs; tests
+// sharing it must use a unique key prefix each), else the URL of a private
+// server started for t.
+func URL(t testing.TB) string {
+	t.Helper()
+	if u := os.Getenv("REDIS_URL"); u != "" {
+		return u
+	}
+	return Start(t).URL()
+}
+
+// Start runs redis-server on a free 127.0.0.1 port, without persistence, and
+// returns once it answers PING. t's cleanup kills it. It fails t (never
+// skips) when redis-server is not installed.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server not found on PATH: install the Debian package redis-server; .ci/run does (%v)", err)
+	}
+	s := &Server{tb: t, bin: bin, dir: t.TempDir()}
+	t.Cleanup(s.kill)
+	var lastErr error
+	for range startAttempts {
+		if s.port, err = freePort(); err != nil {
+			t.Fatalf("redistest: pick a port: %v", err)
+		}
+		if lastErr = s.start(); lastErr == nil {
+			return s
+		}
+	}
+	t.Fatalf("redistest: %v", lastErr)
+	return nil
+}
+
+// Addr is host:port.
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// URL is redis://host:port.
+func (s *Server) URL() string { return "redis://" + s.Addr() }
+
+// Client returns a client of this server, closed by t's cleanup.
+func (s *Server) Client(t testing.TB) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Stop shuts the server down (SIGTERM, then SIGKILL if it lingers) and waits
+// for it to exit. Its port stays this Server's for Restart.
+func (s *Server) Stop() {
+	s.tb.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(stopTimeout):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+	s.cmd = nil
+}
+
+// Restart stops the server if it runs and starts it again on the same port,
+// empty. It fails the test that called Start if it cannot.
+func (s *Server) Restart() {
+	s.tb.Helper()
+	s.Stop()
+	if err := s.start(); err != nil {
+		s.tb.Fatalf("redistest: restart: %v", err)
+	}
+}
+
+func (s *Server) start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cmd := exec.Command(s.bin,
+		"--port", strconv.Itoa(s.port),
+		"--bind", "127.0.0.1",
+		"--save", "",
+		"--appendonly", "no",
+		"--dir", s.dir,
+		"--daemonize", "no",
+		"--logfile", "",
+	)
+	out := new(bytes.Buffer)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = procAttr()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", s.bin, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	s.cmd, s.out, s.done = cmd, out, done
+
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: time.Second})
+	defer c.Close()
+	deadline := time.Now().Add(startTimeout)
+	for {
+		select {
+		case <-done:
+			s.cmd = nil
+			return fmt.Errorf("redis-server on port %d exited at start:\n%s", s.port, out)
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			<-done
+			s.cmd = nil
+			return fmt.Errorf("redis-server on port %d did not answer PING within %v (%v):\n%s", s.port, startTimeout, err, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *Server) kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+	s.cmd = nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
