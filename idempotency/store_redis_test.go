@@ -1,0 +1,587 @@
+package idempotency_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/storetest"
+	"github.com/caddy-idempotency/caddy-idempotency/internal/redistest"
+)
+
+// redisTestClient is a client of redistest.URL: CI's shared server when
+// REDIS_URL is set, else a private one for t. Stores on it need their own
+// prefix (newTestRedisStore).
+func redisTestClient(t *testing.T) *redis.Client {
+	t.Helper()
+	opts, err := redis.ParseURL(redistest.URL(t))
+	if err != nil {
+		t.Fatalf("parse redis URL: %v", err)
+	}
+	c := redis.NewClient(opts)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// testRedisStore knows its prefix, to look at its keys in Redis.
+type testRedisStore struct {
+	*idempotency.RedisStore
+	prefix string
+}
+
+func newTestRedisStore(c redis.UniversalClient) testRedisStore {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	prefix := fmt.Sprintf("test:%x:", b)
+	return testRedisStore{idempotency.NewRedisStore(c, idempotency.RedisOptions{Prefix: prefix}), prefix}
+}
+
+// redisKey is where the store keeps key's record: prefix + "r:" + hex.
+func (s testRedisStore) redisKey(key idempotency.RecordKey) string {
+	return s.prefix + "r:" + key.String()
+}
+
+// retention mirrors the package's inFlightRetention.
+const retention = time.Minute
+
+func randomRecordKey() idempotency.RecordKey {
+	var k idempotency.RecordKey
+	_, _ = rand.Read(k[:])
+	return k
+}
+
+func mustRedisBegin(t *testing.T, s idempotency.Store, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.Token, lease time.Duration) (idempotency.Record, bool) {
+	t.Helper()
+	rec, owned, err := s.Begin(t.Context(), key, fp, owner, lease)
+	if err != nil {
+		t.Fatalf("Begin: %v", err)
+	}
+	return rec, owned
+}
+
+func wantPTTL(t *testing.T, c *redis.Client, key string, lo, hi time.Duration) time.Duration {
+	t.Helper()
+	got, err := c.PTTL(t.Context(), key).Result()
+	if err != nil {
+		t.Fatalf("PTTL %s: %v", key, err)
+	}
+	if got < lo || got > hi {
+		t.Fatalf("PTTL %s = %v, want between %v and %v", key, got, lo, hi)
+	}
+	return got
+}
+
+func redisServerTime(t *testing.T, c *redis.Client) time.Time {
+	t.Helper()
+	now, err := c.Time(t.Context()).Result()
+	if err != nil {
+		t.Fatalf("TIME: %v", err)
+	}
+	return now
+}
+
+// The shared contract, unchanged: every test its own prefix on one server.
+func TestRedisStoreContract(t *testing.T) {
+	c := redisTestClient(t)
+	storetest.Run(t, func(t *testing.T) idempotency.Store { return newTestRedisStore(c) })
+}
+
+// A stale owner whose lease ran out and whose key was taken over can neither
+// renew, complete nor release: the new owner's record stays byte for byte.
+func TestRedisStaleOwnerRefusedAfterTakeover(t *testing.T) {
+	c := redisTestClient(t)
+	s := newTestRedisStore(c)
+	ctx := t.Context()
+	key := randomRecordKey()
+	rkey := s.redisKey(key)
+	const lease = 200 * time.Millisecond
+
+	ownerA, ownerB := idempotency.NewToken(), idempotency.NewToken()
+	recA, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, ownerA, lease)
+	if !owned {
+		t.Fatal("first Begin not owned")
+	}
+	if _, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{2}, ownerB, time.Minute); owned {
+		t.Fatal("Begin took over a live lease")
+	}
+	time.Sleep(time.Until(recA.LeaseUntil)) // the lease must really pass
+	deadline := time.Now().Add(3 * time.Second)
+	var recB idempotency.Record
+	for owned = false; !owned; {
+		if time.Now().After(deadline) {
+			t.Fatal("no takeover within 3s of the lease's end")
+		}
+		recB, owned = mustRedisBegin(t, s, key, idempotency.Fingerprint{2}, ownerB, time.Minute)
+	}
+	if !recB.CreatedAt.After(recA.CreatedAt) || recB.Owner != ownerB {
+		t.Fatalf("takeover record %+v, want ownerB's with a new CreatedAt", recB)
+	}
+	before, err := c.Get(ctx, rkey).Bytes()
+	if err != nil {
+		t.Fatalf("GET: %v", err)
+	}
+	pttlBefore := wantPTTL(t, c, rkey, time.Minute, time.Minute+retention)
+
+	if err := s.Renew(ctx, key, ownerA, time.Hour); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("stale Renew = %v, want idempotency.ErrNotOwner", err)
+	}
+	if err := s.Complete(ctx, key, ownerA, idempotency.Response{Status: 200, Body: []byte("stale")}, time.Hour); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("stale Complete = %v, want idempotency.ErrNotOwner", err)
+	}
+	if err := s.Release(ctx, key, ownerA); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("stale Release = %v, want idempotency.ErrNotOwner", err)
+	}
+	after, err := c.Get(ctx, rkey).Bytes()
+	if err != nil {
+		t.Fatalf("GET after the stale owner's calls: %v", err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Fatalf("the new owner's record changed:\n%x\n%x", before, after)
+	}
+	wantPTTL(t, c, rkey, pttlBefore-time.Second, pttlBefore) // not extended by the stale Renew
+
+	if err := s.Complete(ctx, key, ownerB, idempotency.Response{Status: 200, Body: []byte("b")}, time.Hour); err != nil {
+		t.Fatalf("new owner's Complete: %v", err)
+	}
+}
+
+// An in-flight key lives in Redis for lease + retention (PX), Renew
+// moves that, and Get stops reporting the record once its lease passed
+// although Redis still keeps it for a late owner.
+func TestRedisInFlightRetention(t *testing.T) {
+	c := redisTestClient(t)
+	s := newTestRedisStore(c)
+	ctx := t.Context()
+	key, owner := randomRecordKey(), idempotency.NewToken()
+	const lease = 300 * time.Millisecond
+	rec, _ := mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, owner, lease)
+	rkey := s.redisKey(key)
+	wantPTTL(t, c, rkey, lease+retention-200*time.Millisecond, lease+retention)
+	if got := rec.LeaseUntil.Sub(rec.CreatedAt); got != lease {
+		t.Errorf("LeaseUntil - CreatedAt = %v, want %v", got, lease)
+	}
+
+	if err := s.Renew(ctx, key, owner, 10*time.Second); err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	wantPTTL(t, c, rkey, 10*time.Second+retention-200*time.Millisecond, 10*time.Second+retention)
+	if err := s.Renew(ctx, key, owner, lease); err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	rec, ok, err := s.Get(ctx, key)
+	if err != nil || !ok {
+		t.Fatalf("Get during the lease = ok %v, err %v", ok, err)
+	}
+	time.Sleep(time.Until(rec.LeaseUntil.Add(50 * time.Millisecond)))
+	if _, ok, err := s.Get(ctx, key); err != nil || ok {
+		t.Fatalf("Get after the lease = ok %v, err %v; want no live record", ok, err)
+	}
+	wantPTTL(t, c, rkey, retention-time.Second, retention)
+	if err := s.Release(ctx, key, owner); err != nil {
+		t.Fatalf("late owner's Release: %v", err)
+	}
+	if n, err := c.Exists(ctx, rkey).Result(); err != nil || n != 0 {
+		t.Fatalf("EXISTS after Release = %d (%v), want 0", n, err)
+	}
+}
+
+// A completed record carries its TTL in Redis (PX, ms precision) and the
+// key is gone from Redis once it expires.
+func TestRedisTTLExpiry(t *testing.T) {
+	c := redisTestClient(t)
+	s := newTestRedisStore(c)
+	ctx := t.Context()
+	key, owner := randomRecordKey(), idempotency.NewToken()
+	mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, owner, time.Minute)
+	const ttl = 400 * time.Millisecond
+	before := redisServerTime(t, c)
+	if err := s.Complete(ctx, key, owner, idempotency.Response{Status: 200, Body: []byte("done")}, ttl); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	after := redisServerTime(t, c)
+	rkey := s.redisKey(key)
+	wantPTTL(t, c, rkey, ttl-200*time.Millisecond, ttl)
+	rec, ok, err := s.Get(ctx, key)
+	if err != nil || !ok {
+		t.Fatalf("Get = ok %v, err %v", ok, err)
+	}
+	if rec.ExpiresAt.Before(before.Add(ttl).Truncate(time.Millisecond)) || rec.ExpiresAt.After(after.Add(ttl)) {
+		t.Errorf("ExpiresAt %v, want completion time on the server (%v..%v) + %v", rec.ExpiresAt, before, after, ttl)
+	}
+
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		n, err := c.Exists(ctx, rkey).Result()
+		if err != nil {
+			t.Fatalf("EXISTS: %v", err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("key %s still in Redis 3s after its TTL of %v", rkey, ttl)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if now := redisServerTime(t, c); now.Before(rec.ExpiresAt) {
+		t.Errorf("key gone at server time %v, before ExpiresAt %v", now, rec.ExpiresAt)
+	}
+	if d, err := c.PTTL(ctx, rkey).Result(); err != nil || d != -2*time.Nanosecond && d != -2*time.Millisecond {
+		t.Errorf("PTTL of the expired key = %v (%v), want -2 (no key)", d, err)
+	}
+	if _, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{2}, idempotency.NewToken(), time.Minute); !owned {
+		t.Error("Begin after expiry not owned")
+	}
+}
+
+// Two prefixes on one server never see each other's records.
+func TestRedisPrefixesIndependent(t *testing.T) {
+	c := redisTestClient(t)
+	a, b := newTestRedisStore(c), newTestRedisStore(c)
+	ctx := t.Context()
+	key := randomRecordKey()
+	ownerA, ownerB := idempotency.NewToken(), idempotency.NewToken()
+	if _, owned := mustRedisBegin(t, a, key, idempotency.Fingerprint{1}, ownerA, time.Minute); !owned {
+		t.Fatal("Begin in prefix a not owned")
+	}
+	if _, owned := mustRedisBegin(t, b, key, idempotency.Fingerprint{2}, ownerB, time.Minute); !owned {
+		t.Fatal("Begin of the same key in prefix b not owned: the prefixes share records")
+	}
+	if err := a.Complete(ctx, key, ownerA, idempotency.Response{Status: 200, Body: []byte("a")}, time.Hour); err != nil {
+		t.Fatalf("Complete in a: %v", err)
+	}
+	if err := b.Complete(ctx, key, ownerA, idempotency.Response{Status: 200}, time.Hour); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Fatalf("a's owner completing in b = %v, want idempotency.ErrNotOwner", err)
+	}
+	rec, ok, err := b.Get(ctx, key)
+	if err != nil || !ok || rec.State != idempotency.StateInFlight || rec.Owner != ownerB {
+		t.Fatalf("b's record = %+v (ok %v, err %v), want ownerB's in flight", rec, ok, err)
+	}
+	if err := b.Release(ctx, key, ownerB); err != nil {
+		t.Fatalf("Release in b: %v", err)
+	}
+	if rec, ok, err := a.Get(ctx, key); err != nil || !ok || rec.State != idempotency.StateCompleted {
+		t.Fatalf("a's record after b released = %+v (ok %v, err %v), want completed", rec, ok, err)
+	}
+	if n, _ := c.Exists(ctx, a.redisKey(key), b.redisKey(key)).Result(); n != 1 {
+		t.Fatalf("EXISTS a's and b's keys = %d, want 1 (a's)", n)
+	}
+
+	d := idempotency.NewRedisStore(c, idempotency.RedisOptions{})
+	key = randomRecordKey()
+	mustRedisBegin(t, d, key, idempotency.Fingerprint{}, idempotency.NewToken(), time.Minute)
+	if n, _ := c.Exists(ctx, idempotency.DefaultRedisPrefix+"r:"+key.String()).Result(); n != 1 {
+		t.Fatalf("an empty Prefix did not store under %q", idempotency.DefaultRedisPrefix)
+	}
+}
+
+// idempotency.Record times come from the Redis server's clock (TIME), in milliseconds.
+func TestRedisServerClock(t *testing.T) {
+	c := redisTestClient(t)
+	s := newTestRedisStore(c)
+	before := redisServerTime(t, c).Truncate(time.Millisecond)
+	rec, _ := mustRedisBegin(t, s, randomRecordKey(), idempotency.Fingerprint{1}, idempotency.NewToken(), 1234*time.Millisecond)
+	after := redisServerTime(t, c)
+	if rec.CreatedAt.Before(before) || rec.CreatedAt.After(after) {
+		t.Fatalf("CreatedAt %v, want between server TIME %v and %v", rec.CreatedAt, before, after)
+	}
+	if rec.CreatedAt.Sub(rec.CreatedAt.Truncate(time.Millisecond)) != 0 {
+		t.Fatalf("CreatedAt %v has sub-millisecond digits", rec.CreatedAt)
+	}
+	if got := rec.LeaseUntil.Sub(rec.CreatedAt); got != 1234*time.Millisecond {
+		t.Fatalf("lease on the server = %v, want 1.234s", got)
+	}
+}
+
+// A value the store did not write is an error, never a panic or a record.
+func TestRedisForeignValue(t *testing.T) {
+	c := redisTestClient(t)
+	s := newTestRedisStore(c)
+	ctx := t.Context()
+	key := randomRecordKey()
+	far := "\x7f" + strings.Repeat("\xff", 7) // a time no clock reaches: the record stays live
+	for _, v := range []string{
+		"garbage",                  // not the format at all
+		strings.Repeat("\x01", 50), // in flight but too short for an owner
+		"\x01\x02" + strings.Repeat("\x00", 40) + far + "\xff", // completed, response truncated
+	} {
+		if err := c.Set(ctx, s.redisKey(key), v, time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, owned, err := s.Begin(ctx, key, idempotency.Fingerprint{}, idempotency.NewToken(), time.Minute); err == nil || owned {
+			t.Errorf("Begin over %q = owned %v, err %v; want an error", v, owned, err)
+		}
+		if _, ok, err := s.Get(ctx, key); err == nil || ok {
+			t.Errorf("Get of %q = ok %v, err %v; want an error", v, ok, err)
+		}
+	}
+	// An unencodable response is refused before Redis is touched.
+	owner := idempotency.NewToken()
+	key = randomRecordKey()
+	mustRedisBegin(t, s, key, idempotency.Fingerprint{}, owner, time.Minute)
+	if err := s.Complete(ctx, key, owner, idempotency.Response{Status: 1000}, time.Hour); err == nil || errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Complete with status 1000 = %v, want an encoding error", err)
+	}
+	if rec, ok, err := s.Get(ctx, key); err != nil || !ok || rec.State != idempotency.StateInFlight {
+		t.Errorf("record after the refused Complete = %+v (ok %v, err %v), want still in flight", rec, ok, err)
+	}
+}
+
+// With the server stopped every operation returns an error (the engine
+// answers 503) within the client's timeouts; after a restart the same store
+// and client work again.
+func TestRedisServerStoppedAndRestarted(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	s := newTestRedisStore(c)
+	ctx := t.Context()
+	key, owner := randomRecordKey(), idempotency.NewToken()
+	mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, owner, time.Minute)
+
+	srv.Stop()
+	start := time.Now()
+	_, owned, err := s.Begin(ctx, randomRecordKey(), idempotency.Fingerprint{1}, idempotency.NewToken(), time.Minute)
+	took := time.Since(start)
+	if err == nil || owned || errors.Is(err, idempotency.ErrNotOwner) {
+		t.Fatalf("Begin with the server stopped = owned %v, err %v; want a store error", owned, err)
+	}
+	t.Logf("Begin with the server stopped failed after %v: %v", took, err)
+	if took > 10*time.Second {
+		t.Errorf("Begin took %v to fail", took)
+	}
+	// The other operations, at once (each takes as long as Begin did).
+	var wg sync.WaitGroup
+	for name, op := range map[string]func() error{
+		"Renew":    func() error { return s.Renew(ctx, key, owner, time.Minute) },
+		"Complete": func() error { return s.Complete(ctx, key, owner, idempotency.Response{Status: 200}, time.Hour) },
+		"Release":  func() error { return s.Release(ctx, key, owner) },
+		"Get":      func() error { _, _, err := s.Get(ctx, key); return err },
+	} {
+		wg.Go(func() {
+			if err := op(); err == nil || errors.Is(err, idempotency.ErrNotOwner) {
+				t.Errorf("%s with the server stopped = %v, want a store error", name, err)
+			}
+		})
+	}
+	wg.Wait()
+	start = time.Now()
+	_, _, err = s.Begin(ctx, randomRecordKey(), idempotency.Fingerprint{1}, idempotency.NewToken(), time.Minute)
+	t.Logf("the next Begin failed after %v: %v", time.Since(start), err)
+
+	srv.Restart()
+	// go-redis, after failed dials, probes the server once a second before
+	// it dials again: the store recovers by itself, within about that.
+	restarted := time.Now()
+	owner2 := idempotency.NewToken()
+	for {
+		_, owned, err := s.Begin(ctx, key, idempotency.Fingerprint{2}, owner2, time.Minute)
+		if err == nil {
+			// The restarted server is empty (no persistence here): the key is free.
+			if !owned {
+				t.Fatal("Begin after restart not owned")
+			}
+			break
+		}
+		if time.Since(restarted) > 5*time.Second {
+			t.Fatalf("Begin still fails 5s after the restart: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("the store works again %v after the restart", time.Since(restarted))
+	if err := s.Complete(ctx, key, owner2, idempotency.Response{Status: 200, Body: []byte("ok")}, time.Hour); err != nil {
+		t.Fatalf("Complete after restart: %v", err)
+	}
+}
+
+// A context deadline that passes while Redis does not answer ends the call,
+// given a client with ContextTimeoutEnabled (without it, go-redis waits for
+// its ReadTimeout whatever the context says).
+func TestRedisContextDeadline(t *testing.T) {
+	srv := redistest.Start(t) // private: the pause holds every client
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = c.Close() })
+	s := newTestRedisStore(c)
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	// CLIENT PAUSE holds every write command of other clients.
+	if err := c.Do(t.Context(), "CLIENT", "PAUSE", "1000", "WRITE").Err(); err != nil {
+		t.Fatalf("CLIENT PAUSE: %v", err)
+	}
+	defer c.Do(context.Background(), "CLIENT", "UNPAUSE")
+	start := time.Now()
+	_, _, err := s.Begin(ctx, randomRecordKey(), idempotency.Fingerprint{}, idempotency.NewToken(), time.Minute)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Begin against a paused server = %v, want context.DeadlineExceeded", err)
+	}
+	if took := time.Since(start); took > 500*time.Millisecond {
+		t.Fatalf("Begin returned %v after its 50ms deadline", took)
+	}
+}
+
+// batchResponse is a created batch as OpenAI returns it, with typical headers.
+func batchResponse(i int) idempotency.Response {
+	body := fmt.Sprintf(`{
+  "id": "batch_%024d",
+  "object": "batch",
+  "endpoint": "/v1/chat/completions",
+  "errors": null,
+  "input_file_id": "file-%022d",
+  "completion_window": "24h",
+  "status": "validating",
+  "output_file_id": null,
+  "error_file_id": null,
+  "created_at": 1714508499,
+  "in_progress_at": null,
+  "expires_at": 1714594899,
+  "finalizing_at": null,
+  "completed_at": null,
+  "failed_at": null,
+  "expired_at": null,
+  "cancelling_at": null,
+  "cancelled_at": null,
+  "request_counts": {
+    "total": 0,
+    "completed": 0,
+    "failed": 0
+  },
+  "metadata": {
+    "customer_id": "user_123456789",
+    "batch_description": "Nightly eval job for the summarisation model, run %d"
+  },
+  "model": "gpt-4o-mini-2024-07-18",
+  "usage": null,
+  "output_expires_after": null
+}
+`, i, i, i)
+	for len(body) < 1200 { // pad the description to the size the brief measures
+		body = strings.Replace(body, `run `, `run  `, 1)
+	}
+	return idempotency.Response{
+		Status: http.StatusOK,
+		Header: http.Header{
+			"Content-Type":              {"application/json"},
+			"Openai-Organization":       {"org-abcdefghijklmnopqrstuvwx"},
+			"Openai-Processing-Ms":      {strconv.Itoa(100 + i%300)},
+			"Openai-Version":            {"2020-10-01"},
+			"X-Request-Id":              {fmt.Sprintf("req_%032x", i)},
+			"Strict-Transport-Security": {"max-age=31536000; includeSubDomains; preload"},
+			"Cf-Cache-Status":           {"DYNAMIC"},
+			"Cf-Ray":                    {fmt.Sprintf("%016x-SJC", i)},
+			"X-Content-Type-Options":    {"nosniff"},
+			"Server":                    {"cloudflare"},
+			"Alt-Svc":                   {`h3=":443"; ma=86400`},
+		},
+		Body: []byte(body),
+	}
+}
+
+// TestRedisBytesPerRecord measures what a completed batch-create record
+// costs in Redis: MEMORY USAGE per key and the used_memory growth per record.
+func TestRedisBytesPerRecord(t *testing.T) {
+	const n = 1000
+	srv := redistest.Start(t) // a private server, so nothing else moves used_memory
+	c := srv.Client(t)
+	s := testRedisStore{idempotency.NewRedisStore(c, idempotency.RedisOptions{}), idempotency.DefaultRedisPrefix}
+	ctx := t.Context()
+	usedMemory := func() int64 {
+		info, err := c.Info(ctx, "memory").Result()
+		if err != nil {
+			t.Fatalf("INFO memory: %v", err)
+		}
+		for line := range strings.SplitSeq(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					t.Fatalf("used_memory %q: %v", v, err)
+				}
+				return n
+			}
+		}
+		t.Fatalf("no used_memory in INFO memory:\n%s", info)
+		return 0
+	}
+
+	// Warm the scripts and the connection pool so they do not count.
+	k0, o0 := randomRecordKey(), idempotency.NewToken()
+	mustRedisBegin(t, s, k0, idempotency.Fingerprint{}, o0, time.Minute)
+	if err := s.Release(ctx, k0, o0); err != nil {
+		t.Fatal(err)
+	}
+	base := usedMemory()
+
+	keys := make([]idempotency.RecordKey, n)
+	var valueBytes, respBody int
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 8)
+	for i := range keys {
+		keys[i] = randomRecordKey()
+		resp := batchResponse(i)
+		respBody += len(resp.Body)
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			owner := idempotency.NewToken()
+			if _, owned, err := s.Begin(ctx, keys[i], idempotency.Fingerprint{byte(i)}, owner, time.Minute); err != nil || !owned {
+				errs <- fmt.Errorf("Begin %d: owned %v, err %v", i, owned, err)
+				return
+			}
+			if err := s.Complete(ctx, keys[i], owner, resp, 24*time.Hour); err != nil {
+				errs <- fmt.Errorf("Complete %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	grown := usedMemory() - base
+
+	var usage int64
+	for _, k := range keys {
+		u, err := c.MemoryUsage(ctx, s.redisKey(k), 0).Result()
+		if err != nil {
+			t.Fatalf("MEMORY USAGE: %v", err)
+		}
+		usage += u
+		v, err := c.StrLen(ctx, s.redisKey(k)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		valueBytes += int(v)
+	}
+	t.Logf("%d completed records, response body %d B avg, key %d B, stored value %d B avg",
+		n, respBody/n, len(s.redisKey(keys[0])), valueBytes/n)
+	t.Logf("MEMORY USAGE avg %d B/record; INFO used_memory grew %d B = %d B/record",
+		usage/n, grown, grown/n)
+	if usage/n < int64(respBody/n) || grown/n < int64(respBody/n) || grown/n > 8*int64(respBody/n) {
+		t.Fatalf("implausible measurement: %d / %d B per record for %d B bodies", usage/n, grown/n, respBody/n)
+	}
+}
+
+// A Begin repeated by the same owner (go-redis retries a command whose
+// reply was lost) finds its own live record and still owns it.
+func TestRedisBeginRepeatedBySameOwner(t *testing.T) {
+	s := newTestRedisStore(redisTestClient(t))
+	key, owner := randomRecordKey(), idempotency.NewToken()
+	first, _ := mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, owner, time.Minute)
+	again, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, owner, time.Minute)
+	if !owned || again != first {
+		t.Fatalf("repeated Begin = owned %v, %+v; want owned, the first record %+v", owned, again, first)
+	}
+	if _, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, idempotency.NewToken(), time.Minute); owned {
+		t.Fatal("another owner's Begin owns the key too")
+	}
+}
