@@ -55,6 +55,8 @@ var _ Store = (*RedisStore)(nil)
 
 // NewRedisStore returns a store using client, which it does not own: the
 // caller closes the client when done; the store itself needs no Close.
+// Give the client ContextTimeoutEnabled, or go-redis bounds each call by its
+// own ReadTimeout/WriteTimeout only and ignores the context's deadline.
 func NewRedisStore(client redis.UniversalClient, opts RedisOptions) *RedisStore {
 	prefix := opts.Prefix
 	if prefix == "" {
