@@ -1,0 +1,312 @@
+package caddyidempotency
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+)
+
+func init() {
+	caddy.RegisterModule(RedisStore{})
+}
+
+// redisPool keeps one client per connection setup across config reloads, so
+// requests still in flight on a replaced config finish on an open client.
+var redisPool = caddy.NewUsagePool()
+
+// Defaults of RedisStore: a request waits at most about this long on a
+// Redis that does not answer before it gets 503.
+const (
+	defaultRedisDialTimeout = 2 * time.Second
+	defaultRedisIOTimeout   = 2 * time.Second
+)
+
+// RedisStore keeps records in Redis or Valkey, shared by every Caddy
+// instance that points at the same server and key prefix.
+type RedisStore struct {
+	// A redis://, rediss:// (TLS) or unix:// URL; its address, database,
+	// username and password are used unless the fields below set them.
+	// Placeholders such as {env.REDIS_URL} are replaced.
+	URL string `json:"url,omitempty"`
+	// host:port addresses: two or more are the seeds of a Redis Cluster; with
+	// MasterName, they are Sentinels.
+	Addresses []string `json:"addresses,omitempty"`
+	// The Sentinel master name; set it to use Sentinel.
+	MasterName string `json:"master_name,omitempty"`
+	// The database number (not with a cluster). Default: the URL's, or 0.
+	DB int `json:"db,omitempty"`
+	// Credentials; placeholders such as {env.REDIS_PASSWORD} are replaced.
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+	// Connect over TLS (implied by a rediss:// URL).
+	TLS bool `json:"tls,omitempty"`
+	// The name the server's certificate must carry. Default: its host.
+	TLSServerName string `json:"tls_server_name,omitempty"`
+	// A PEM file of CAs to trust instead of the system's.
+	TLSCAFile string `json:"tls_ca_file,omitempty"`
+	// Prefix of every key this store writes. Default: caddy-idempotency:
+	KeyPrefix string `json:"key_prefix,omitempty"`
+	// Connections per node. Default: go-redis's, 10 per CPU.
+	PoolSize int `json:"pool_size,omitempty"`
+	// Timeouts of a connection and of each read and write. Default: 2s each.
+	DialTimeout  caddy.Duration `json:"dial_timeout,omitempty"`
+	ReadTimeout  caddy.Duration `json:"read_timeout,omitempty"`
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	poolKey string // set only once Provision holds a reference
+	store   *idempotency.RedisStore
+}
+
+type pooledRedis struct{ redis.UniversalClient }
+
+// redisLogger sends go-redis's own process-wide log lines (failed dials, say)
+// to Caddy's log instead of stderr.
+type redisLogger struct{ log *zap.Logger }
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	l.log.Warn(fmt.Sprintf(format, v...))
+}
+
+var redisLogOnce sync.Once
+
+func (p pooledRedis) Destruct() error { return p.Close() }
+
+// CaddyModule returns the Caddy module information.
+func (RedisStore) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.idempotency.stores.redis",
+		New: func() caddy.Module { return new(RedisStore) },
+	}
+}
+
+// Provision sets up the client, or shares the one an identical setup has.
+// It does not connect: Caddy starts while Redis is down, and requests that
+// need the store get 503 until it is back.
+func (r *RedisStore) Provision(ctx caddy.Context) error {
+	redisLogOnce.Do(func() { redis.SetLogger(redisLogger{caddy.Log().Named("idempotency.redis")}) })
+	opts, err := r.clientOptions(caddy.NewReplacer())
+	if err != nil {
+		return err
+	}
+	// Identical setups share a client; placeholders resolve the same way for
+	// the life of the process.
+	key, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	val, _, err := redisPool.LoadOrNew(string(key), func() (caddy.Destructor, error) {
+		return pooledRedis{redis.NewUniversalClient(opts)}, nil
+	})
+	if err != nil {
+		return err
+	}
+	r.poolKey = string(key)
+	r.store = idempotency.NewRedisStore(val.(pooledRedis).UniversalClient, idempotency.RedisOptions{
+		Prefix: r.KeyPrefix,
+		Logger: ctx.Logger(),
+	})
+	return nil
+}
+
+// clientOptions resolves placeholders and builds go-redis's options.
+func (r *RedisStore) clientOptions(repl *caddy.Replacer) (*redis.UniversalOptions, error) {
+	opts := &redis.UniversalOptions{
+		DialTimeout:  defaultRedisDialTimeout,
+		ReadTimeout:  defaultRedisIOTimeout,
+		WriteTimeout: defaultRedisIOTimeout,
+		// Without it go-redis ignores a request's deadline.
+		ContextTimeoutEnabled: true,
+		// Fewer than go-redis's 3 retries of 5 dials each, so a request on a
+		// stopped Redis gets its 503 in about half a second, not two.
+		MaxRetries:    1,
+		DialerRetries: 2,
+	}
+	if u := repl.ReplaceKnown(r.URL, ""); u != "" {
+		parsed, err := redis.ParseURL(u)
+		if err != nil {
+			return nil, fmt.Errorf("redis store: url: %w", err)
+		}
+		opts.Addrs = []string{parsed.Addr}
+		opts.DB, opts.Username, opts.Password, opts.TLSConfig = parsed.DB, parsed.Username, parsed.Password, parsed.TLSConfig
+	}
+	for _, a := range r.Addresses {
+		if a = repl.ReplaceKnown(a, ""); a != "" {
+			opts.Addrs = append(opts.Addrs, a)
+		}
+	}
+	if len(opts.Addrs) == 0 {
+		return nil, errors.New("redis store: a url or at least one address is required")
+	}
+	if r.URL != "" && len(r.Addresses) > 0 {
+		return nil, errors.New("redis store: give a url or addresses, not both")
+	}
+	opts.MasterName = repl.ReplaceKnown(r.MasterName, "")
+	if r.DB != 0 {
+		opts.DB = r.DB
+	}
+	if u := repl.ReplaceKnown(r.Username, ""); u != "" {
+		opts.Username = u
+	}
+	if p := repl.ReplaceKnown(r.Password, ""); p != "" {
+		opts.Password = p
+	}
+	if r.TLS || r.TLSServerName != "" || r.TLSCAFile != "" {
+		if opts.TLSConfig == nil {
+			opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		if r.TLSServerName != "" {
+			opts.TLSConfig.ServerName = r.TLSServerName
+		}
+		if r.TLSCAFile != "" {
+			pem, err := os.ReadFile(r.TLSCAFile)
+			if err != nil {
+				return nil, fmt.Errorf("redis store: tls_ca_file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("redis store: tls_ca_file %s holds no PEM certificate", r.TLSCAFile)
+			}
+			opts.TLSConfig.RootCAs = pool
+		}
+	}
+	if r.PoolSize < 0 {
+		return nil, fmt.Errorf("redis store: pool_size %d is negative", r.PoolSize)
+	}
+	opts.PoolSize = r.PoolSize
+	for _, t := range []struct {
+		set caddy.Duration
+		dst *time.Duration
+	}{{r.DialTimeout, &opts.DialTimeout}, {r.ReadTimeout, &opts.ReadTimeout}, {r.WriteTimeout, &opts.WriteTimeout}} {
+		if t.set < 0 {
+			return nil, errors.New("redis store: timeouts must not be negative")
+		}
+		if t.set > 0 {
+			*t.dst = time.Duration(t.set)
+		}
+	}
+	return opts, nil
+}
+
+// Store returns the store.
+func (r *RedisStore) Store() idempotency.Store { return r.store }
+
+// Cleanup drops this config's reference; the last one closes the client.
+func (r *RedisStore) Cleanup() error {
+	if r.poolKey == "" {
+		return nil
+	}
+	_, err := redisPool.Delete(r.poolKey)
+	r.poolKey, r.store = "", nil
+	return err
+}
+
+// UnmarshalCaddyfile sets up the store from
+//
+//	store redis [<url>] {
+//		addresses       <host:port...>
+//		master_name     <name>
+//		db              <n>
+//		username        <name>
+//		password        <secret>
+//		tls
+//		tls_server_name <name>
+//		tls_ca_file     <file>
+//		key_prefix      <prefix>
+//		pool_size       <n>
+//		dial_timeout    <duration>
+//		read_timeout    <duration>
+//		write_timeout   <duration>
+//	}
+func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the store name
+	if d.NextArg() {
+		r.URL = d.Val()
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := make(map[string]int)
+	for d.NextBlock(0) {
+		sub := d.Val()
+		if line, dup := seen[sub]; dup {
+			return d.Errf("redis store: %q is repeated (first given on line %d)", sub, line)
+		}
+		seen[sub] = d.Line()
+		var err error
+		switch sub {
+		case "addresses":
+			r.Addresses = d.RemainingArgs()
+			if len(r.Addresses) == 0 {
+				return d.ArgErr()
+			}
+		case "master_name":
+			err = oneArg(d, &r.MasterName)
+		case "db":
+			err = intArg(d, &r.DB)
+		case "username":
+			err = oneArg(d, &r.Username)
+		case "password":
+			err = oneArg(d, &r.Password)
+		case "tls":
+			err = flagArg(d, &r.TLS)
+		case "tls_server_name":
+			err = oneArg(d, &r.TLSServerName)
+		case "tls_ca_file":
+			err = oneArg(d, &r.TLSCAFile)
+		case "key_prefix":
+			err = oneArg(d, &r.KeyPrefix)
+		case "pool_size":
+			err = intArg(d, &r.PoolSize)
+		case "dial_timeout":
+			err = durationArg(d, &r.DialTimeout)
+		case "read_timeout":
+			err = durationArg(d, &r.ReadTimeout)
+		case "write_timeout":
+			err = durationArg(d, &r.WriteTimeout)
+		default:
+			return d.Errf("unrecognized redis store subdirective %q", sub)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if r.URL == "" && len(r.Addresses) == 0 {
+		return d.Err("store redis needs a url or an addresses line")
+	}
+	return nil
+}
+
+func intArg(d *caddyfile.Dispenser, dst *int) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || v < 0 {
+		return d.Errf("invalid number %q", s)
+	}
+	*dst = v
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*RedisStore)(nil)
+	_ caddy.CleanerUpper    = (*RedisStore)(nil)
+	_ caddyfile.Unmarshaler = (*RedisStore)(nil)
+	_ StoreProvider         = (*RedisStore)(nil)
+)
