@@ -7,13 +7,27 @@ import (
 	"testing"
 
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
+	"github.com/caddy-idempotency/caddy-idempotency/internal/redistest"
 )
 
 // The JSON form of the README, loaded as JSON: every field set.
 func TestJSONConfig(t *testing.T) {
+	s := loadJSONConfig(t, fmt.Sprintf(`{"backend": "badger", "path": %q}`, storeDir(t)))
+	checkJSONConfig(t, s)
+}
+
+// The Redis store in its JSON form.
+func TestJSONConfigRedis(t *testing.T) {
+	s := loadJSONConfig(t, fmt.Sprintf(`{"backend": "redis", "url": %q, "key_prefix": %q, "pool_size": 4,
+		"dial_timeout": "1s", "read_timeout": "1s", "write_timeout": "1s"}`, redistest.URL(t), uniquePrefix("json")))
+	checkJSONConfig(t, s)
+}
+
+// loadJSONConfig loads a JSON config with every handler field set and the
+// given store, in front of a new backend.
+func loadJSONConfig(t *testing.T, storeJSON string) *stack {
 	backend := batchesbackend.New()
 	upstream := httptest.NewServer(backend)
-	defer upstream.Close()
 	tester := newTester(t)
 	tester.InitServer(fmt.Sprintf(`{
 		"admin": {"listen": "localhost:%d"},
@@ -37,19 +51,22 @@ func TestJSONConfig(t *testing.T) {
 					"max_response": 65536,
 					"conflict_status": 422,
 					"fail_open": true,
-					"store": {"backend": "badger", "path": %q}
+					"store": %s
 				}, {
 					"handler": "reverse_proxy",
 					"upstreams": [{"dial": %q}]
 				}]
 			}]
 		}}}}
-	}`, adminPort, httpPort, httpsPort, httpPort, storeDir(t), upstream.Listener.Addr().String()), "json")
+	}`, adminPort, httpPort, httpsPort, httpPort, storeJSON, upstream.Listener.Addr().String()), "json")
 	if t.Failed() {
 		t.FailNow()
 	}
-	s := &stack{t: t, backend: backend, url: fmt.Sprintf("http://localhost:%d", httpPort), client: http.DefaultClient}
+	t.Cleanup(upstream.Close)
+	return &stack{t: t, backend: backend, url: fmt.Sprintf("http://localhost:%d", httpPort), client: http.DefaultClient}
+}
 
+func checkJSONConfig(t *testing.T, s *stack) {
 	body := createBody(t, nil, "")
 	created := s.send(http.MethodPost, "/v1/batches", body, "X-Key", "json-1").batch(t)
 	r := s.send(http.MethodPost, "/v1/batches", body, "X-Key", "json-1")
