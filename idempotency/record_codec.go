@@ -80,25 +80,31 @@ func (rec *Record) MarshalBinary() ([]byte, error) {
 	if flags&flagExpiresAt != 0 {
 		buf = binary.AppendVarint(buf, rec.ExpiresAt.UnixMilli())
 	}
-	if resp := rec.Response; resp != nil {
-		buf = binary.AppendVarint(buf, int64(resp.Status))
-		names := make([]string, 0, len(resp.Header))
-		for name := range resp.Header {
-			names = append(names, name)
-		}
-		sort.Strings(names) // deterministic bytes for equal records
-		buf = binary.AppendUvarint(buf, uint64(len(names)))
-		for _, name := range names {
-			buf = appendBytes(buf, name)
-			values := resp.Header[name]
-			buf = binary.AppendUvarint(buf, uint64(len(values)))
-			for _, v := range values {
-				buf = appendBytes(buf, v)
-			}
-		}
-		buf = appendBytes(buf, resp.Body)
+	if rec.Response != nil {
+		buf = appendResponse(buf, rec.Response)
 	}
 	return buf, nil
+}
+
+// appendResponse encodes resp as the response part of the format, which
+// decoder.response reads back. The caller checks the status.
+func appendResponse(buf []byte, resp *Response) []byte {
+	buf = binary.AppendVarint(buf, int64(resp.Status))
+	names := make([]string, 0, len(resp.Header))
+	for name := range resp.Header {
+		names = append(names, name)
+	}
+	sort.Strings(names) // deterministic bytes for equal records
+	buf = binary.AppendUvarint(buf, uint64(len(names)))
+	for _, name := range names {
+		buf = appendBytes(buf, name)
+		values := resp.Header[name]
+		buf = binary.AppendUvarint(buf, uint64(len(values)))
+		for _, v := range values {
+			buf = appendBytes(buf, v)
+		}
+	}
+	return appendBytes(buf, resp.Body)
 }
 
 // UnmarshalBinary decodes data written by MarshalBinary. It never keeps a

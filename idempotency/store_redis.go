@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -218,22 +217,7 @@ func appendRedisResponse(buf []byte, resp *Response) ([]byte, error) {
 	if !validStatus(int64(resp.Status)) {
 		return nil, fmt.Errorf("idempotency: cannot encode response status %d", resp.Status)
 	}
-	buf = binary.AppendVarint(buf, int64(resp.Status))
-	names := make([]string, 0, len(resp.Header))
-	for name := range resp.Header {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	buf = binary.AppendUvarint(buf, uint64(len(names)))
-	for _, name := range names {
-		buf = appendBytes(buf, name)
-		values := resp.Header[name]
-		buf = binary.AppendUvarint(buf, uint64(len(values)))
-		for _, v := range values {
-			buf = appendBytes(buf, v)
-		}
-	}
-	return appendBytes(buf, resp.Body), nil
+	return appendResponse(buf, resp), nil
 }
 
 // millis is d in whole milliseconds, rounded up and at least 1, as Redis
