@@ -5,10 +5,12 @@ package redistest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -33,6 +35,10 @@ type Server struct {
 	bin  string
 	dir  string
 	port int
+
+	// Set by StartTLS: the server speaks only TLS and wants this password.
+	tlsConfig *tls.Config
+	password  string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -75,6 +81,31 @@ func Start(t testing.TB) *Server {
 	return nil
 }
 
+// StartTLS is Start for a server that speaks only TLS, with a certificate
+// for 127.0.0.1 from a fresh CA (see CAFile), and requires password.
+func StartTLS(t testing.TB, password string) *Server {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server not found on PATH: install the Debian package redis-server; .ci/run does (%v)", err)
+	}
+	s := &Server{tb: t, bin: bin, dir: t.TempDir(), password: password}
+	if s.tlsConfig, err = writeCertificates(s.dir); err != nil {
+		t.Fatalf("redistest: certificates: %v", err)
+	}
+	t.Cleanup(s.kill)
+	if s.port, err = freePort(); err != nil {
+		t.Fatalf("redistest: pick a port: %v", err)
+	}
+	if err := s.start(); err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	return s
+}
+
+// CAFile is the PEM file of the CA that signed a StartTLS server's certificate.
+func (s *Server) CAFile() string { return filepath.Join(s.dir, "ca.pem") }
+
 // Addr is host:port.
 func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
 
@@ -83,7 +114,7 @@ func (s *Server) URL() string { return "redis://" + s.Addr() }
 
 // Client returns a client of this server, closed by t's cleanup.
 func (s *Server) Client(t testing.TB) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), TLSConfig: s.tlsConfig, Password: s.password})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
@@ -120,15 +151,25 @@ func (s *Server) Restart() {
 func (s *Server) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cmd := exec.Command(s.bin,
-		"--port", strconv.Itoa(s.port),
+	plainPort := s.port
+	if s.tlsConfig != nil {
+		plainPort = 0 // TLS only
+	}
+	args := []string{
+		"--port", strconv.Itoa(plainPort),
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
 		"--dir", s.dir,
 		"--daemonize", "no",
 		"--logfile", "",
-	)
+	}
+	if s.tlsConfig != nil {
+		args = append(args, "--tls-port", strconv.Itoa(s.port),
+			"--tls-cert-file", filepath.Join(s.dir, "cert.pem"), "--tls-key-file", filepath.Join(s.dir, "key.pem"),
+			"--tls-ca-cert-file", s.CAFile(), "--tls-auth-clients", "no", "--requirepass", s.password)
+	}
+	cmd := exec.Command(s.bin, args...)
 	out := new(bytes.Buffer)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = procAttr()
@@ -139,7 +180,8 @@ func (s *Server) start() error {
 	go func() { _ = cmd.Wait(); close(done) }()
 	s.cmd, s.out, s.done = cmd, out, done
 
-	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: time.Second})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: time.Second,
+		TLSConfig: s.tlsConfig, Password: s.password})
 	defer c.Close()
 	deadline := time.Now().Add(startTimeout)
 	for {
