@@ -90,3 +90,22 @@ func TestRedisTLSWithPasswordThroughCaddy(t *testing.T) {
 	untrusted.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "tls-2").
 		apiError(t, http.StatusServiceUnavailable, "idempotency_store_unavailable")
 }
+
+// Caddy starts with Redis down (the client connects lazily): keyed requests
+// get 503 until Redis is up, then work, with no reload.
+func TestCaddyStartsWithRedisDown(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Stop()
+	s := newStack(t, fmt.Sprintf("\t\tstore redis %s {\n\t\t\tdial_timeout 500ms\n\t\t}", srv.URL()))
+	body := createBody(t, nil, "")
+	s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "late-redis").
+		apiError(t, http.StatusServiceUnavailable, "idempotency_store_unavailable")
+
+	srv.Restart()
+	waitFor(t, func() bool {
+		return s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "late-redis").Status == http.StatusOK
+	})
+	if r := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "late-redis"); r.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("once Redis is up the key does not replay: %d %v", r.Status, r.Header)
+	}
+}
