@@ -88,3 +88,54 @@ func TestFleetSharesOneRedis(t *testing.T) {
 		t.Fatalf("backend creates = %d after the retries, want 1", n)
 	}
 }
+
+// The instance that owns a key dies (kill -9) with its create upstream: the
+// other instance answers in_use while the dead owner's lease runs, then takes
+// the key over, creates once and replays.
+func TestFleetOwnerKilledMidRequest(t *testing.T) {
+	redisURL := redistest.URL(t)
+	backend := batchesbackend.New()
+	watched, taken := watchFaults(backend)
+	upstream := httptest.NewServer(watched)
+	defer upstream.Close()
+	block := make(chan struct{})
+	defer close(block)
+	backend.SetFault(batchesbackend.Fault{Block: block, Times: 1})
+
+	const lease = 2 * time.Second
+	config := fmt.Sprintf("\t\tlock_timeout %s\n\t\tstore redis %s {\n\t\t\tkey_prefix %s\n\t\t}", lease, redisURL, uniquePrefix("fleet-kill"))
+	portA, portB := freePort(), freePort()
+	a := startCaddy(t, processCaddyfile(portA, config, upstream.Listener.Addr().String()), portA)
+	b := startCaddy(t, processCaddyfile(portB, config, upstream.Listener.Addr().String()), portB)
+	body := createBody(t, nil, "")
+	client := &http.Client{Timeout: 20 * time.Second}
+
+	go func() { _, _ = request(client, http.MethodPost, a.url+"/v1/batches", body, "Idempotency-Key", "fleet-kill") }()
+	waitTaken(t, taken)
+	a.kill()
+	killed := time.Now()
+
+	sendTo(t, client, http.MethodPost, b.url+"/v1/batches", body, "Idempotency-Key", "fleet-kill").
+		apiError(t, http.StatusConflict, "idempotency_key_in_use")
+	var created batchesbackend.Batch
+	waitFor(t, func() bool {
+		r := sendTo(t, client, http.MethodPost, b.url+"/v1/batches", body, "Idempotency-Key", "fleet-kill")
+		if r.Status == http.StatusConflict {
+			return false
+		}
+		created = r.batch(t)
+		return true
+	})
+	freed := time.Since(killed)
+	if freed > lease+time.Second {
+		t.Fatalf("the dead owner's key was free only %s after the kill, lock_timeout is %s", freed, lease)
+	}
+	r := sendTo(t, client, http.MethodPost, b.url+"/v1/batches", body, "Idempotency-Key", "fleet-kill")
+	if got := r.batch(t); got.ID != created.ID || r.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("after the takeover got %s, want a replay of %s", got.ID, created.ID)
+	}
+	if n := backend.Creates(); n != 1 {
+		t.Fatalf("backend creates = %d, want 1 (the dead owner's create never finished)", n)
+	}
+	t.Logf("key free %s after the owner was killed (lock_timeout %s)", freed, lease)
+}
