@@ -40,6 +40,11 @@ type Server struct {
 	tlsConfig *tls.Config
 	password  string
 
+	// Set by StartCluster and StartSentinel: a config file given first (a
+	// sentinel needs one to rewrite), and arguments after the usual ones.
+	conf      string
+	extraArgs []string
+
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	out  *bytes.Buffer
@@ -62,34 +67,51 @@ func URL(t testing.TB) string {
 // skips) when redis-server is not installed.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	s := &Server{tb: t, bin: serverBinary(t), dir: t.TempDir()}
+	t.Cleanup(s.kill)
+	if err := s.launch(nil); err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	return s
+}
+
+// serverBinary is redis-server's path; it fails t (never skips) when
+// redis-server is not installed.
+func serverBinary(t testing.TB) string {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redis-server not found on PATH: install the Debian package redis-server; .ci/run does (%v)", err)
 	}
-	s := &Server{tb: t, bin: bin, dir: t.TempDir()}
-	t.Cleanup(s.kill)
-	var lastErr error
+	return bin
+}
+
+// launch starts s on a free port, and on another one when that was taken
+// meanwhile. pick, when set, picks any other port s needs for this attempt.
+func (s *Server) launch(pick func() error) error {
+	var err, lastErr error
 	for range startAttempts {
 		if s.port, err = freePort(); err != nil {
-			t.Fatalf("redistest: pick a port: %v", err)
+			return fmt.Errorf("pick a port: %w", err)
+		}
+		if pick != nil {
+			if err := pick(); err != nil {
+				return fmt.Errorf("pick a port: %w", err)
+			}
 		}
 		if lastErr = s.start(); lastErr == nil {
-			return s
+			return nil
 		}
 	}
-	t.Fatalf("redistest: %v", lastErr)
-	return nil
+	return lastErr
 }
 
 // StartTLS is Start for a server that speaks only TLS, with a certificate
 // for 127.0.0.1 from a fresh CA (see CAFile), and requires password.
 func StartTLS(t testing.TB, password string) *Server {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("redis-server not found on PATH: install the Debian package redis-server; .ci/run does (%v)", err)
-	}
-	s := &Server{tb: t, bin: bin, dir: t.TempDir(), password: password}
+	s := &Server{tb: t, bin: serverBinary(t), dir: t.TempDir(), password: password}
+	var err error
 	if s.tlsConfig, err = writeCertificates(s.dir); err != nil {
 		t.Fatalf("redistest: certificates: %v", err)
 	}
@@ -155,7 +177,11 @@ func (s *Server) start() error {
 	if s.tlsConfig != nil {
 		plainPort = 0 // TLS only
 	}
-	args := []string{
+	var args []string
+	if s.conf != "" {
+		args = append(args, s.conf)
+	}
+	args = append(args,
 		"--port", strconv.Itoa(plainPort),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -163,12 +189,13 @@ func (s *Server) start() error {
 		"--dir", s.dir,
 		"--daemonize", "no",
 		"--logfile", "",
-	}
+	)
 	if s.tlsConfig != nil {
 		args = append(args, "--tls-port", strconv.Itoa(s.port),
 			"--tls-cert-file", filepath.Join(s.dir, "cert.pem"), "--tls-key-file", filepath.Join(s.dir, "key.pem"),
 			"--tls-ca-cert-file", s.CAFile(), "--tls-auth-clients", "no", "--requirepass", s.password)
 	}
+	args = append(args, s.extraArgs...)
 	cmd := exec.Command(s.bin, args...)
 	out := new(bytes.Buffer)
 	cmd.Stdout, cmd.Stderr = out, out
