@@ -110,7 +110,9 @@ func TestFleetOwnerKilledMidRequest(t *testing.T) {
 	body := createBody(t, nil, "")
 	client := &http.Client{Timeout: 20 * time.Second}
 
-	go func() { _, _ = request(client, http.MethodPost, a.url+"/v1/batches", body, "Idempotency-Key", "fleet-kill") }()
+	go func() {
+		_, _ = request(client, http.MethodPost, a.url+"/v1/batches", body, "Idempotency-Key", "fleet-kill")
+	}()
 	waitTaken(t, taken)
 	a.kill()
 	killed := time.Now()

@@ -11,13 +11,21 @@ import (
 	"github.com/caddy-idempotency/caddy-idempotency/internal/redistest"
 )
 
-// `addresses` naming the nodes of a real Redis Cluster: creates replay and
-// conflict through Caddy, and the records spread over the masters.
+// A real Redis Cluster, named by all its nodes or by one seed with
+// `cluster`: creates replay and conflict through Caddy, and the records
+// spread over the masters.
 func TestRedisClusterThroughCaddy(t *testing.T) {
 	cluster := redistest.StartCluster(t, 3)
-	const prefix = "cluster-caddy:"
-	s := newStack(t, fmt.Sprintf("\t\tstore redis {\n\t\t\taddresses %s\n\t\t\tkey_prefix %s\n\t\t}",
-		strings.Join(cluster.Addrs(), " "), prefix))
+	t.Run("all nodes", func(t *testing.T) {
+		testClusterThroughCaddy(t, cluster, "cluster-all:", strings.Join(cluster.Addrs(), " "))
+	})
+	t.Run("one seed", func(t *testing.T) {
+		testClusterThroughCaddy(t, cluster, "cluster-seed:", cluster.Addrs()[0]+"\n\t\t\tcluster")
+	})
+}
+
+func testClusterThroughCaddy(t *testing.T, cluster *redistest.Cluster, prefix, addresses string) {
+	s := newStack(t, fmt.Sprintf("\t\tstore redis {\n\t\t\taddresses %s\n\t\t\tkey_prefix %s\n\t\t}", addresses, prefix))
 	const keys = 20 // all 20 on one of 3 masters: about 1 run in 10^8
 	createAndReplay(t, s, "cluster", keys)
 

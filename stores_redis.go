@@ -45,6 +45,9 @@ type RedisStore struct {
 	// host:port addresses: two or more are the seeds of a Redis Cluster; with
 	// MasterName, they are Sentinels.
 	Addresses []string `json:"addresses,omitempty"`
+	// Treat the addresses as a Redis Cluster even when there is only one (a
+	// seed node or a cluster endpoint). Two or more addresses imply it.
+	Cluster bool `json:"cluster,omitempty"`
 	// The Sentinel master name; set it to use Sentinel.
 	MasterName string `json:"master_name,omitempty"`
 	// The database number (not with a cluster). Default: the URL's, or 0.
@@ -155,6 +158,10 @@ func (r *RedisStore) clientOptions(repl *caddy.Replacer) (*redis.UniversalOption
 		return nil, errors.New("redis store: give a url or addresses, not both")
 	}
 	opts.MasterName = repl.ReplaceKnown(r.MasterName, "")
+	opts.IsClusterMode = r.Cluster
+	if r.Cluster && opts.MasterName != "" {
+		return nil, errors.New("redis store: cluster and master_name exclude each other")
+	}
 	if r.DB != 0 {
 		opts.DB = r.DB
 	}
@@ -218,6 +225,7 @@ func (r *RedisStore) Cleanup() error {
 //
 //	store redis [<url>] {
 //		addresses       <host:port...>
+//		cluster
 //		master_name     <name>
 //		db              <n>
 //		username        <name>
@@ -253,6 +261,8 @@ func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(r.Addresses) == 0 {
 				return d.ArgErr()
 			}
+		case "cluster":
+			err = flagArg(d, &r.Cluster)
 		case "master_name":
 			err = oneArg(d, &r.MasterName)
 		case "db":

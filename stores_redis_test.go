@@ -65,6 +65,7 @@ func TestRedisStoreClientOptions(t *testing.T) {
 		{RedisStore{URL: "redis://a:6379", TLSCAFile: caFile}, "no PEM certificate"},
 		{RedisStore{URL: "redis://a:6379", TLSCAFile: caFile + ".missing"}, "tls_ca_file"},
 		{RedisStore{URL: "redis://a:6379", DialTimeout: -1}, "negative"},
+		{RedisStore{Addresses: []string{"a:26379"}, MasterName: "m", Cluster: true}, "exclude"},
 	} {
 		if _, err := bad.store.clientOptions(repl); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%+v: error %v, want one mentioning %q", bad.store, err, bad.want)
