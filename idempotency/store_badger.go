@@ -109,6 +109,11 @@ func (s *BadgerStore) Close() error {
 }
 
 func (s *BadgerStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner Token, lease time.Duration) (Record, bool, error) {
+	// A live record (a replay, a duplicate) is answered from a read-only
+	// transaction; only a claim needs a write one, which re-checks.
+	if cur, found, err := s.Get(ctx, key); err != nil || found {
+		return cur, false, err
+	}
 	var (
 		rec   Record
 		owned bool
