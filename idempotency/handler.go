@@ -148,7 +148,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 // run claims the record or answers from it, waiting up to cfg.Wait for an
 // in-flight duplicate to finish.
 func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, rk RecordKey, fp Fingerprint, key string) error {
-	log := h.cfg.Logger.With(zap.String("key_hash", rk.String()))
+	log := keyLogger{h.cfg.Logger, rk}
 	owner := NewToken()
 	deadline := time.Now().Add(h.cfg.Wait)
 	pause := 5 * time.Millisecond
@@ -214,7 +214,7 @@ func (h *Handler) waitForChange(ctx context.Context, rk RecordKey, d time.Durati
 
 // forward sends the request upstream as the record's owner and stores a 2xx
 // response before the client sees it; anything else releases the record.
-func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk RecordKey, owner Token, log *zap.Logger) (err error) {
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk RecordKey, owner Token, log keyLogger) (err error) {
 	// A client that gives up must not cancel a create the upstream may already
 	// have made: finishing it lets the client's retry replay the result.
 	storeCtx := context.WithoutCancel(r.Context())
@@ -264,7 +264,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 	return nil
 }
 
-func (h *Handler) release(ctx context.Context, rk RecordKey, owner Token, log *zap.Logger, why string) {
+func (h *Handler) release(ctx context.Context, rk RecordKey, owner Token, log keyLogger, why string) {
 	if err := h.cfg.Store.Release(ctx, rk, owner); err != nil {
 		log.Warn("idempotency store failed to release the record", zap.String("reason", why), zap.Error(err))
 		return
@@ -274,7 +274,7 @@ func (h *Handler) release(ctx context.Context, rk RecordKey, owner Token, log *z
 
 // keepLease renews the owner's lease every third of lock_timeout, so only a
 // dead owner's lease ever runs out. The returned func stops it and waits.
-func (h *Handler) keepLease(ctx context.Context, rk RecordKey, owner Token, log *zap.Logger) (stop func()) {
+func (h *Handler) keepLease(ctx context.Context, rk RecordKey, owner Token, log keyLogger) (stop func()) {
 	quit, stopped := make(chan struct{}), make(chan struct{})
 	period := h.cfg.LockTimeout / 3
 	go func() {
