@@ -49,6 +49,11 @@ func TestLogsCarryNoKeyOrCredential(t *testing.T) {
 	if logs.Len() < 6 {
 		t.Fatalf("only %d log entries: the paths above were not logged", logs.Len())
 	}
+	// The control: decisions name the key by its hash.
+	wantHash := NewRecordKey("Bearer "+credential, key).String()
+	if n := logs.FilterField(zap.String("key_hash", wantHash)).Len(); n < 3 {
+		t.Fatalf("%d log entries carry key_hash %s, want the stored, replayed and reused decisions", n, wantHash)
+	}
 	for _, e := range logs.All() {
 		line := e.Message
 		for k, v := range e.ContextMap() {
