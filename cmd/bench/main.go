@@ -1,0 +1,189 @@
+// Command bench measures, in one run on one machine, what the idempotency
+// handler costs: the same Go load generator against Caddy (cmd/caddy, its own
+// process) in front of the same local batches API, in five scenarios:
+//
+//	plain   reverse_proxy alone
+//	pass    idempotency + reverse_proxy, requests without a key
+//	write   the same, a new key per request (Badger)
+//	replay  the same, one key repeated
+//	static  respond with a body as large as the batch response
+//
+// It prints a Markdown table of requests/s, p50 and p99 and the ratios.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
+)
+
+type options struct {
+	duration, warmup time.Duration
+	concurrency      int
+	caddy            string   // an existing binary; built when empty
+	only             []string // scenarios to run
+	profile          string   // scenario to CPU-profile through Caddy's admin pprof
+	profileOut       string
+}
+
+func main() {
+	var o options
+	var only string
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured time per scenario")
+	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load before each scenario")
+	flag.IntVar(&o.concurrency, "concurrency", 32, "concurrent requests (one keep-alive connection each)")
+	flag.StringVar(&o.caddy, "caddy", "", "path to a cmd/caddy binary (default: go build ./cmd/caddy into a temp dir)")
+	flag.StringVar(&only, "only", strings.Join(scenarios, ","), "comma-separated scenarios to run")
+	flag.StringVar(&o.profile, "profile", "", "scenario to CPU-profile in Caddy (enables the admin endpoint on loopback)")
+	flag.StringVar(&o.profileOut, "profile-out", "", "where the profile goes (default: bench-<scenario>.pprof)")
+	flag.Parse()
+	for _, s := range strings.Split(only, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			o.only = append(o.only, s)
+		}
+	}
+	if err := run(o, os.Stdout); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// run measures the chosen scenarios and writes the report to w.
+func run(o options, w io.Writer) error {
+	for _, s := range o.only {
+		if !slices.Contains(scenarios, s) {
+			return fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(scenarios, ", "))
+		}
+	}
+	if o.profile != "" && !slices.Contains(o.only, o.profile) {
+		return fmt.Errorf("-profile %s: not among the scenarios run", o.profile)
+	}
+	dir, err := os.MkdirTemp("", "caddy-idempotency-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := o.caddy
+	if bin == "" {
+		if bin, err = buildCaddy(dir); err != nil {
+			return err
+		}
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	backend := batchesbackend.New()
+	upstream := &http.Server{Handler: backend}
+	go func() {
+		if err := upstream.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Printf("batches upstream: %v", err)
+		}
+	}()
+	defer upstream.Close()
+	body := []byte(`{"input_file_id":"file-abc123","endpoint":"/v1/chat/completions","completion_window":"24h"}`)
+	size, err := responseSize("http://"+ln.Addr().String()+"/v1/batches", body)
+	if err != nil {
+		return fmt.Errorf("batches upstream: %w", err)
+	}
+
+	free, err := freePorts(len(o.only) + 1)
+	if err != nil {
+		return err
+	}
+	ports := map[string]int{}
+	var list []int
+	for i, s := range o.only {
+		ports[s] = free[i]
+		list = append(list, free[i])
+	}
+	adminPort := 0
+	if o.profile != "" {
+		adminPort = free[len(o.only)]
+	}
+	cmd, err := startCaddy(bin, dir, caddyfile(ports, ln.Addr().String(), dir, size, adminPort), list)
+	if err != nil {
+		return err
+	}
+	defer stopCaddy(cmd)
+
+	client := newClient(o.concurrency)
+	results := map[string]result{}
+	for _, s := range o.only {
+		l := &loader{client: client, url: fmt.Sprintf("http://127.0.0.1:%d/v1/batches", ports[s]),
+			body: body, concurrency: o.concurrency}
+		switch s {
+		case "write":
+			l.mode, l.key = newKey, "bench-write-"
+		case "replay":
+			l.mode, l.key = fixedKey, "bench-replay"
+			// Create the record once so every measured request replays it.
+			if err := l.once(contextBackground()); err != nil {
+				return fmt.Errorf("replay: creating the key: %w", err)
+			}
+		}
+		if o.warmup > 0 {
+			if _, err := l.run(o.warmup); err != nil {
+				return fmt.Errorf("%s warmup: %w", s, err)
+			}
+		}
+		var prof chan error
+		if s == o.profile {
+			prof = profileAsync(adminPort, o.duration, o.profileOut, s)
+		}
+		before := backend.Creates()
+		r, err := l.run(o.duration)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s, err)
+		}
+		// A replay that reached the upstream would measure the wrong thing.
+		if n := backend.Creates() - before; s == "replay" && n != 0 || s == "static" && n != 0 {
+			return fmt.Errorf("%s: the upstream created %d batches, want 0", s, n)
+		}
+		if prof != nil {
+			if err := <-prof; err != nil {
+				return fmt.Errorf("profile %s: %w", s, err)
+			}
+		}
+		results[s] = r
+	}
+	client.CloseIdleConnections()
+	writeReport(w, o, size, results)
+	return nil
+}
+
+// responseSize sends body to the upstream directly and returns how long the
+// batch it answers is.
+func responseSize(url string, body []byte) (int, error) {
+	res, err := http.Post(url, "application/json", strings.NewReader(string(body)))
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return 0, err
+	}
+	if res.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("status %d: %s", res.StatusCode, b)
+	}
+	return len(b), nil
+}
+
+// machine describes where the numbers came from.
+func machine() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s/%s, %d CPUs, GOMAXPROCS %d, %s, host %s",
+		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), host)
+}

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"time"
+)
+
+// ratios and the targets for them.
+var ratios = []struct {
+	num, den string
+	target   float64
+}{
+	{"pass", "plain", 0.97},
+	{"write", "plain", 0.90},
+	{"replay", "static", 0.90},
+	{"replay", "plain", 2.5},
+}
+
+func writeReport(w io.Writer, o options, size int, results map[string]result) {
+	fmt.Fprintf(w, "Machine: %s\n", machine())
+	fmt.Fprintf(w, "Load: %d concurrent keep-alive connections, %s per scenario after %s warmup, batch response %d bytes\n\n",
+		o.concurrency, o.duration, o.warmup, size)
+	fmt.Fprintln(w, "| scenario | requests/s | p50 | p99 | requests |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|")
+	for _, s := range scenarios {
+		r, ok := results[s]
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %.0f | %s | %s | %d |\n", s, r.rps(), ms(r.p50), ms(r.p99), r.requests)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| ratio (requests/s) | value | target | met |")
+	fmt.Fprintln(w, "|---|---:|---:|:---:|")
+	for _, q := range ratios {
+		a, okA := results[q.num]
+		b, okB := results[q.den]
+		if !okA || !okB {
+			continue
+		}
+		v := a.rps() / b.rps()
+		met := "no"
+		if v >= q.target {
+			met = "yes"
+		}
+		fmt.Fprintf(w, "| %s/%s | %.2f | >= %.2f | %s |\n", q.num, q.den, v, q.target, met)
+	}
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
