@@ -18,6 +18,9 @@ func buildCaddy(dir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("go env GOMOD: %w", err)
 	}
+	if mod := string(trimNL(gomod)); mod == "" || mod == os.DevNull {
+		return "", fmt.Errorf("not inside the caddy-idempotency module: run from the clone or pass -caddy")
+	}
 	root := filepath.Dir(string(trimNL(gomod)))
 	bin := filepath.Join(dir, "caddy")
 	// No DWARF: the link is the slow part of the build; pprof does not need it.

@@ -28,6 +28,7 @@ type result struct {
 	errors   int
 	elapsed  time.Duration
 	p50, p99 time.Duration
+	lat      []time.Duration
 }
 
 func (r result) rps() float64 { return float64(r.requests) / r.elapsed.Seconds() }
@@ -41,6 +42,8 @@ type loader struct {
 	mode        keyMode
 	key         string // for fixedKey; prefix for newKey
 	concurrency int
+	replay      bool  // every answer must be a replay
+	wantLen     int64 // when not 0, every answer's length
 	seq         atomic.Int64
 }
 
@@ -75,7 +78,7 @@ func (l *loader) once(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(io.Discard, res.Body)
+	n, err := io.Copy(io.Discard, res.Body)
 	res.Body.Close()
 	if err != nil {
 		return err
@@ -83,11 +86,19 @@ func (l *loader) once(ctx context.Context) error {
 	if res.StatusCode != http.StatusOK {
 		return fmt.Errorf("status %d", res.StatusCode)
 	}
+	if l.wantLen != 0 && n != l.wantLen {
+		return fmt.Errorf("body of %d bytes, want %d", n, l.wantLen)
+	}
+	// A replay that reached the upstream would measure the wrong thing.
+	if l.replay && res.Header.Get("Idempotent-Replayed") != "true" {
+		return fmt.Errorf("not a replay")
+	}
 	return nil
 }
 
-// run sends requests for d and returns the latencies of those that succeeded.
-func (l *loader) run(d time.Duration) (result, error) {
+// run sends requests for d and adds the latencies of those that succeeded to
+// r; summarize sorts them into percentiles once every round is in.
+func (l *loader) run(d time.Duration, r *result) error {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	lat := make([][]time.Duration, l.concurrency)
@@ -115,20 +126,26 @@ func (l *loader) run(d time.Duration) (result, error) {
 		}()
 	}
 	wg.Wait()
-	r := result{elapsed: time.Since(start)}
-	all := slices.Concat(lat...)
+	r.elapsed += time.Since(start)
+	n := len(r.lat)
+	r.lat = slices.Concat(append([][]time.Duration{r.lat}, lat...)...)
+	errors := 0
 	for _, e := range errs {
-		r.errors += e
+		errors += e
 	}
-	r.requests = len(all)
-	if r.requests == 0 {
-		return r, fmt.Errorf("no request succeeded (%d errors, first: %v)", r.errors, firstErr.Load())
+	r.errors += errors
+	switch {
+	case len(r.lat) == n:
+		return fmt.Errorf("no request succeeded (%d errors, first: %v)", errors, firstErr.Load())
+	case errors > 0:
+		return fmt.Errorf("%d requests failed, first: %v", errors, firstErr.Load())
 	}
-	slices.Sort(all)
-	r.p50 = all[len(all)/2]
-	r.p99 = all[len(all)*99/100]
-	if r.errors > 0 {
-		return r, fmt.Errorf("%d requests failed, first: %v", r.errors, firstErr.Load())
-	}
-	return r, nil
+	return nil
+}
+
+func (r *result) summarize() {
+	slices.Sort(r.lat)
+	r.requests = len(r.lat)
+	r.p50 = r.lat[len(r.lat)/2]
+	r.p99 = r.lat[len(r.lat)*99/100]
 }

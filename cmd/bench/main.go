@@ -12,6 +12,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,6 +36,7 @@ type options struct {
 	only             []string // scenarios to run
 	profile          string   // scenario to CPU-profile through Caddy's admin pprof
 	profileOut       string
+	rounds           int // each scenario runs duration/rounds per round
 }
 
 func main() {
@@ -45,6 +47,7 @@ func main() {
 	flag.IntVar(&o.concurrency, "concurrency", 32, "concurrent requests (one keep-alive connection each)")
 	flag.StringVar(&o.caddy, "caddy", "", "path to a cmd/caddy binary (default: go build ./cmd/caddy into a temp dir)")
 	flag.StringVar(&only, "only", strings.Join(scenarios, ","), "comma-separated scenarios to run")
+	flag.IntVar(&o.rounds, "rounds", 1, "split each scenario's duration into this many interleaved rounds")
 	flag.StringVar(&o.profile, "profile", "", "scenario to CPU-profile in Caddy (enables the admin endpoint on loopback)")
 	flag.StringVar(&o.profileOut, "profile-out", "", "where the profile goes (default: bench-<scenario>.pprof)")
 	flag.Parse()
@@ -65,6 +68,9 @@ func run(o options, w io.Writer) error {
 			return fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(scenarios, ", "))
 		}
 	}
+	if o.rounds < 1 {
+		o.rounds = 1
+	}
 	if o.profile != "" && !slices.Contains(o.only, o.profile) {
 		return fmt.Errorf("-profile %s: not among the scenarios run", o.profile)
 	}
@@ -84,8 +90,7 @@ func run(o options, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	backend := batchesbackend.New()
-	upstream := &http.Server{Handler: backend}
+	upstream := &http.Server{Handler: batchesbackend.New()}
 	go func() {
 		if err := upstream.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			log.Printf("batches upstream: %v", err)
@@ -119,7 +124,7 @@ func run(o options, w io.Writer) error {
 	defer stopCaddy(cmd)
 
 	client := newClient(o.concurrency)
-	results := map[string]result{}
+	loaders := map[string]*loader{}
 	for _, s := range o.only {
 		l := &loader{client: client, url: fmt.Sprintf("http://127.0.0.1:%d/v1/batches", ports[s]),
 			body: body, concurrency: o.concurrency}
@@ -129,34 +134,45 @@ func run(o options, w io.Writer) error {
 		case "replay":
 			l.mode, l.key = fixedKey, "bench-replay"
 			// Create the record once so every measured request replays it.
-			if err := l.once(contextBackground()); err != nil {
+			if err := l.once(context.Background()); err != nil {
 				return fmt.Errorf("replay: creating the key: %w", err)
 			}
+			l.replay = true
+		case "static":
+			l.wantLen = int64(size)
 		}
 		if o.warmup > 0 {
-			if _, err := l.run(o.warmup); err != nil {
+			if err := l.run(o.warmup, &result{}); err != nil {
 				return fmt.Errorf("%s warmup: %w", s, err)
 			}
 		}
-		var prof chan error
-		if s == o.profile {
-			prof = profileAsync(adminPort, o.duration, o.profileOut, s)
-		}
-		before := backend.Creates()
-		r, err := l.run(o.duration)
-		if err != nil {
-			return fmt.Errorf("%s: %w", s, err)
-		}
-		// A replay that reached the upstream would measure the wrong thing.
-		if n := backend.Creates() - before; s == "replay" && n != 0 || s == "static" && n != 0 {
-			return fmt.Errorf("%s: the upstream created %d batches, want 0", s, n)
-		}
-		if prof != nil {
-			if err := <-prof; err != nil {
-				return fmt.Errorf("profile %s: %w", s, err)
+		loaders[s] = l
+	}
+	// Rounds interleave the scenarios so that a change in the machine's other
+	// load during the run does not fall on one scenario only.
+	results := map[string]*result{}
+	slice := o.duration / time.Duration(o.rounds)
+	for round := range o.rounds {
+		for _, s := range o.only {
+			if results[s] == nil {
+				results[s] = &result{}
+			}
+			var prof chan error
+			if s == o.profile && round == 0 {
+				prof = profileAsync(adminPort, slice, o.profileOut, s)
+			}
+			if err := loaders[s].run(slice, results[s]); err != nil {
+				return fmt.Errorf("%s: %w", s, err)
+			}
+			if prof != nil {
+				if err := <-prof; err != nil {
+					return fmt.Errorf("profile %s: %w", s, err)
+				}
 			}
 		}
-		results[s] = r
+	}
+	for _, r := range results {
+		r.summarize()
 	}
 	client.CloseIdleConnections()
 	writeReport(w, o, size, results)

@@ -11,7 +11,7 @@ import (
 // checks the report's shape, never its speed.
 func TestBenchTable(t *testing.T) {
 	var out bytes.Buffer
-	o := options{duration: 300 * time.Millisecond, warmup: 50 * time.Millisecond, concurrency: 4, only: scenarios}
+	o := options{duration: 300 * time.Millisecond, warmup: 50 * time.Millisecond, concurrency: 4, rounds: 2, only: scenarios}
 	if err := run(o, &out); err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}

@@ -1,15 +1,12 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"time"
 )
-
-func contextBackground() context.Context { return context.Background() }
 
 // profileAsync fetches a CPU profile of Caddy from its admin pprof endpoint
 // while the scenario runs, skipping the first and last half second.

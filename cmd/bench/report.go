@@ -17,10 +17,10 @@ var ratios = []struct {
 	{"replay", "plain", 2.5},
 }
 
-func writeReport(w io.Writer, o options, size int, results map[string]result) {
+func writeReport(w io.Writer, o options, size int, results map[string]*result) {
 	fmt.Fprintf(w, "Machine: %s\n", machine())
-	fmt.Fprintf(w, "Load: %d concurrent keep-alive connections, %s per scenario after %s warmup, batch response %d bytes\n\n",
-		o.concurrency, o.duration, o.warmup, size)
+	fmt.Fprintf(w, "Load: %d concurrent keep-alive connections, %s per scenario in %d round(s) after %s warmup, batch response %d bytes\n\n",
+		o.concurrency, o.duration, o.rounds, o.warmup, size)
 	fmt.Fprintln(w, "| scenario | requests/s | p50 | p99 | requests |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|")
 	for _, s := range scenarios {
