@@ -8,7 +8,10 @@
 //	replay  the same, one key repeated
 //	static  respond with a body as large as the batch response
 //
-// It prints a Markdown table of requests/s, p50 and p99 and the ratios.
+// It prints a Markdown table of requests/s, p50 and p99 and the ratios. Each
+// scenario's -duration is split into -rounds slices run round-robin, so load
+// from elsewhere on the machine spreads over all scenarios. Run it from the
+// module: go run ./cmd/bench
 package main
 
 import (
@@ -47,7 +50,7 @@ func main() {
 	flag.IntVar(&o.concurrency, "concurrency", 32, "concurrent requests (one keep-alive connection each)")
 	flag.StringVar(&o.caddy, "caddy", "", "path to a cmd/caddy binary (default: go build ./cmd/caddy into a temp dir)")
 	flag.StringVar(&only, "only", strings.Join(scenarios, ","), "comma-separated scenarios to run")
-	flag.IntVar(&o.rounds, "rounds", 1, "split each scenario's duration into this many interleaved rounds")
+	flag.IntVar(&o.rounds, "rounds", 5, "split each scenario's duration into this many interleaved rounds")
 	flag.StringVar(&o.profile, "profile", "", "scenario to CPU-profile in Caddy (enables the admin endpoint on loopback)")
 	flag.StringVar(&o.profileOut, "profile-out", "", "where the profile goes (default: bench-<scenario>.pprof)")
 	flag.Parse()
