@@ -48,15 +48,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := make(map[string]int)
-	for d.NextBlock(0) {
-		sub := d.Val()
-		if line, dup := seen[sub]; dup {
-			return d.Errf("subdirective %q is repeated (first given on line %d)", sub, line)
-		}
-		seen[sub] = d.Line()
-
-		var err error
+	return eachSubdirective(d, "subdirective", func(sub string) (err error) {
 		switch sub {
 		case "key_header":
 			err = oneArg(d, &h.KeyHeader)
@@ -98,7 +90,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized idempotency subdirective %q", sub)
 		}
-		if err != nil {
+		return err
+	})
+}
+
+// eachSubdirective calls fn with the name of every line of the block, after
+// refusing a name given twice (what names the lines in the error).
+func eachSubdirective(d *caddyfile.Dispenser, what string, fn func(name string) error) error {
+	seen := make(map[string]int)
+	for d.NextBlock(0) {
+		name := d.Val()
+		if line, dup := seen[name]; dup {
+			return d.Errf("%s %q is repeated (first given on line %d)", what, name, line)
+		}
+		seen[name] = d.Line()
+		if err := fn(name); err != nil {
 			return err
 		}
 	}

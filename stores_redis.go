@@ -247,14 +247,7 @@ func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := make(map[string]int)
-	for d.NextBlock(0) {
-		sub := d.Val()
-		if line, dup := seen[sub]; dup {
-			return d.Errf("redis store: %q is repeated (first given on line %d)", sub, line)
-		}
-		seen[sub] = d.Line()
-		var err error
+	err := eachSubdirective(d, "redis store subdirective", func(sub string) (err error) {
 		switch sub {
 		case "addresses":
 			r.Addresses = d.RemainingArgs()
@@ -290,9 +283,10 @@ func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized redis store subdirective %q", sub)
 		}
-		if err != nil {
-			return err
-		}
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	if r.URL == "" && len(r.Addresses) == 0 {
 		return d.Err("store redis needs a url or an addresses line")
