@@ -1169,7 +1169,13 @@ func (o *observedStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint
 const concurrent = 50
 
 func TestConcurrentDuplicatesWait(t *testing.T) {
-	store := observe(openBadgerStore(t), concurrent-1)
+	testConcurrentDuplicatesWait(t, openBadgerStore(t))
+}
+
+// testConcurrentDuplicatesWait sends concurrent duplicates with Wait on
+// base: one upstream call, every other client a replay of the same body.
+func testConcurrentDuplicatesWait(t *testing.T, base Store) {
+	store := observe(base, concurrent-1)
 	g := newGate()
 	s := newStack(t, Config{Store: store, Wait: testTimeout}, g.respond)
 	t.Cleanup(g.open)
