@@ -237,8 +237,7 @@ func TestPanicDownstreamReleasesKey(t *testing.T) {
 func TestHungUpstreamKeepsKeyInFlight(t *testing.T) {
 	const lockTimeout = 300 * time.Millisecond
 	s, taken := siteStack(t, func(upstream string) string {
-		return fmt.Sprintf("\tidempotency /v1/batches {\n\t\tstore badger %s\n\t\tlock_timeout %s\n\t}\n\treverse_proxy %s",
-			storeDir(t), lockTimeout, upstream)
+		return idempotencySite(fmt.Sprintf("\t\tstore badger %s\n\t\tlock_timeout %s", storeDir(t), lockTimeout), upstream)
 	})
 	release := make(chan struct{})
 	unblock := sync.OnceFunc(func() { close(release) })
@@ -283,8 +282,7 @@ func TestHungUpstreamKeepsKeyInFlight(t *testing.T) {
 func TestHungUpstreamWaitThenInUse(t *testing.T) {
 	const lockTimeout, wait = 200 * time.Millisecond, 800 * time.Millisecond
 	s, taken := siteStack(t, func(upstream string) string {
-		return fmt.Sprintf("\tidempotency /v1/batches {\n\t\tstore badger %s\n\t\tlock_timeout %s\n\t\twait %s\n\t}\n\treverse_proxy %s",
-			storeDir(t), lockTimeout, wait, upstream)
+		return idempotencySite(fmt.Sprintf("\t\tstore badger %s\n\t\tlock_timeout %s\n\t\twait %s", storeDir(t), lockTimeout, wait), upstream)
 	})
 	release := make(chan struct{})
 	unblock := sync.OnceFunc(func() { close(release) })
