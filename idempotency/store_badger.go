@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -19,11 +20,6 @@ const badgerKeyPrefix = "idem/v1/r/"
 // The record's own times stay the truth; reads check live(now).
 const badgerTTLSlack = time.Second
 
-// maxConflictRetries bounds retries of a transaction that keeps losing
-// optimistic-concurrency races. Each lost race means another transaction on
-// the same key committed, so this is only reached under pathological load.
-const maxConflictRetries = 1000
-
 const defaultBadgerGCInterval = 10 * time.Minute
 
 // BadgerOptions configure OpenBadger.
@@ -36,8 +32,10 @@ type BadgerOptions struct {
 // BadgerStore is a Store persisted in an embedded Badger database, for a
 // single Caddy instance (Badger locks its directory to one process).
 type BadgerStore struct {
-	db  *badger.DB
-	log *zap.Logger
+	db     *badger.DB
+	log    *zap.Logger
+	claims claimTable
+	closed atomic.Bool
 
 	stopGC chan struct{}
 	gcDone chan struct{}
@@ -78,7 +76,10 @@ func OpenBadger(opts BadgerOptions) (*BadgerStore, error) {
 		WithIndexCacheSize(4 << 20).
 		WithValueLogFileSize(64 << 20).
 		WithNumCompactors(2).
-		WithValueThreshold(1 << 10)
+		WithValueThreshold(1 << 10).
+		// Every write holds its key's claimTable stripe lock, so Badger's
+		// conflict detection would only cost time.
+		WithDetectConflicts(false)
 	db, err := badger.Open(badgerOpts)
 	if err != nil {
 		return nil, fmt.Errorf("idempotency: open badger store in %q: %w", opts.Dir, err)
@@ -101,6 +102,7 @@ func (s *BadgerStore) DB() *badger.DB { return s.db }
 // Calling it again returns the first call's result.
 func (s *BadgerStore) Close() error {
 	s.closeOnce.Do(func() {
+		s.closed.Store(true)
 		close(s.stopGC)
 		<-s.gcDone
 		s.closeErr = s.db.Close()
@@ -109,105 +111,146 @@ func (s *BadgerStore) Close() error {
 }
 
 func (s *BadgerStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner Token, lease time.Duration) (Record, bool, error) {
-	// A live record (a replay, a duplicate) is answered from a read-only
-	// transaction; only a claim needs a write one, which re-checks.
-	if cur, found, err := s.Get(ctx, key); err != nil || found {
-		return cur, false, err
+	if err := s.usable(ctx); err != nil {
+		return Record{}, false, err
 	}
-	var (
-		rec   Record
-		owned bool
-	)
-	err := s.update(ctx, key, func(txn *badger.Txn, dbKey []byte, now time.Time) error {
-		cur, found, err := readBadgerRecord(txn, dbKey)
-		if err != nil {
-			return err
-		}
-		if found && cur.live(now) {
-			rec, owned = cur, false
-			return nil
-		}
-		rec = Record{
-			State:       StateInFlight,
-			Fingerprint: fp,
-			Owner:       owner,
-			LeaseUntil:  now.Add(lease),
-			CreatedAt:   now,
-		}
-		owned = true
-		return writeBadgerRecord(txn, dbKey, &rec, now)
-	})
+	stripe := s.claims.lock(key)
+	defer stripe.mu.Unlock()
+	now := time.Now()
+	stripe.sweep(now)
+	// A duplicate of a request in flight here is answered from memory.
+	if cur, ok := stripe.claims[key]; ok && cur.live(now) {
+		return cur, false, nil
+	}
+	dbKey := badgerRecordKey(key)
+	cur, found, err := s.read(dbKey)
 	if err != nil {
 		return Record{}, false, err
 	}
-	return rec, owned, nil
+	if found && cur.live(now) {
+		return cur, false, nil
+	}
+	rec := Record{
+		State:       StateInFlight,
+		Fingerprint: fp,
+		Owner:       owner,
+		LeaseUntil:  now.Add(lease),
+		CreatedAt:   now,
+	}
+	// Written before the request goes upstream, so that after a crash the
+	// key stays in flight until the lease runs out, as it would in a fleet.
+	if err := s.write(dbKey, &rec, now); err != nil {
+		return Record{}, false, err
+	}
+	stripe.claims[key] = rec
+	return rec, true, nil
 }
 
 func (s *BadgerStore) Renew(ctx context.Context, key RecordKey, owner Token, lease time.Duration) error {
-	return s.update(ctx, key, func(txn *badger.Txn, dbKey []byte, now time.Time) error {
-		rec, err := readOwnedBadgerRecord(txn, dbKey, owner, now)
-		if err != nil {
-			return err
-		}
-		rec.LeaseUntil = now.Add(lease)
-		return writeBadgerRecord(txn, dbKey, &rec, now)
-	})
+	if err := s.usable(ctx); err != nil {
+		return err
+	}
+	stripe := s.claims.lock(key)
+	defer stripe.mu.Unlock()
+	now := time.Now()
+	rec, ok := stripe.owned(key, owner, now)
+	if !ok {
+		return ErrNotOwner
+	}
+	rec.LeaseUntil = now.Add(lease)
+	if err := s.write(badgerRecordKey(key), &rec, now); err != nil {
+		return err
+	}
+	stripe.claims[key] = rec
+	return nil
 }
 
 func (s *BadgerStore) Complete(ctx context.Context, key RecordKey, owner Token, resp Response, ttl time.Duration) error {
-	return s.update(ctx, key, func(txn *badger.Txn, dbKey []byte, now time.Time) error {
-		rec, err := readOwnedBadgerRecord(txn, dbKey, owner, now)
-		if err != nil {
-			return err
-		}
-		done := completedRecord(rec, resp, now, ttl)
-		return writeBadgerRecord(txn, dbKey, &done, now)
-	})
+	if err := s.usable(ctx); err != nil {
+		return err
+	}
+	stripe := s.claims.lock(key)
+	defer stripe.mu.Unlock()
+	now := time.Now()
+	rec, ok := stripe.owned(key, owner, now)
+	if !ok {
+		return ErrNotOwner
+	}
+	// No private copy of resp (unlike completedRecord): it is encoded at once.
+	done := Record{
+		State:       StateCompleted,
+		Fingerprint: rec.Fingerprint,
+		CreatedAt:   rec.CreatedAt,
+		ExpiresAt:   now.Add(ttl),
+		Response:    &resp,
+	}
+	if err := s.write(badgerRecordKey(key), &done, now); err != nil {
+		return err
+	}
+	delete(stripe.claims, key)
+	return nil
 }
 
 func (s *BadgerStore) Release(ctx context.Context, key RecordKey, owner Token) error {
-	return s.update(ctx, key, func(txn *badger.Txn, dbKey []byte, now time.Time) error {
-		if _, err := readOwnedBadgerRecord(txn, dbKey, owner, now); err != nil {
-			return err
-		}
-		return txn.Delete(dbKey)
-	})
+	if err := s.usable(ctx); err != nil {
+		return err
+	}
+	stripe := s.claims.lock(key)
+	defer stripe.mu.Unlock()
+	if _, ok := stripe.owned(key, owner, time.Now()); !ok {
+		return ErrNotOwner
+	}
+	dbKey := badgerRecordKey(key)
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(dbKey) }); err != nil {
+		return err
+	}
+	delete(stripe.claims, key)
+	return nil
 }
 
 func (s *BadgerStore) Get(ctx context.Context, key RecordKey) (Record, bool, error) {
-	if err := ctx.Err(); err != nil {
+	if err := s.usable(ctx); err != nil {
 		return Record{}, false, err
 	}
-	var (
-		rec   Record
-		found bool
-	)
-	err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		rec, found, err = readBadgerRecord(txn, badgerRecordKey(key))
-		return err
-	})
-	if err != nil || !found || !rec.live(time.Now()) {
+	now := time.Now()
+	stripe := s.claims.lock(key)
+	cur, ok := stripe.claims[key]
+	stripe.mu.Unlock()
+	if ok && cur.live(now) {
+		return cur, true, nil
+	}
+	rec, found, err := s.read(badgerRecordKey(key))
+	if err != nil || !found || !rec.live(now) {
 		return Record{}, false, err
 	}
 	return rec, true, nil
 }
 
-// update runs fn in a read-write transaction, retrying when Badger's
-// optimistic concurrency control reports that a concurrent transaction
-// touched the same key: that conflict detection is what makes Begin atomic.
-func (s *BadgerStore) update(ctx context.Context, key RecordKey, fn func(txn *badger.Txn, dbKey []byte, now time.Time) error) error {
-	dbKey := badgerRecordKey(key)
-	for range maxConflictRetries {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		err := s.db.Update(func(txn *badger.Txn) error { return fn(txn, dbKey, time.Now()) })
-		if !errors.Is(err, badger.ErrConflict) {
-			return err
-		}
+// usable reports ctx's error, or errStoreClosed once Close has begun (the
+// claim table would otherwise still answer).
+func (s *BadgerStore) usable(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
 	}
-	return fmt.Errorf("idempotency: record %s: gave up after %d transaction conflicts", key, maxConflictRetries)
+	if s.closed.Load() {
+		return errStoreClosed
+	}
+	return nil
+}
+
+// read returns the record stored under dbKey, from a read-only transaction.
+func (s *BadgerStore) read(dbKey []byte) (rec Record, found bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		rec, found, err = readBadgerRecord(txn, dbKey)
+		return err
+	})
+	return rec, found, err
+}
+
+// write stores rec under dbKey. The caller holds the key's stripe lock, so
+// the transaction reads nothing and cannot conflict.
+func (s *BadgerStore) write(dbKey []byte, rec *Record, now time.Time) error {
+	return s.db.Update(func(txn *badger.Txn) error { return writeBadgerRecord(txn, dbKey, rec, now) })
 }
 
 func (s *BadgerStore) runGC(interval time.Duration) {
@@ -260,19 +303,6 @@ func readBadgerRecord(txn *badger.Txn, dbKey []byte) (Record, bool, error) {
 		return Record{}, false, fmt.Errorf("idempotency: decode record %x: %w", dbKey[len(badgerKeyPrefix):], err)
 	}
 	return rec, true, nil
-}
-
-// readOwnedBadgerRecord returns the record if it is owner's and still
-// retained (see inFlightRetention), else ErrNotOwner.
-func readOwnedBadgerRecord(txn *badger.Txn, dbKey []byte, owner Token, now time.Time) (Record, error) {
-	rec, found, err := readBadgerRecord(txn, dbKey)
-	if err != nil {
-		return Record{}, err
-	}
-	if !found || !ownedBy(&rec, owner) || !retained(&rec, now) {
-		return Record{}, ErrNotOwner
-	}
-	return rec, nil
 }
 
 // writeBadgerRecord stores rec with a Badger TTL covering how long it must be

@@ -1,0 +1,63 @@
+package idempotency
+
+import (
+	"encoding/binary"
+	"sync"
+	"time"
+)
+
+// claimStripes is how many locks the claim table spreads keys over: enough
+// that unrelated keys rarely wait on each other on a many-core machine.
+const claimStripes = 256
+
+// claimTable holds the in-flight records this process wrote to its Badger
+// store, under one lock per stripe of keys. Badger locks its directory to one
+// process, so every write to a record goes through here: the stripe lock is
+// what makes Begin atomic (no optimistic-transaction retries), and the table
+// is the authority on ownership (Renew, Complete and Release need no read).
+// A dead process's in-flight records are on disk only; their tokens can
+// never come back, so they are never "owned" here.
+type claimTable struct {
+	stripes [claimStripes]claimStripe
+}
+
+type claimStripe struct {
+	mu        sync.Mutex
+	claims    map[RecordKey]Record
+	lastSweep time.Time
+}
+
+// lock locks key's stripe and returns it; the caller unlocks.
+func (t *claimTable) lock(key RecordKey) *claimStripe {
+	// RecordKey is a SHA-256 digest, so any 8 bytes of it are uniform.
+	s := &t.stripes[binary.LittleEndian.Uint64(key[:8])%claimStripes]
+	s.mu.Lock()
+	if s.claims == nil {
+		s.claims = make(map[RecordKey]Record)
+	}
+	return s
+}
+
+// owned returns owner's claim on key if it is still retained, with the stripe
+// locked either way; the caller unlocks.
+func (s *claimStripe) owned(key RecordKey, owner Token, now time.Time) (Record, bool) {
+	rec, ok := s.claims[key]
+	if !ok || !ownedBy(&rec, owner) || !retained(&rec, now) {
+		return Record{}, false
+	}
+	return rec, true
+}
+
+// sweep drops claims nobody can complete any more (an owner whose Complete
+// and Release both failed), at most once per memorySweepInterval per stripe.
+func (s *claimStripe) sweep(now time.Time) {
+	if now.Sub(s.lastSweep) < memorySweepInterval {
+		return
+	}
+	s.lastSweep = now
+	for key, rec := range s.claims {
+		if !retained(&rec, now) {
+			delete(s.claims, key)
+		}
+	}
+}
