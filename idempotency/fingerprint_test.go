@@ -121,3 +121,19 @@ func TestRecordKey(t *testing.T) {
 		t.Errorf("RecordKey.String() = %q, want 64 hex digits", s)
 	}
 }
+
+// go test -run '^$' -bench 'Fingerprint|RecordKey' -benchmem ./idempotency
+func BenchmarkFingerprint(b *testing.B) {
+	body := []byte(`{"completion_window":"24h","endpoint":"/v1/chat/completions","input_file_id":"file-abc123"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		NewFingerprint("POST", "/v1/batches", nil, bodyJSON, body)
+	}
+}
+
+func BenchmarkRecordKey(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		NewRecordKey("Bearer sk-test-0123456789abcdef", "9f2c1e0a-batch-create")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -139,15 +140,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 			"A request with an idempotency key must identify its caller (for example with an Authorization header).", &retryNo)
 		return nil
 	}
-	fp := NewFingerprint(r.Method, r.URL.Path, r.URL.Query(), kind, canonical)
+	var query url.Values // nil when empty: r.URL.Query() would allocate a map
+	if r.URL.RawQuery != "" {
+		query = r.URL.Query()
+	}
+	fp := NewFingerprint(r.Method, r.URL.Path, query, kind, canonical)
 	rk := NewRecordKey(scope, key)
-	setBody(r, upstreamBody)
-	return h.run(w, r, next, rk, fp, key)
+	return h.run(w, r, next, rk, fp, key, upstreamBody)
 }
 
 // run claims the record or answers from it, waiting up to cfg.Wait for an
-// in-flight duplicate to finish.
-func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, rk RecordKey, fp Fingerprint, key string) error {
+// in-flight duplicate to finish. upstreamBody becomes r's body only when the
+// request goes upstream.
+func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, rk RecordKey, fp Fingerprint, key string, upstreamBody []byte) error {
 	log := keyLogger{h.cfg.Logger, rk}
 	owner := NewToken()
 	deadline := time.Now().Add(h.cfg.Wait)
@@ -161,6 +166,7 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, rk Reco
 			}
 			if h.cfg.FailOpen {
 				log.Warn("idempotency store failed to begin; forwarding unprotected (fail_open)", zap.Error(err))
+				setBody(r, upstreamBody)
 				return next(w, r)
 			}
 			log.Error("idempotency store failed to begin", zap.Error(err))
@@ -168,6 +174,7 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, rk Reco
 			return nil
 		case owned:
 			log.Debug("idempotency key claimed; forwarding")
+			setBody(r, upstreamBody)
 			return h.forward(w, r, next, rk, owner, log)
 		case rec.Fingerprint != fp:
 			log.Debug("idempotency key reused with other parameters", zap.Stringer("state", rec.State))
@@ -316,10 +323,12 @@ func (h *Handler) rejectMissingKey(w http.ResponseWriter, r *http.Request) {
 	h.reject(w, r, http.StatusBadRequest, CodeKeyRequired, "An idempotency key is required for this request. Send it in "+where+".", nil)
 }
 
+// writeReplay answers with resp, which is the caller's own copy (every Store
+// returns one), so its header values are handed over, not copied.
 func writeReplay(w http.ResponseWriter, resp *Response) {
 	h := w.Header()
 	for name, values := range resp.Header {
-		h[name] = append([]string(nil), values...)
+		h[name] = values
 	}
 	h.Set("Idempotent-Replayed", "true")
 	h.Set("Content-Length", strconv.Itoa(len(resp.Body)))
@@ -328,6 +337,8 @@ func writeReplay(w http.ResponseWriter, resp *Response) {
 }
 
 // readBody reads at most limit bytes; a larger body is an *http.MaxBytesError.
+// A body of known length is read into an exact buffer in one Read when it has
+// arrived (each Read through Caddy re-arms the connection's deadline).
 func readBody(r *http.Request, limit int64) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, &http.MaxBytesError{Limit: limit}
@@ -335,11 +346,14 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, nil
 	}
-	size := int64(512)
 	if r.ContentLength > 0 {
-		size = r.ContentLength + 1 // +1 sees EOF without growing
+		buf := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			return nil, err
+		}
+		return buf, nil // net/http ends a Content-Length body there
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, size))
+	buf := bytes.NewBuffer(make([]byte, 0, 512))
 	_, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
 	if err != nil {
 		return nil, err
