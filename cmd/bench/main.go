@@ -40,6 +40,7 @@ type options struct {
 	profile          string   // scenario to CPU-profile through Caddy's admin pprof
 	profileOut       string
 	rounds           int // each scenario runs duration/rounds per round
+	scale            int // when > 0, run the scale mode (scale.go) instead of the scenarios
 }
 
 func main() {
@@ -53,13 +54,18 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 5, "split each scenario's duration into this many interleaved rounds")
 	flag.StringVar(&o.profile, "profile", "", "scenario to CPU-profile in Caddy (enables the admin endpoint on loopback)")
 	flag.StringVar(&o.profileOut, "profile-out", "", "where the profile goes (default: bench-<scenario>.pprof)")
+	flag.IntVar(&o.scale, "scale", 0, "fill a Badger store with this many records and measure replay, memory, disk and GC instead (0: off)")
 	flag.Parse()
 	for _, s := range strings.Split(only, ",") {
 		if s = strings.TrimSpace(s); s != "" {
 			o.only = append(o.only, s)
 		}
 	}
-	if err := run(o, os.Stdout); err != nil {
+	runBench := run
+	if o.scale > 0 {
+		runBench = runScale
+	}
+	if err := runBench(o, os.Stdout); err != nil {
 		log.Fatal(err)
 	}
 }

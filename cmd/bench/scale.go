@@ -1,0 +1,824 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
+)
+
+// scaleHot is how many keys are created over HTTP, in both stores, and
+// replayed in the latency measurement.
+const scaleHot = 1000
+
+// fillWorkers write the bulk records. Badger commits the transactions of
+// concurrent writers as one batch, so more writers than cores fill faster.
+const fillWorkers = 16
+
+// scaleRun is one -scale measurement.
+type scaleRun struct {
+	options
+	n int // records in the large store
+	// slack: how long after the projected end of the fill the bulk records
+	// stay live; it must cover restarting Caddy three times and the loads.
+	slack      time.Duration
+	gcInterval time.Duration // the product's value-log GC period in the GC step
+	gcWindow   time.Duration // how long the store stays open with that GC
+}
+
+func newScaleRun(o options) scaleRun {
+	return scaleRun{options: o, n: o.scale,
+		slack:      2*o.duration + 6*o.warmup + 30*time.Second,
+		gcInterval: time.Second, gcWindow: 15 * time.Second}
+}
+
+// scaleStore is one Badger directory behind its own Caddy site.
+type scaleStore struct {
+	name    string
+	records int
+	dir     string
+	port    int
+}
+
+// scaleReport collects what the run measured, for writeScaleReport.
+type scaleReport struct {
+	batchSize, valueSize int
+	fillTime             time.Duration
+	expiryMin, expiryMax time.Time // of the bulk records
+	measuredUntil        time.Time
+	latency              map[string]*result
+	disk                 map[string]diskUsage
+	levels               string // of the large store after the fill
+	rss                  []rssRow
+	gc                   []gcRow
+	expired              int // dead keys found before GC
+	swept                int // keys the sweep deleted
+}
+
+type rssRow struct {
+	store, when string
+	status      map[string]int64 // kB, from /proc/<pid>/status
+}
+
+type gcRow struct {
+	step       string
+	took       time.Duration
+	open, disk diskUsage // at the end of the step, and once closed
+	levels     string
+	dead       int // keys stored whose newest version is expired or deleted
+}
+
+// runScale fills a Badger store with o.scale records and measures replay
+// latency against a store of scaleHot records, Caddy's memory, the disk per
+// record and what GC reclaims once the records expire.
+func runScale(o options, w io.Writer) error { return newScaleRun(o).run(w) }
+
+func (sr scaleRun) run(w io.Writer) error {
+	if sr.n <= scaleHot {
+		return fmt.Errorf("-scale %d: must be more than %d", sr.n, scaleHot)
+	}
+	if sr.rounds < 1 {
+		sr.rounds = 1
+	}
+	dir, err := os.MkdirTemp("", "caddy-idempotency-scale-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := sr.caddy
+	if bin == "" {
+		if bin, err = buildCaddy(dir); err != nil {
+			return err
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	upstream := &http.Server{Handler: batchesbackend.New()}
+	go func() {
+		if err := upstream.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Printf("batches upstream: %v", err)
+		}
+	}()
+	defer upstream.Close()
+	body := []byte(`{"input_file_id":"file-abc123","endpoint":"/v1/chat/completions","completion_window":"24h"}`)
+	rep := &scaleReport{latency: map[string]*result{}, disk: map[string]diskUsage{}}
+	if rep.batchSize, err = responseSize("http://"+ln.Addr().String()+"/v1/batches", body); err != nil {
+		return fmt.Errorf("batches upstream: %w", err)
+	}
+	ports, err := freePorts(2)
+	if err != nil {
+		return err
+	}
+	small := &scaleStore{name: "small", records: scaleHot, dir: filepath.Join(dir, "badger-small"), port: ports[0]}
+	large := &scaleStore{name: "large", records: sr.n, dir: filepath.Join(dir, "badger-large"), port: ports[1]}
+	stores := []*scaleStore{small, large}
+	up := ln.Addr().String()
+
+	// 1. The hot keys, over HTTP so the records are the handler's own.
+	cmd, err := startCaddy(bin, dir, scaleCaddyfile(up, stores...), []int{small.port, large.port})
+	if err != nil {
+		return err
+	}
+	for _, s := range stores {
+		if err := createHot(s, body, sr.concurrency); err != nil {
+			stopCaddyGracefully(cmd)
+			return fmt.Errorf("%s store: creating the hot keys: %w", s.name, err)
+		}
+	}
+	if err := stopCaddyGracefully(cmd); err != nil {
+		return err
+	}
+
+	// 2. The bulk records, through the engine.
+	if err := sr.fill(large, rep); err != nil {
+		return fmt.Errorf("fill: %w", err)
+	}
+	for _, s := range stores {
+		if rep.disk[s.name], err = du(s.dir); err != nil {
+			return err
+		}
+	}
+
+	// 3. Replay latency, both stores in one Caddy, in interleaved rounds.
+	if err := sr.measureLatency(bin, dir, up, body, stores, rep); err != nil {
+		return err
+	}
+	// 4. Caddy's memory, with one store at a time.
+	for _, s := range stores {
+		if err := sr.measureRSS(bin, dir, up, body, s, rep); err != nil {
+			return err
+		}
+	}
+	rep.measuredUntil = time.Now()
+
+	// 5. What GC reclaims once the bulk records have expired. Badger's own
+	// TTL ends up to 1s past the record's (a 1s pad, cut to whole seconds).
+	time.Sleep(time.Until(rep.expiryMax.Add(1500 * time.Millisecond)))
+	if err := sr.collect(large, rep); err != nil {
+		return fmt.Errorf("gc: %w", err)
+	}
+	writeScaleReport(w, sr, rep)
+	return nil
+}
+
+// scaleCaddyfile has one idempotency site per store.
+func scaleCaddyfile(upstream string, stores ...*scaleStore) string {
+	var b strings.Builder
+	b.WriteString("{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\n")
+	for _, s := range stores {
+		fmt.Fprintf(&b, "\nhttp://127.0.0.1:%d {\n\trespond /healthz 200\n\tidempotency /v1/batches {\n\t\tstore badger %s\n\t}\n\treverse_proxy %s\n}\n",
+			s.port, s.dir, upstream)
+	}
+	return b.String()
+}
+
+// stopCaddyGracefully interrupts Caddy so it closes its stores (flushing
+// Badger's memtable) and waits for it to exit, which unlocks the directories.
+func stopCaddyGracefully(cmd *exec.Cmd) error {
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		stopCaddy(cmd)
+		return nil
+	}
+	select {
+	case <-done:
+		return nil
+	case <-time.After(2 * time.Minute):
+		_ = cmd.Process.Kill()
+		<-done
+		return errors.New("caddy did not exit within 2m of an interrupt")
+	}
+}
+
+func hotKey(i int64) string { return "scale-" + strconv.FormatInt(i, 10) }
+
+// createHot creates the keys scale-1 … scale-1000 in s over HTTP.
+func createHot(s *scaleStore, body []byte, concurrency int) error {
+	client := newClient(concurrency)
+	defer client.CloseIdleConnections()
+	l := &loader{client: client, url: fmt.Sprintf("http://127.0.0.1:%d/v1/batches", s.port),
+		body: body, mode: newKey, key: "scale-"}
+	var next atomic.Int64
+	errs := make(chan error, concurrency)
+	for range concurrency {
+		go func() {
+			// Each once takes the next key from l.seq, so exactly scaleHot keys.
+			for next.Add(1) <= scaleHot {
+				if err := l.once(context.Background()); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	var first error
+	for range concurrency {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// fill adds s.records-scaleHot completed records to the large store with
+// Begin and Complete, each holding the handler's stored batch response with
+// its own batch id. Their TTL ends sr.slack after the projected end of the
+// fill, so they are live while Caddy is measured and expired for step 5.
+func (sr scaleRun) fill(s *scaleStore, rep *scaleReport) error {
+	st, err := idempotency.OpenBadger(idempotency.BadgerOptions{Dir: s.dir})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	ctx := context.Background()
+	rec, ok, err := st.Get(ctx, idempotency.NewRecordKey("", hotKey(1)))
+	if err != nil || !ok || rec.Response == nil {
+		return fmt.Errorf("reading the record of %s: found %v, %v", hotKey(1), ok, err)
+	}
+	tmpl := *rec.Response
+	if v, err := rec.MarshalBinary(); err == nil {
+		rep.valueSize = len(v)
+	}
+	idAt := bytes.Index(tmpl.Body, []byte(`"batch_`))
+
+	count := int64(s.records - scaleHot)
+	start := time.Now()
+	var done atomic.Int64
+	// deadline is when the bulk records expire: re-projected from the rate so
+	// far, so records written early and late expire about together.
+	var deadline atomic.Int64
+	project := func() {
+		elapsed := time.Since(start)
+		left := 100 * time.Microsecond * time.Duration(count) // a guess until there is a rate
+		if d := done.Load(); d > 0 {
+			left = time.Duration(float64(elapsed) / float64(d) * float64(count-d) * 1.2)
+		}
+		deadline.Store(time.Now().Add(left + sr.slack).UnixNano())
+	}
+	project()
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				project()
+			}
+		}
+	}()
+	defer close(stop)
+
+	var next atomic.Int64
+	var mu sync.Mutex
+	expMin, expMax := time.Time{}, time.Time{}
+	errs := make(chan error, fillWorkers)
+	for range fillWorkers {
+		go func() {
+			var lo, hi time.Time
+			var err error
+			for i := next.Add(1); i <= count && err == nil; i = next.Add(1) {
+				var exp time.Time
+				exp, err = fillOne(ctx, st, i, tmpl, idAt, time.Unix(0, deadline.Load()))
+				if lo.IsZero() || exp.Before(lo) {
+					lo = exp
+				}
+				if exp.After(hi) {
+					hi = exp
+				}
+				done.Add(1)
+			}
+			mu.Lock()
+			if !lo.IsZero() && (expMin.IsZero() || lo.Before(expMin)) {
+				expMin = lo
+			}
+			if hi.After(expMax) {
+				expMax = hi
+			}
+			mu.Unlock()
+			errs <- err
+		}()
+	}
+	var first error
+	for range fillWorkers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		return first
+	}
+	rep.fillTime = time.Since(start)
+	rep.expiryMin, rep.expiryMax = expMin, expMax
+	rep.levels = levels(st.DB())
+	return st.Close()
+}
+
+// fillOne writes bulk record i to expire at until and returns when that is.
+func fillOne(ctx context.Context, st *idempotency.BadgerStore, i int64, tmpl idempotency.Response, idAt int, until time.Time) (time.Time, error) {
+	key := idempotency.NewRecordKey("", "scale-fill-"+strconv.FormatInt(i, 10))
+	var fp idempotency.Fingerprint
+	_, _ = rand.Read(fp[:])
+	resp := tmpl
+	resp.Body = bytes.Clone(tmpl.Body)
+	if idAt >= 0 && idAt+7+24 <= len(resp.Body) {
+		var id [12]byte
+		_, _ = rand.Read(id[:])
+		hex.Encode(resp.Body[idAt+7:idAt+7+24], id[:])
+	}
+	owner := idempotency.NewToken()
+	if _, owned, err := st.Begin(ctx, key, fp, owner, time.Minute); err != nil || !owned {
+		return time.Time{}, fmt.Errorf("begin record %d: owned %v, %v", i, owned, err)
+	}
+	ttl := time.Until(until)
+	if err := st.Complete(ctx, key, owner, resp, ttl); err != nil {
+		return time.Time{}, fmt.Errorf("complete record %d: %w", i, err)
+	}
+	return time.Now().Add(ttl), nil
+}
+
+// rotatingKeys sends each request with the next hot key, so the bench's
+// loader replays all scaleHot keys round-robin.
+type rotatingKeys struct {
+	base *http.Transport
+	seq  atomic.Int64
+}
+
+func (t *rotatingKeys) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Idempotency-Key", hotKey(t.seq.Add(1)%scaleHot+1))
+	return t.base.RoundTrip(r)
+}
+
+func (t *rotatingKeys) CloseIdleConnections() { t.base.CloseIdleConnections() }
+
+func replayLoader(s *scaleStore, body []byte, concurrency int) *loader {
+	client := newClient(concurrency)
+	client.Transport = &rotatingKeys{base: client.Transport.(*http.Transport)}
+	return &loader{client: client, url: fmt.Sprintf("http://127.0.0.1:%d/v1/batches", s.port),
+		body: body, mode: fixedKey, key: "rotated-per-request", concurrency: concurrency, replay: true}
+}
+
+func (sr scaleRun) measureLatency(bin, dir, up string, body []byte, stores []*scaleStore, rep *scaleReport) error {
+	cmd, err := startCaddy(bin, dir, scaleCaddyfile(up, stores...), []int{stores[0].port, stores[1].port})
+	if err != nil {
+		return err
+	}
+	loaders := map[string]*loader{}
+	for _, s := range stores {
+		l := replayLoader(s, body, sr.concurrency)
+		defer l.client.CloseIdleConnections()
+		if sr.warmup > 0 {
+			if err := l.run(sr.warmup, &result{}); err != nil {
+				stopCaddyGracefully(cmd)
+				return fmt.Errorf("%s store warmup: %w", s.name, err)
+			}
+		}
+		loaders[s.name] = l
+		rep.latency[s.name] = &result{}
+	}
+	slice := sr.duration / time.Duration(sr.rounds)
+	for round := range sr.rounds {
+		order := stores
+		if round%2 == 1 { // neither store always goes first
+			order = []*scaleStore{stores[1], stores[0]}
+		}
+		for _, s := range order {
+			if err := loaders[s.name].run(slice, rep.latency[s.name]); err != nil {
+				stopCaddyGracefully(cmd)
+				return fmt.Errorf("%s store replay: %w", s.name, err)
+			}
+		}
+	}
+	for _, r := range rep.latency {
+		r.summarize()
+	}
+	return stopCaddyGracefully(cmd)
+}
+
+// measureRSS starts Caddy with s alone and reads its memory once the store is
+// open and again after a replay load.
+func (sr scaleRun) measureRSS(bin, dir, up string, body []byte, s *scaleStore, rep *scaleReport) error {
+	cmd, err := startCaddy(bin, dir, scaleCaddyfile(up, s), []int{s.port})
+	if err != nil {
+		return err
+	}
+	defer stopCaddyGracefully(cmd)
+	st, err := procStatus(cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	rep.rss = append(rep.rss, rssRow{s.name, "started", st})
+	l := replayLoader(s, body, sr.concurrency)
+	defer l.client.CloseIdleConnections()
+	if err := l.run(sr.warmup+sr.duration/time.Duration(sr.rounds), &result{}); err != nil {
+		return fmt.Errorf("%s store replay: %w", s.name, err)
+	}
+	if st, err = procStatus(cmd.Process.Pid); err != nil {
+		return err
+	}
+	rep.rss = append(rep.rss, rssRow{s.name, "after replays", st})
+	return nil
+}
+
+// procStatus reads the memory lines of /proc/<pid>/status, in kB.
+func procStatus(pid int) (map[string]int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, fmt.Errorf("caddy's memory: %w", err)
+	}
+	out := map[string]int64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch name {
+		case "VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem":
+			v, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err == nil {
+				out[name] = v
+			}
+		}
+	}
+	return out, nil
+}
+
+// collect measures what reclaims the disk of the large store once its bulk
+// records expired. Each candidate starts from a copy of the same expired
+// store: the product as it is (OpenBadger: value-log GC and Badger's
+// compactors) open for gcWindow; db.Flatten; deleting the expired keys, open
+// for gcWindow, then db.Flatten.
+func (sr scaleRun) collect(s *scaleStore, rep *scaleReport) error {
+	flattenDir, sweepDir := s.dir+"-flatten", s.dir+"-sweep"
+	for _, d := range []string{flattenDir, sweepDir} {
+		if err := copyDir(s.dir, d); err != nil {
+			return err
+		}
+	}
+	var t0 time.Time
+	steps := []struct {
+		dir, step string
+		do        func(db *badger.DB) (time.Duration, error)
+	}{
+		{s.dir, "expired, before GC: a scan for dead keys", func(db *badger.DB) (time.Duration, error) {
+			t0 = time.Now()
+			_, err := countDead(db)
+			return time.Since(t0), err
+		}},
+		{s.dir, fmt.Sprintf("product as is: open %s, value-log GC every %s", sr.gcWindow, sr.gcInterval), func(db *badger.DB) (time.Duration, error) {
+			time.Sleep(sr.gcWindow)
+			return sr.gcWindow, nil
+		}},
+		{flattenDir, "db.Flatten(2)", flatten},
+		{sweepDir, "delete the expired keys (sweep), then open " + sr.gcWindow.String(), func(db *badger.DB) (time.Duration, error) {
+			t0 = time.Now()
+			n, err := deleteExpired(db)
+			took := time.Since(t0)
+			rep.swept = n
+			time.Sleep(sr.gcWindow)
+			return took, err
+		}},
+		{sweepDir, "sweep, then db.Flatten(2)", flatten},
+	}
+	for _, step := range steps {
+		row, err := sr.gcStep(step.dir, step.step, step.do)
+		if err != nil {
+			return fmt.Errorf("%s: %w", step.step, err)
+		}
+		rep.gc = append(rep.gc, row)
+	}
+	rep.expired = rep.gc[0].dead
+	return nil
+}
+
+func flatten(db *badger.DB) (time.Duration, error) {
+	t0 := time.Now()
+	err := db.Flatten(2)
+	return time.Since(t0), err
+}
+
+// gcStep opens the store in dir as the product does (with a GC period of
+// sr.gcInterval), runs do, measures the disk while open and after closing,
+// and reopens it to count the dead keys still stored.
+func (sr scaleRun) gcStep(dir, step string, do func(db *badger.DB) (time.Duration, error)) (gcRow, error) {
+	row := gcRow{step: step}
+	st, err := idempotency.OpenBadger(idempotency.BadgerOptions{Dir: dir, GCInterval: sr.gcInterval})
+	if err != nil {
+		return row, err
+	}
+	row.took, err = do(st.DB())
+	if err == nil {
+		row.open, err = du(dir)
+	}
+	if cerr := st.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return row, err
+	}
+	if row.disk, err = du(dir); err != nil {
+		return row, err
+	}
+	if st, err = idempotency.OpenBadger(idempotency.BadgerOptions{Dir: dir, GCInterval: time.Hour}); err != nil {
+		return row, err
+	}
+	defer st.Close()
+	row.levels = levels(st.DB())
+	row.dead, err = countDead(st.DB())
+	return row, err
+}
+
+// countDead counts the keys whose newest version is expired or deleted but
+// still stored: an iterator over all versions shows them, Get does not.
+func countDead(db *badger.DB) (int, error) {
+	n := 0
+	err := eachNewest(db, func(item *badger.Item) {
+		if item.IsDeletedOrExpired() {
+			n++
+		}
+	})
+	return n, err
+}
+
+// eachNewest calls fn with the newest stored version of every key, live or
+// not, without reading values.
+func eachNewest(db *badger.DB, fn func(*badger.Item)) error {
+	return db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.AllVersions, opt.PrefetchValues = true, false
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		var last []byte
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			if last != nil && bytes.Equal(item.Key(), last) {
+				continue // an older version
+			}
+			last = item.KeyCopy(last)
+			fn(item)
+		}
+		return nil
+	})
+}
+
+// deleteExpired is a sweep a store could run: it finds the keys whose newest
+// version has expired and deletes them, 1,000 to a transaction that reads
+// each first, so that a key written again meanwhile (a new request reusing
+// it) makes the transaction conflict instead of losing the new record. The
+// tombstones let compactions drop the records, which they otherwise keep
+// until a compaction happens to rewrite their table.
+func deleteExpired(db *badger.DB) (int, error) {
+	var keys [][]byte
+	err := eachNewest(db, func(item *badger.Item) {
+		if item.IsDeletedOrExpired() && item.ExpiresAt() != 0 {
+			keys = append(keys, item.KeyCopy(nil))
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	deleted := 0
+	for len(keys) > 0 {
+		batch := keys[:min(1000, len(keys))]
+		keys = keys[len(batch):]
+		n := 0
+		err := db.Update(func(txn *badger.Txn) error {
+			n = 0
+			for _, k := range batch {
+				if _, err := txn.Get(k); !errors.Is(err, badger.ErrKeyNotFound) {
+					if err != nil {
+						return err
+					}
+					continue // live again
+				}
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+				n++
+			}
+			return nil
+		})
+		switch {
+		case errors.Is(err, badger.ErrConflict):
+			// A key of the batch was written meanwhile: the next sweep retries.
+		case err != nil:
+			return deleted, err
+		default:
+			deleted += n
+		}
+	}
+	return deleted, nil
+}
+
+// copyDir copies the files of the closed store in src into a new dst.
+func copyDir(src, dst string) error {
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			continue
+		}
+		if err := copyFile(filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyFile copies src to dst keeping it sparse: Badger preallocates files
+// (DISCARD, the memtable logs) as holes, which a plain copy would fill.
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	var size int64
+	buf := make([]byte, 64<<10)
+	for {
+		n, rerr := io.ReadFull(in, buf)
+		if n > 0 {
+			if bytes.Count(buf[:n], []byte{0}) == n {
+				_, err = out.Seek(int64(n), io.SeekCurrent)
+			} else {
+				_, err = out.Write(buf[:n])
+			}
+			size += int64(n)
+		}
+		if err == nil && rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+			err = rerr
+		}
+		if err != nil || rerr != nil {
+			break
+		}
+	}
+	if err == nil {
+		err = out.Truncate(size)
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// levels lists the non-empty LSM levels as L<level>:<tables>/<size>.
+func levels(db *badger.DB) string {
+	var parts []string
+	for _, l := range db.Levels() {
+		if l.NumTables > 0 {
+			parts = append(parts, fmt.Sprintf("L%d:%d/%s", l.Level, l.NumTables, mib(l.Size)))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, " ")
+}
+
+// diskUsage is a directory's allocated bytes by kind of Badger file.
+type diskUsage struct{ sst, vlog, other int64 }
+
+func (d diskUsage) total() int64 { return d.sst + d.vlog + d.other }
+
+// du sums the blocks allocated to the files in dir (their size where the
+// platform does not say), so preallocated sparse files count as they use.
+func du(dir string) (diskUsage, error) {
+	var d diskUsage
+	err := filepath.WalkDir(dir, func(path string, e os.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		n := info.Size()
+		if v := reflect.Indirect(reflect.ValueOf(info.Sys())); v.IsValid() && v.Kind() == reflect.Struct {
+			if b := v.FieldByName("Blocks"); b.IsValid() && b.CanInt() {
+				n = b.Int() * 512
+			}
+		}
+		switch filepath.Ext(path) {
+		case ".sst":
+			d.sst += n
+		case ".vlog":
+			d.vlog += n
+		default:
+			d.other += n
+		}
+		return nil
+	})
+	return d, err
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func kib(kB int64) string { return mib(kB << 10) }
+
+func writeScaleReport(w io.Writer, sr scaleRun, rep *scaleReport) {
+	small, large := rep.latency["small"], rep.latency["large"]
+	fmt.Fprintf(w, "Machine: %s\n", machine())
+	fmt.Fprintf(w, "Command: go run ./cmd/bench -scale %d -duration %s -warmup %s -concurrency %d -rounds %d\n",
+		sr.n, sr.duration, sr.warmup, sr.concurrency, sr.rounds)
+	fmt.Fprintf(w, "Stores: small = %d records created over HTTP; large = the same %d plus %d written with Begin+Complete (%d goroutines); batch response %d bytes, stored record %d bytes\n\n",
+		scaleHot, scaleHot, sr.n-scaleHot, fillWorkers, rep.batchSize, rep.valueSize)
+	fmt.Fprintf(w, "Fill: %d records in %s (%.0f records/s); levels after: %s\n\n",
+		sr.n-scaleHot, rep.fillTime.Round(10*time.Millisecond), float64(sr.n-scaleHot)/rep.fillTime.Seconds(), rep.levels)
+
+	fmt.Fprintf(w, "Replay of the %d hot keys round-robin, both stores in one Caddy, %d concurrent keep-alive connections, %s each in %d interleaved round(s) after %s warmup:\n\n",
+		scaleHot, sr.concurrency, sr.duration, sr.rounds, sr.warmup)
+	fmt.Fprintln(w, "| store | records | requests/s | p50 | p99 | requests |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|")
+	for _, s := range []struct {
+		name string
+		n    int
+	}{{"small", scaleHot}, {"large", sr.n}} {
+		r := rep.latency[s.name]
+		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %d |\n", s.name, s.n, r.rps(), ms(r.p50), ms(r.p99), r.requests)
+	}
+	ratio := float64(large.p99) / float64(small.p99)
+	fmt.Fprintf(w, "\n| ratio | value | target | met |\n|---|---:|---:|:---:|\n| p99 large/small | %.2f | <= 1.50 | %s |\n\n", ratio, yesNo(ratio <= 1.5))
+
+	fmt.Fprintln(w, "Caddy's memory (/proc/<pid>/status), each store alone, when its sites answer and after replays:")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| store | when | VmRSS | VmHWM | RssAnon | RssFile | target VmRSS <= 200 MiB |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|:---:|")
+	for _, r := range rep.rss {
+		met := "-"
+		if r.store == "large" {
+			met = yesNo(r.status["VmRSS"] <= 200<<10)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", r.store, r.when,
+			kib(r.status["VmRSS"]), kib(r.status["VmHWM"]), kib(r.status["RssAnon"]), kib(r.status["RssFile"]), met)
+	}
+
+	fmt.Fprintln(w, "\nDisk, store closed (allocated blocks):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| store | records | .sst | .vlog | other | total | bytes/record |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
+	for _, s := range []struct {
+		name string
+		n    int
+	}{{"small", scaleHot}, {"large", sr.n}} {
+		d := rep.disk[s.name]
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %.0f |\n", s.name, s.n, mib(d.sst), mib(d.vlog), mib(d.other), mib(d.total()), float64(d.total())/float64(s.n))
+	}
+
+	early := ""
+	if rep.expiryMin.Before(rep.measuredUntil) {
+		early = fmt.Sprintf("; the first %s before the measurements ended, so some were expired during part of them", rep.measuredUntil.Sub(rep.expiryMin).Round(time.Second))
+	}
+	fmt.Fprintf(w, "\nGC once the %d bulk records expired (over %s%s): %d dead keys stored. Each candidate starts from a copy of that store; disk once closed (open: at the end of the step, the store still open):\n\n",
+		sr.n-scaleHot, rep.expiryMax.Sub(rep.expiryMin).Round(time.Second), early, rep.expired)
+	fmt.Fprintln(w, "| step | took | .sst | .vlog | other | total | open | reclaimed | dead keys stored | levels (tables/size) |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+	first := rep.gc[0].disk.total()
+	for _, g := range rep.gc {
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %.0f%% | %d | %s |\n", g.step, g.took.Round(10*time.Millisecond), mib(g.disk.sst), mib(g.disk.vlog), mib(g.disk.other),
+			mib(g.disk.total()), mib(g.open.total()), 100*float64(first-g.disk.total())/float64(first), g.dead, g.levels)
+	}
+	fmt.Fprintf(w, "\nThe sweep deleted %d keys.\n", rep.swept)
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
