@@ -280,33 +280,53 @@ func (h *Handler) release(ctx context.Context, rk RecordKey, owner Token, log ke
 }
 
 // keepLease renews the owner's lease every third of lock_timeout, so only a
-// dead owner's lease ever runs out. The returned func stops it and waits.
+// dead owner's lease ever runs out. The returned func stops it and waits for
+// a renewal under way. A timer rather than a goroutine per request: most
+// requests finish long before the first renewal.
 func (h *Handler) keepLease(ctx context.Context, rk RecordKey, owner Token, log keyLogger) (stop func()) {
-	quit, stopped := make(chan struct{}), make(chan struct{})
+	var (
+		mu      sync.Mutex
+		stopped bool
+		running sync.WaitGroup
+		timer   *time.Timer
+	)
 	period := h.cfg.LockTimeout / 3
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(period)
-		defer t.Stop()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-t.C:
-			}
-			rctx, cancel := context.WithTimeout(ctx, period)
-			err := h.cfg.Store.Renew(rctx, rk, owner, h.cfg.LockTimeout)
-			cancel()
-			if errors.Is(err, ErrNotOwner) {
-				log.Warn("idempotency lease lost while the request was upstream")
-				return
-			}
-			if err != nil {
-				log.Warn("idempotency lease renewal failed", zap.Error(err))
-			}
+	renew := func() {
+		mu.Lock()
+		if stopped {
+			mu.Unlock()
+			return
 		}
-	}()
-	return func() { close(quit); <-stopped }
+		running.Add(1) // under mu, so stop's Wait cannot miss it
+		mu.Unlock()
+		defer running.Done()
+
+		rctx, cancel := context.WithTimeout(ctx, period)
+		err := h.cfg.Store.Renew(rctx, rk, owner, h.cfg.LockTimeout)
+		cancel()
+		switch {
+		case errors.Is(err, ErrNotOwner):
+			log.Warn("idempotency lease lost while the request was upstream")
+			return
+		case err != nil:
+			log.Warn("idempotency lease renewal failed", zap.Error(err))
+		}
+		mu.Lock()
+		if !stopped {
+			timer.Reset(period)
+		}
+		mu.Unlock()
+	}
+	mu.Lock()
+	timer = time.AfterFunc(period, renew)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		timer.Stop()
+		running.Wait()
+	}
 }
 
 func (h *Handler) reject(w http.ResponseWriter, r *http.Request, status int, code, message string, retry *bool) {

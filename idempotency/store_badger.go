@@ -287,7 +287,7 @@ func (s *BadgerStore) collectValueLog() {
 }
 
 func badgerRecordKey(key RecordKey) []byte {
-	return append([]byte(badgerKeyPrefix), key[:]...)
+	return append(append(make([]byte, 0, len(badgerKeyPrefix)+len(key)), badgerKeyPrefix...), key[:]...)
 }
 
 func readBadgerRecord(txn *badger.Txn, dbKey []byte) (Record, bool, error) {
