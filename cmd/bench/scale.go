@@ -505,7 +505,7 @@ func (sr scaleRun) collect(s *scaleStore, rep *scaleReport) error {
 			time.Sleep(sr.gcWindow)
 			return took, err
 		}},
-		{sweepDir, "sweep, then db.Flatten(2)", flatten},
+		{sweepDir, "then reopen, db.Flatten(2)", flatten},
 	}
 	for _, step := range steps {
 		row, err := sr.gcStep(step.dir, step.step, step.do)

@@ -37,7 +37,7 @@ func TestScaleReport(t *testing.T) {
 		`(?m)^\| product as is: open \S+, value-log GC every \S+ \| \S+ \| (` + size + ` \| ){5}-?\d+% \| \d+ \| `,
 		`(?m)^\| db.Flatten\(2\) \| \S+ \| (` + size + ` \| ){5}-?\d+% \| \d+ \| `,
 		`(?m)^\| delete the expired keys \(sweep\), then open \S+ \| \S+ \| (` + size + ` \| ){5}-?\d+% \| \d+ \| `,
-		`(?m)^\| sweep, then db.Flatten\(2\) \| \S+ \| (` + size + ` \| ){5}-?\d+% \| 0 \| `,
+		`(?m)^\| then reopen, db.Flatten\(2\) \| \S+ \| (` + size + ` \| ){5}-?\d+% \| 0 \| `,
 		`(?m)^The sweep deleted 2000 keys\.$`,
 	} {
 		if !regexp.MustCompile(want).MatchString(report) {
