@@ -29,6 +29,17 @@ type result struct {
 	elapsed  time.Duration
 	p50, p99 time.Duration
 	lat      []time.Duration
+	// Caddy's CPU time over the measured slices; unknown where /proc is not.
+	caddyCPU   time.Duration
+	cpuUnknown bool
+}
+
+// cpuPerRequest is Caddy's CPU time per request, or 0 when unknown.
+func (r result) cpuPerRequest() time.Duration {
+	if r.cpuUnknown || r.requests == 0 {
+		return 0
+	}
+	return r.caddyCPU / time.Duration(r.requests)
 }
 
 func (r result) rps() float64 { return float64(r.requests) / r.elapsed.Seconds() }

@@ -170,9 +170,15 @@ func run(o options, w io.Writer) error {
 			if s == o.profile && round == 0 {
 				prof = profileAsync(adminPort, slice, o.profileOut, s)
 			}
+			cpuBefore, cpuErr := processCPU(cmd.Process.Pid)
 			if err := loaders[s].run(slice, results[s]); err != nil {
 				return fmt.Errorf("%s: %w", s, err)
 			}
+			cpuAfter, err := processCPU(cmd.Process.Pid)
+			if cpuErr != nil || err != nil {
+				results[s].cpuUnknown = true
+			}
+			results[s].caddyCPU += cpuAfter - cpuBefore
 			if prof != nil {
 				if err := <-prof; err != nil {
 					return fmt.Errorf("profile %s: %w", s, err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"regexp"
 	"testing"
 	"time"
@@ -17,7 +18,7 @@ func TestBenchTable(t *testing.T) {
 	}
 	report := out.String()
 	for _, s := range scenarios {
-		if !regexp.MustCompile(`(?m)^\| ` + s + ` \| \d+ \| [\d.]+ ms \| [\d.]+ ms \| [1-9]\d* \|$`).MatchString(report) {
+		if !regexp.MustCompile(`(?m)^\| ` + s + ` \| \d+ \| [\d.]+ ms \| [\d.]+ ms \| [1-9]\d* \| (\d+ µs|n/a) \|$`).MatchString(report) {
 			t.Errorf("no row for %s in\n%s", s, report)
 		}
 	}
@@ -31,5 +32,22 @@ func TestBenchTable(t *testing.T) {
 func TestUnknownScenario(t *testing.T) {
 	if err := run(options{only: []string{"plain", "nope"}}, &bytes.Buffer{}); err == nil {
 		t.Fatal("run accepted an unknown scenario")
+	}
+}
+
+// processCPU reads this process's own CPU time, and it grows with work.
+func TestProcessCPU(t *testing.T) {
+	before, err := processCPU(os.Getpid())
+	if err != nil {
+		t.Fatalf("processCPU: %v", err)
+	}
+	for start := time.Now(); time.Since(start) < 200*time.Millisecond; {
+	}
+	after, err := processCPU(os.Getpid())
+	if err != nil {
+		t.Fatalf("processCPU: %v", err)
+	}
+	if after-before < 5*clockTick {
+		t.Errorf("CPU grew by %v over 200ms of spinning, want at least %v", after-before, 5*clockTick)
 	}
 }
