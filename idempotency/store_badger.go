@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,6 +28,8 @@ type BadgerOptions struct {
 	Dir        string        // required
 	Logger     *zap.Logger   // nil → zap.NewNop()
 	GCInterval time.Duration // value-log GC period; 0 → 10m
+
+	memTableSize int64 // tests: small tables reach the lower levels sooner; 0 → 8 MiB
 }
 
 // BadgerStore is a Store persisted in an embedded Badger database, for a
@@ -68,7 +71,7 @@ func OpenBadger(opts BadgerOptions) (*BadgerStore, error) {
 	badgerOpts := badger.DefaultOptions(opts.Dir).
 		WithLogger(badgerLogger{log: log}).
 		WithSyncWrites(false).
-		WithMemTableSize(8 << 20).
+		WithMemTableSize(cmp.Or(opts.memTableSize, 8<<20)).
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(4).
@@ -263,6 +266,7 @@ func (s *BadgerStore) runGC(interval time.Duration) {
 			return
 		case <-ticker.C:
 			s.collectValueLog()
+			s.compactExpired()
 		}
 	}
 }
