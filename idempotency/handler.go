@@ -98,6 +98,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 		if field == KeyFieldOff {
 			field = ""
 		}
+		if !hasKey && !h.cfg.RequireKey && !mayNameField(body, field) {
+			setBody(r, body) // keyless: what a parse would find too, without one
+			return next(w, r)
+		}
 		parsed, perr := ParseJSON(body, field, (*bufp)[:0])
 		switch {
 		case perr != nil && !hasKey && !h.cfg.RequireKey && !mentionsField(body, field):
@@ -395,6 +399,12 @@ func setBody(r *http.Request, body []byte) {
 	if len(body) == 0 {
 		r.Body = http.NoBody
 	}
+}
+
+// mayNameField reports whether body could hold field as a member name: it
+// spells the name, or it has an escape, which could spell it another way.
+func mayNameField(body []byte, field string) bool {
+	return field != "" && (bytes.Contains(body, []byte(field)) || bytes.IndexByte(body, '\\') >= 0)
 }
 
 // mentionsField reports whether a body that failed to parse names the key

@@ -395,6 +395,10 @@ func TestKeyInBodyField(t *testing.T) {
 		{"last", `{"input_file_id":"file-1","endpoint":"/v1/embeddings","completion_window":"24h","idempotency_key":"kf"}`,
 			`{"input_file_id":"file-1","endpoint":"/v1/embeddings","completion_window":"24h"}`},
 		{"only", `{"idempotency_key":"kf"}`, `{}`},
+		// Spelled with an escape, the name is still the key field (and the
+		// fast path for bodies that cannot name it must not miss it).
+		{"escaped name", `{"input_file_id":"file-1","idempotency\u005fkey":"kf","endpoint":"/v1/embeddings","completion_window":"24h"}`,
+			`{"input_file_id":"file-1","endpoint":"/v1/embeddings","completion_window":"24h"}`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
