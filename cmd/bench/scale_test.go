@@ -34,7 +34,7 @@ func TestScaleReport(t *testing.T) {
 		// Every bulk record expired before the GC step, and flattening
 		// after the sweep leaves none stored.
 		`(?m)^\| expired, before GC: a scan for dead keys \| \S+ \| (` + size + ` \| ){5}0% \| 2000 \| `,
-		`(?m)^\| product as is: open \S+, value-log GC every \S+ \| \S+ \| (` + size + ` \| ){5}-?\d+% \| \d+ \| `,
+		`(?m)^\| product as is: open \S+, its GC tick every \S+ \| \S+ \| (` + size + ` \| ){5}-?\d+% \| \d+ \| `,
 		`(?m)^\| db.Flatten\(2\) \| \S+ \| (` + size + ` \| ){5}-?\d+% \| \d+ \| `,
 		`(?m)^\| delete the expired keys \(sweep\), then open \S+ \| \S+ \| (` + size + ` \| ){5}-?\d+% \| \d+ \| `,
 		`(?m)^\| then reopen, db.Flatten\(2\) \| \S+ \| (` + size + ` \| ){5}-?\d+% \| 0 \| `,
