@@ -53,6 +53,12 @@ type Config struct {
 	FailOpen bool
 
 	Logger *zap.Logger
+	// RequestID names a request in log lines (request_id); nil leaves it out.
+	// Called only when a line is written.
+	RequestID func(*http.Request) string
+	// Observe, when set, is told each request's Decision once, before the
+	// answer is written (for a response passed through, before its header).
+	Observe func(*http.Request, Decision)
 }
 
 func (c *Config) setDefaults() error {

@@ -59,20 +59,23 @@ var responsePool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // key, fingerprint, begin, then forward-and-store, replay, or refuse. It
 // answers every refusal itself; the error it returns is next's.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) error {
+	log := h.logger(r)
 	if !h.methods[r.Method] {
+		h.decide(r, log, OutcomePassthrough)
 		return next(w, r)
 	}
 	key, hasKey, err := ParseKeyHeader(r.Header.Values(h.cfg.KeyHeader))
 	if err != nil {
-		h.reject(w, r, http.StatusBadRequest, CodeInvalidKey, err.Error(), &retryNo)
+		h.reject(w, r, log, http.StatusBadRequest, CodeInvalidKey, err.Error(), &retryNo)
 		return nil
 	}
 	jsonType := isJSON(r.Header.Get("Content-Type"))
 	if !hasKey && (!jsonType || h.cfg.KeyField == KeyFieldOff) {
 		if h.cfg.RequireKey {
-			h.rejectMissingKey(w, r)
+			h.rejectMissingKey(w, r, log)
 			return nil
 		}
+		h.decide(r, log, OutcomePassthrough)
 		return next(w, r) // nothing can carry a key: the body stays unread
 	}
 
@@ -80,12 +83,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			h.reject(w, r, http.StatusRequestEntityTooLarge, CodeRequestTooLarge,
+			h.reject(w, r, log, http.StatusRequestEntityTooLarge, CodeRequestTooLarge,
 				"The request body is larger than "+strconv.FormatInt(h.cfg.MaxBody, 10)+" bytes.", &retryNo)
 			return nil
 		}
 		// Cut short or timed out: nothing was claimed, so the retry is safe.
-		h.reject(w, r, http.StatusBadRequest, CodeBodyUnreadable, "The request body could not be read: "+err.Error(), &retryYes)
+		h.reject(w, r, log, http.StatusBadRequest, CodeBodyUnreadable, "The request body could not be read: "+err.Error(), &retryYes)
 		return nil
 	}
 
@@ -100,6 +103,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 		}
 		if !hasKey && !h.cfg.RequireKey && !mayNameField(body, field) {
 			setBody(r, body) // keyless: what a parse would find too, without one
+			h.decide(r, log, OutcomePassthrough)
 			return next(w, r)
 		}
 		parsed, perr := ParseJSON(body, field, (*bufp)[:0])
@@ -107,23 +111,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 		case perr != nil && !hasKey && !h.cfg.RequireKey && !mentionsField(body, field):
 			// Not ours to judge: without a key the request passes as sent.
 			setBody(r, body)
+			h.decide(r, log, OutcomePassthrough)
 			return next(w, r)
 		case errors.Is(perr, ErrKeyFieldNotString):
-			h.reject(w, r, http.StatusBadRequest, CodeInvalidKey, "The "+h.cfg.KeyField+" field must be a string.", &retryNo)
+			h.reject(w, r, log, http.StatusBadRequest, CodeInvalidKey, "The "+h.cfg.KeyField+" field must be a string.", &retryNo)
 			return nil
 		case perr != nil:
-			h.reject(w, r, http.StatusBadRequest, CodeInvalidJSON, "The request body is not valid JSON: "+perr.Error(), nil)
+			h.reject(w, r, log, http.StatusBadRequest, CodeInvalidJSON, "The request body is not valid JSON: "+perr.Error(), nil)
 			return nil
 		}
 		*bufp = parsed.Canonical[:0]
 		kind, canonical, upstreamBody = bodyJSON, parsed.Canonical, parsed.Stripped
 		if parsed.HasKey {
 			if err := ValidateKey(parsed.Key); err != nil {
-				h.reject(w, r, http.StatusBadRequest, CodeInvalidKey, err.Error(), &retryNo)
+				h.reject(w, r, log, http.StatusBadRequest, CodeInvalidKey, err.Error(), &retryNo)
 				return nil
 			}
 			if hasKey && parsed.Key != key {
-				h.reject(w, r, http.StatusBadRequest, CodeInvalidKey, ErrKeyMismatch.Error(), &retryNo)
+				h.reject(w, r, log, http.StatusBadRequest, CodeInvalidKey, ErrKeyMismatch.Error(), &retryNo)
 				return nil
 			}
 			key, hasKey = parsed.Key, true
@@ -131,16 +136,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 	}
 	if !hasKey {
 		if h.cfg.RequireKey {
-			h.rejectMissingKey(w, r)
+			h.rejectMissingKey(w, r, log)
 			return nil
 		}
 		setBody(r, body)
+		h.decide(r, log, OutcomePassthrough)
 		return next(w, r)
 	}
 
 	scope := h.cfg.Scope(r)
 	if scope == "" && h.cfg.RequireScope {
-		h.reject(w, r, http.StatusBadRequest, CodeScopeRequired,
+		h.reject(w, r, log, http.StatusBadRequest, CodeScopeRequired,
 			"A request with an idempotency key must identify its caller (for example with an Authorization header).", &retryNo)
 		return nil
 	}
@@ -150,14 +156,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 	}
 	fp := NewFingerprint(r.Method, r.URL.Path, query, kind, canonical)
 	rk := NewRecordKey(scope, key)
-	return h.run(w, r, next, rk, fp, key, upstreamBody)
+	return h.run(w, r, next, log.withKey(rk), fp, key, upstreamBody)
 }
 
 // run claims the record or answers from it, waiting up to cfg.Wait for an
 // in-flight duplicate to finish. upstreamBody becomes r's body only when the
 // request goes upstream.
-func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, rk RecordKey, fp Fingerprint, key string, upstreamBody []byte) error {
-	log := keyLogger{h.cfg.Logger, rk}
+func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, log keyLogger, fp Fingerprint, key string, upstreamBody []byte) error {
+	rk := log.rk
 	owner := NewToken()
 	deadline := time.Now().Add(h.cfg.Wait)
 	pause := 5 * time.Millisecond
@@ -166,37 +172,40 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, rk Reco
 		switch {
 		case err != nil:
 			if r.Context().Err() != nil {
+				h.decide(r, log, OutcomeCanceled)
 				return nil // the client left; there is no one to answer
 			}
 			if h.cfg.FailOpen {
 				log.Warn("idempotency store failed to begin; forwarding unprotected (fail_open)", zap.Error(err))
 				setBody(r, upstreamBody)
+				h.decide(r, log, OutcomeStoreError, zap.Bool("fail_open", true))
 				return next(w, r)
 			}
 			log.Error("idempotency store failed to begin", zap.Error(err))
-			h.reject(w, r, http.StatusServiceUnavailable, CodeStoreUnavailable, "The idempotency store is unavailable. Retry later.", &retryYes)
+			h.decide(r, log, OutcomeStoreError, zap.Int("status", http.StatusServiceUnavailable))
+			writeError(w, http.StatusServiceUnavailable, CodeStoreUnavailable, "The idempotency store is unavailable. Retry later.", &retryYes)
 			return nil
 		case owned:
-			log.Debug("idempotency key claimed; forwarding")
 			setBody(r, upstreamBody)
 			return h.forward(w, r, next, rk, owner, log)
 		case rec.Fingerprint != fp:
-			log.Debug("idempotency key reused with other parameters", zap.Stringer("state", rec.State))
-			h.reject(w, r, h.cfg.ConflictStatus, CodeKeyReused, reuseMessage(key), &retryNo)
+			h.decide(r, log, OutcomeConflict, zap.Stringer("state", rec.State), zap.Int("status", h.cfg.ConflictStatus))
+			writeError(w, h.cfg.ConflictStatus, CodeKeyReused, reuseMessage(key), &retryNo)
 			return nil
 		case rec.State == StateCompleted:
-			log.Debug("idempotency replay", zap.Int("status", rec.Response.Status))
+			h.decide(r, log, OutcomeReplayed, zap.Int("status", rec.Response.Status))
 			writeReplay(w, rec.Response)
 			return nil
 		}
 
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
-			log.Debug("idempotency key in use")
+			h.decide(r, log, OutcomeInFlight)
 			writeInUse(w, retryHint)
 			return nil
 		}
 		if !h.waitForChange(r.Context(), rk, min(pause, remaining)) {
+			h.decide(r, log, OutcomeCanceled)
 			return nil
 		}
 		pause = min(2*pause, 250*time.Millisecond)
@@ -235,6 +244,15 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 	buf.Reset()
 	defer responsePool.Put(buf)
 	rec := newRecorder(w, h.cfg.MaxResponse, buf)
+	decided := false
+	decide := func(o Outcome, fields ...zap.Field) {
+		if !decided {
+			decided = true
+			h.decide(r, log, o, fields...)
+		}
+	}
+	// A response that will not be stored is decided before its header goes out.
+	rec.onPassthrough = func() { decide(OutcomeReleased, zap.String("reason", "not stored"), zap.Int("status", rec.status)) }
 
 	stopRenewing := h.keepLease(storeCtx, rk, owner, log)
 	finished := false
@@ -243,6 +261,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 			return
 		}
 		stopRenewing()
+		decide(OutcomeReleased, zap.String("reason", "panic"))
 		h.release(storeCtx, rk, owner, log, "panic")
 		// Re-raised as is, so http.ErrAbortHandler still aborts the connection.
 		if p := recover(); p != nil {
@@ -255,9 +274,11 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 
 	switch {
 	case err != nil:
+		decide(OutcomeReleased, zap.String("reason", "error"), zap.Error(err))
 		h.release(storeCtx, rk, owner, log, "error")
 		return err
 	case !rec.storable():
+		decide(OutcomeReleased, zap.String("reason", "not stored"), zap.Int("status", rec.status))
 		h.release(storeCtx, rk, owner, log, "not stored: status "+strconv.Itoa(rec.status))
 		return nil
 	}
@@ -266,8 +287,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 		// The upstream acted, so the client gets its answer either way; the
 		// record stays in flight until its lease ends.
 		log.Error("idempotency store failed to complete the record", zap.Error(cerr))
+		decide(OutcomeStoreError, zap.Int("status", rec.status))
 	} else {
-		log.Debug("idempotency response stored", zap.Int("status", rec.status), zap.Int("bytes", buf.Len()))
+		decide(OutcomeStored, zap.Int("status", rec.status), zap.Int("bytes", buf.Len()))
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(rec.status)
@@ -278,9 +300,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 func (h *Handler) release(ctx context.Context, rk RecordKey, owner Token, log keyLogger, why string) {
 	if err := h.cfg.Store.Release(ctx, rk, owner); err != nil {
 		log.Warn("idempotency store failed to release the record", zap.String("reason", why), zap.Error(err))
-		return
 	}
-	log.Debug("idempotency record released", zap.String("reason", why))
 }
 
 // keepLease renews the owner's lease every third of lock_timeout, so only a
@@ -333,18 +353,19 @@ func (h *Handler) keepLease(ctx context.Context, rk RecordKey, owner Token, log 
 	}
 }
 
-func (h *Handler) reject(w http.ResponseWriter, r *http.Request, status int, code, message string, retry *bool) {
-	h.cfg.Logger.Debug("idempotency request rejected", zap.Int("status", status), zap.String("code", code),
+// reject answers bad input (4xx): nothing was claimed or forwarded.
+func (h *Handler) reject(w http.ResponseWriter, r *http.Request, log keyLogger, status int, code, message string, retry *bool) {
+	h.decide(r, log, OutcomeRejected, zap.Int("status", status), zap.String("code", code),
 		zap.String("method", r.Method), zap.String("path", r.URL.Path))
 	writeError(w, status, code, message, retry)
 }
 
-func (h *Handler) rejectMissingKey(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) rejectMissingKey(w http.ResponseWriter, r *http.Request, log keyLogger) {
 	where := "the " + h.cfg.KeyHeader + " header"
 	if h.cfg.KeyField != KeyFieldOff {
 		where += " or the " + h.cfg.KeyField + " field of a JSON body"
 	}
-	h.reject(w, r, http.StatusBadRequest, CodeKeyRequired, "An idempotency key is required for this request. Send it in "+where+".", nil)
+	h.reject(w, r, log, http.StatusBadRequest, CodeKeyRequired, "An idempotency key is required for this request. Send it in "+where+".", nil)
 }
 
 // writeReplay answers with resp, which is the caller's own copy (every Store

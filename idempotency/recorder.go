@@ -16,6 +16,9 @@ type recorder struct {
 	wroteHeader bool
 	passthrough bool
 	body        *bytes.Buffer
+	// onPassthrough, when set, runs once before a response that will not be
+	// stored starts on its way to the client.
+	onPassthrough func()
 }
 
 func newRecorder(w http.ResponseWriter, limit int64, buf *bytes.Buffer) *recorder {
@@ -70,6 +73,9 @@ func (rec *recorder) startPassthrough() {
 		return
 	}
 	rec.passthrough = true
+	if rec.onPassthrough != nil {
+		rec.onPassthrough()
+	}
 	rec.w.WriteHeader(rec.status)
 	if rec.body.Len() > 0 {
 		_, _ = rec.w.Write(rec.body.Bytes())

@@ -1,0 +1,46 @@
+package idempotency
+
+import (
+	"net/http"
+
+	"go.uber.org/zap"
+)
+
+// Outcome is what the handler did with one request. Each request handled
+// gets exactly one, for metrics, logs and placeholders.
+type Outcome string
+
+const (
+	OutcomeStored      Outcome = "stored"      // claimed, forwarded, and the 2xx response stored
+	OutcomeReplayed    Outcome = "replayed"    // answered from a completed record
+	OutcomeConflict    Outcome = "conflict"    // key reused with other parameters
+	OutcomeInFlight    Outcome = "in_flight"   // answered 409 idempotency_key_in_use
+	OutcomePassthrough Outcome = "passthrough" // not covered, or no key: forwarded as is
+	OutcomeReleased    Outcome = "released"    // forwarded, not stored (not 2xx, an error, a panic, too large): the key is free again
+	OutcomeRejected    Outcome = "rejected"    // bad input answered 4xx, nothing forwarded or claimed
+	OutcomeStoreError  Outcome = "store_error" // the store failed: 503, or forwarded unprotected with fail_open, or the response could not be stored
+	OutcomeCanceled    Outcome = "canceled"    // the client left before it could be answered
+)
+
+// Outcomes lists every Outcome, for metrics that want each series to exist.
+var Outcomes = []Outcome{
+	OutcomeStored, OutcomeReplayed, OutcomeConflict, OutcomeInFlight, OutcomePassthrough,
+	OutcomeReleased, OutcomeRejected, OutcomeStoreError, OutcomeCanceled,
+}
+
+// Decision is what Config.Observe is told about a request.
+type Decision struct {
+	Outcome Outcome
+	Key     RecordKey // the record key, logged as key_hash; valid when Keyed
+	Keyed   bool
+}
+
+// decide reports the request's outcome to Config.Observe and writes the one
+// debug line for it. It runs before the answer is written, so placeholders
+// set by Observe reach response headers too.
+func (h *Handler) decide(r *http.Request, log keyLogger, outcome Outcome, fields ...zap.Field) {
+	if h.cfg.Observe != nil {
+		h.cfg.Observe(r, Decision{Outcome: outcome, Key: log.rk, Keyed: log.keyed})
+	}
+	log.Debug("idempotency decision", append(fields, zap.String("outcome", string(outcome)))...)
+}
