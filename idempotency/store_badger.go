@@ -39,6 +39,9 @@ type BadgerStore struct {
 	log    *zap.Logger
 	claims claimTable
 	closed atomic.Bool
+	// admin is held shared by Purge and Stats, and by Close before it closes
+	// the database, so an admin walk over the records never meets a closed DB.
+	admin sync.RWMutex
 
 	stopGC chan struct{}
 	gcDone chan struct{}
@@ -108,6 +111,8 @@ func (s *BadgerStore) Close() error {
 		s.closed.Store(true)
 		close(s.stopGC)
 		<-s.gcDone
+		s.admin.Lock() // Stats sees closed and stops early
+		defer s.admin.Unlock()
 		s.closeErr = s.db.Close()
 	})
 	return s.closeErr
@@ -322,4 +327,84 @@ func writeBadgerRecord(txn *badger.Txn, dbKey []byte, rec *Record, now time.Time
 		until = rec.LeaseUntil.Add(inFlightRetention)
 	}
 	return txn.SetEntry(badger.NewEntry(dbKey, value).WithTTL(until.Sub(now) + badgerTTLSlack))
+}
+
+var _ AdminStore = (*BadgerStore)(nil)
+
+// badgerStatsCheckEvery is how many records Stats walks between checks for a
+// canceled request or a store that is closing.
+const badgerStatsCheckEvery = 1024
+
+// Purge deletes key's record and this process's claim on it, under the key's
+// stripe lock, so its owner gets ErrNotOwner; see AdminStore.
+func (s *BadgerStore) Purge(ctx context.Context, key RecordKey) (bool, error) {
+	s.admin.RLock()
+	defer s.admin.RUnlock()
+	if err := s.usable(ctx); err != nil {
+		return false, err
+	}
+	stripe := s.claims.lock(key)
+	defer stripe.mu.Unlock()
+	now := time.Now()
+	dbKey := badgerRecordKey(key)
+	claim, claimed := stripe.claims[key]
+	found := claimed && claim.live(now)
+	err := s.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(dbKey)
+		switch {
+		case errors.Is(err, badger.ErrKeyNotFound):
+			return nil
+		case err != nil:
+			return err
+		}
+		// An undecodable record counts as found: it is what is purged.
+		_ = item.Value(func(v []byte) error {
+			_, live, err := encodedLiveness(v, now)
+			found = found || live || err != nil
+			return nil
+		})
+		return txn.Delete(dbKey)
+	})
+	if err != nil {
+		return false, err
+	}
+	delete(stripe.claims, key)
+	return found, nil
+}
+
+// Stats counts the live records on disk, where every record of this process
+// is too; see AdminStore.
+func (s *BadgerStore) Stats(ctx context.Context) (Stats, error) {
+	s.admin.RLock()
+	defer s.admin.RUnlock()
+	if err := s.usable(ctx); err != nil {
+		return Stats{}, err
+	}
+	var st Stats
+	now := time.Now()
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.Prefix = []byte(badgerKeyPrefix)
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		n := 0
+		for it.Rewind(); it.Valid(); it.Next() {
+			if n++; n%badgerStatsCheckEvery == 0 {
+				if err := s.usable(ctx); err != nil {
+					return err
+				}
+			}
+			item := it.Item()
+			err := item.Value(func(v []byte) error {
+				state, live, err := encodedLiveness(v, now)
+				st.add(state, live)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("idempotency: decode record %x: %w", item.Key()[len(badgerKeyPrefix):], err)
+			}
+		}
+		return nil
+	})
+	return st, err
 }

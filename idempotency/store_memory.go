@@ -192,3 +192,30 @@ func copyRecord(rec Record) Record {
 func copyResponse(resp *Response) *Response {
 	return &Response{Status: resp.Status, Header: resp.Header.Clone(), Body: bytes.Clone(resp.Body)}
 }
+
+var _ AdminStore = (*MemoryStore)(nil)
+
+// Purge deletes key's record; see AdminStore.
+func (s *MemoryStore) Purge(ctx context.Context, key RecordKey) (bool, error) {
+	if err := s.lock(ctx); err != nil {
+		return false, err
+	}
+	defer s.mu.Unlock()
+	rec, ok := s.records[key]
+	delete(s.records, key)
+	return ok && rec.live(time.Now()), nil
+}
+
+// Stats counts the live records; see AdminStore.
+func (s *MemoryStore) Stats(ctx context.Context) (Stats, error) {
+	if err := s.lock(ctx); err != nil {
+		return Stats{}, err
+	}
+	defer s.mu.Unlock()
+	var st Stats
+	now := time.Now()
+	for _, rec := range s.records {
+		st.add(rec.State, rec.live(now))
+	}
+	return st, nil
+}

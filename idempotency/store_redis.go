@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -225,4 +227,107 @@ func appendRedisResponse(buf []byte, resp *Response) ([]byte, error) {
 func millis(d time.Duration) int64 {
 	ms := (d + time.Millisecond - 1) / time.Millisecond
 	return max(int64(ms), 1)
+}
+
+var _ AdminStore = (*RedisStore)(nil)
+
+// redisStatsBatch is how many keys Stats asks SCAN for, and reads in one
+// pipeline.
+const redisStatsBatch = 500
+
+// Purge deletes key's record (one script, atomic); see AdminStore.
+func (s *RedisStore) Purge(ctx context.Context, key RecordKey) (bool, error) {
+	res, err := s.run(ctx, redisPurge, "purge", key)
+	if err != nil {
+		return false, err
+	}
+	switch res {
+	case int64(1):
+		return true, nil
+	case int64(0):
+		return false, nil
+	}
+	return false, s.badReply("purge", key, res)
+}
+
+// Stats counts the live records under the store's prefix with SCAN, on every
+// master of a cluster, reading only each record's fixed header; see
+// AdminStore. SCAN may return a key twice while Redis resizes its table, so
+// the counts are approximate while records are written.
+func (s *RedisStore) Stats(ctx context.Context) (Stats, error) {
+	if err := ctx.Err(); err != nil {
+		return Stats{}, err
+	}
+	var (
+		mu    sync.Mutex
+		total Stats
+	)
+	count := func(ctx context.Context, node redis.UniversalClient) error {
+		st, err := s.nodeStats(ctx, node)
+		mu.Lock()
+		total.InFlight += st.InFlight
+		total.Completed += st.Completed
+		mu.Unlock()
+		return err
+	}
+	var err error
+	if cluster, ok := s.client.(*redis.ClusterClient); ok {
+		err = cluster.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return count(ctx, node) })
+	} else {
+		err = count(ctx, s.client)
+	}
+	if err != nil {
+		return Stats{}, fmt.Errorf("idempotency: redis stats: %w", err)
+	}
+	return total, nil
+}
+
+// nodeStats counts the live records on one node (or the only one).
+func (s *RedisStore) nodeStats(ctx context.Context, node redis.UniversalClient) (Stats, error) {
+	var st Stats
+	now, err := node.Time(ctx).Result()
+	if err != nil {
+		return st, err
+	}
+	match := redisGlobEscape(s.prefix) + "r:*"
+	var cursor uint64
+	for {
+		keys, next, err := node.Scan(ctx, cursor, match, redisStatsBatch).Result()
+		if err != nil {
+			return st, err
+		}
+		if len(keys) > 0 {
+			pipe := node.Pipeline()
+			heads := make([]*redis.StringCmd, len(keys))
+			for i, k := range keys {
+				heads[i] = pipe.GetRange(ctx, k, 0, redisHeaderLen-1)
+			}
+			if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+				return st, err
+			}
+			for _, h := range heads {
+				v := h.Val() // "" when the key expired since SCAN saw it
+				if len(v) < redisHeaderLen || v[0] != redisFormat {
+					continue
+				}
+				at := time.UnixMilli(int64(binary.BigEndian.Uint64([]byte(v[42:50]))))
+				st.add(State(v[1]), now.Before(at))
+			}
+		}
+		if cursor = next; cursor == 0 {
+			return st, nil
+		}
+	}
+}
+
+// redisGlobEscape quotes the characters SCAN's MATCH pattern treats specially.
+func redisGlobEscape(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		if strings.ContainsRune(`*?[]\`, c) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
 }

@@ -92,3 +92,17 @@ local v, _, t = load(KEYS[1])
 if v and now_ms() < t then return {v} end
 return {}
 `)
+
+// Deletes the record whatever its state. Returns 1 when it was live (or is
+// not in a format this version reads), else 0.
+var redisPurge = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+redis.call('DEL', KEYS[1])
+if string.len(v) >= 50 and string.byte(v, 1) == 1 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now >= struct.unpack('>i8', v, 43) then return 0 end
+end
+return 1
+`)

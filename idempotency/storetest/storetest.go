@@ -35,8 +35,10 @@ const (
 	lateOwnerDelay = 1500 * time.Millisecond
 )
 
-// Run runs the contract suite. newStore returns a store for one test, which
-// it may share with others; it should register its own cleanup (t.Cleanup).
+// Run runs the contract suite, and the AdminStore contract (admin.go) when
+// the store implements it. newStore returns a store for one test, which it
+// may share with others, except for AdminStats, which counts every record;
+// it should register its own cleanup (t.Cleanup).
 func Run(t *testing.T, newStore func(t *testing.T) idempotency.Store) {
 	tests := []struct {
 		name string
@@ -66,6 +68,7 @@ func Run(t *testing.T, newStore func(t *testing.T) idempotency.Store) {
 			tc.fn(t, newStore(t))
 		})
 	}
+	runAdmin(t, newStore)
 }
 
 func testBeginOnEmptyOwns(t *testing.T, s idempotency.Store) {

@@ -1,0 +1,76 @@
+package idempotency
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+)
+
+// AdminStore is the optional part of a Store that operators use to fix a
+// stuck key and watch the store: MemoryStore, BadgerStore and RedisStore
+// implement it.
+type AdminStore interface {
+	// Purge deletes key's record in whatever state it is. found reports
+	// whether there was a live record (one Get would have returned). The owner
+	// of a purged in-flight record gets ErrNotOwner from Renew, Complete and
+	// Release, so its response is not stored, and the next Begin owns the key.
+	Purge(ctx context.Context, key RecordKey) (found bool, err error)
+	// Stats counts the live records. It walks every record, so it takes time
+	// in proportion to the store's size, and records that change meanwhile may
+	// or may not be counted.
+	Stats(ctx context.Context) (Stats, error)
+}
+
+// Stats counts a store's live records: in flight before their lease ends,
+// completed before they expire.
+type Stats struct {
+	InFlight  int64
+	Completed int64
+}
+
+// Total is the number of live records.
+func (s Stats) Total() int64 { return s.InFlight + s.Completed }
+
+// add counts a record in state that is live or not.
+func (s *Stats) add(state State, live bool) {
+	switch {
+	case !live:
+	case state == StateInFlight:
+		s.InFlight++
+	case state == StateCompleted:
+		s.Completed++
+	}
+}
+
+// encodedLiveness reads only the fixed part of a record in record_codec.go's
+// format: its state, and whether it is live at now.
+func encodedLiveness(data []byte, now time.Time) (State, bool, error) {
+	const flagsAt = 1 + 1 + len(Fingerprint{}) + len(Token{})
+	if len(data) <= flagsAt {
+		return 0, false, errRecordTruncated
+	}
+	if data[0] != recordFormatV1 {
+		return 0, false, fmt.Errorf("idempotency: unknown record format version %d", data[0])
+	}
+	state, flags, rest := State(data[1]), data[flagsAt], data[flagsAt+1:]
+	var times [3]int64 // leaseUntil, createdAt, expiresAt, each only when flagged
+	for i, flag := range []byte{flagLeaseUntil, flagCreatedAt, flagExpiresAt} {
+		if flags&flag == 0 {
+			continue
+		}
+		v, n := binary.Varint(rest)
+		if n <= 0 {
+			return 0, false, errRecordTruncated
+		}
+		times[i], rest = v, rest[n:]
+	}
+	nowMs := now.UnixMilli()
+	switch state {
+	case StateInFlight:
+		return state, flags&flagLeaseUntil != 0 && nowMs < times[0], nil
+	case StateCompleted:
+		return state, flags&flagExpiresAt != 0 && nowMs < times[2], nil
+	}
+	return 0, false, fmt.Errorf("idempotency: record in unknown state %d", state)
+}
