@@ -1,0 +1,410 @@
+package caddyidempotency
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
+)
+
+// exampleRoute is one route of an adapted example's server.
+type exampleRoute struct {
+	Match  []map[string]json.RawMessage `json:"match"`
+	Handle []json.RawMessage            `json:"handle"`
+}
+
+// exampleRoutes adapts testdata/examples/<name> with Caddy's Caddyfile
+// adapter, which must give no warning, and returns the routes of its one
+// server.
+func exampleRoutes(t *testing.T, name string) []exampleRoute {
+	t.Helper()
+	path := filepath.Join("testdata", "examples", name)
+	src, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(src, map[string]any{"filename": path})
+	if err != nil {
+		t.Fatalf("adapt %s: %v", name, err)
+	}
+	if len(warnings) > 0 {
+		t.Fatalf("adapt %s: warnings %+v", name, warnings)
+	}
+	var cfg struct {
+		Apps struct {
+			HTTP struct {
+				Servers map[string]struct {
+					Listen []string       `json:"listen"`
+					Routes []exampleRoute `json:"routes"`
+				} `json:"servers"`
+			} `json:"http"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	srv, ok := cfg.Apps.HTTP.Servers["srv0"]
+	if len(cfg.Apps.HTTP.Servers) != 1 || !ok || !slices.Equal(srv.Listen, []string{":8080"}) {
+		t.Fatalf("%s: want one server on :8080, got %s", name, out)
+	}
+	return srv.Routes
+}
+
+// handlerName is the "handler" of one handle entry.
+func handlerName(t *testing.T, raw json.RawMessage) string {
+	t.Helper()
+	var h struct {
+		Handler string `json:"handler"`
+	}
+	if err := json.Unmarshal(raw, &h); err != nil {
+		t.Fatal(err)
+	}
+	return h.Handler
+}
+
+// exampleIdempotency returns the idempotency handler of the route matched by
+// exactly these paths, and the route's index.
+func exampleIdempotency(t *testing.T, routes []exampleRoute, paths ...string) (Handler, int) {
+	t.Helper()
+	for i, r := range routes {
+		if len(r.Match) != 1 || len(r.Match[0]) != 1 || len(r.Handle) != 1 || handlerName(t, r.Handle[0]) != "idempotency" {
+			continue
+		}
+		var got []string
+		if err := json.Unmarshal(r.Match[0]["path"], &got); err != nil || !slices.Equal(got, paths) {
+			continue
+		}
+		var h Handler
+		if err := json.Unmarshal(r.Handle[0], &h); err != nil {
+			t.Fatal(err)
+		}
+		return h, i
+	}
+	t.Fatalf("no route with only the idempotency handler on path %v", paths)
+	return Handler{}, 0
+}
+
+// exampleProxy returns the last route's handler, which must be reverse_proxy
+// with no matcher (every route not answered before passes through), and its
+// index.
+func exampleProxy(t *testing.T, routes []exampleRoute) (reverseproxy.Handler, int) {
+	t.Helper()
+	last := len(routes) - 1
+	if last < 0 || len(routes[last].Match) != 0 || len(routes[last].Handle) != 1 || handlerName(t, routes[last].Handle[0]) != "reverse_proxy" {
+		t.Fatalf("the last route is not an unmatched reverse_proxy: %+v", routes)
+	}
+	var h reverseproxy.Handler
+	if err := json.Unmarshal(routes[last].Handle[0], &h); err != nil {
+		t.Fatal(err)
+	}
+	return h, last
+}
+
+func upstreamDials(h reverseproxy.Handler) []string {
+	var dials []string
+	for _, u := range h.Upstreams {
+		dials = append(dials, u.Dial)
+	}
+	return dials
+}
+
+// plainUpstream checks a reverse_proxy to one plain-HTTP upstream.
+func plainUpstream(t *testing.T, h reverseproxy.Handler, dial string) {
+	t.Helper()
+	if got := upstreamDials(h); !slices.Equal(got, []string{dial}) || h.TransportRaw != nil || h.Headers != nil {
+		t.Fatalf("reverse_proxy to %v, transport %s, headers %+v; want plain HTTP to %s", got, h.TransportRaw, h.Headers, dial)
+	}
+}
+
+func TestExampleCaddyfiles(t *testing.T) {
+	files, err := filepath.Glob("testdata/examples/*.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := map[string]func(t *testing.T, routes []exampleRoute){
+		"openai.Caddyfile": func(t *testing.T, routes []exampleRoute) {
+			h, at := exampleIdempotency(t, routes, "/v1/batches")
+			if h.Scope != "" || h.Wait != caddy.Duration(30*time.Second) || h.KeyField != "" || h.StoreRaw != nil {
+				t.Fatalf("handler %+v: want the default scope, key field and store, wait 30s", h)
+			}
+			proxy, last := exampleProxy(t, routes)
+			if at >= last {
+				t.Fatal("idempotency does not run before reverse_proxy")
+			}
+			if got := upstreamDials(proxy); !slices.Equal(got, []string{"api.openai.com:443"}) {
+				t.Fatalf("upstreams %v, want api.openai.com:443", got)
+			}
+			var transport reverseproxy.HTTPTransport
+			if err := json.Unmarshal(proxy.TransportRaw, &transport); err != nil || transport.TLS == nil {
+				t.Fatalf("transport %s: want the http transport with TLS (%v)", proxy.TransportRaw, err)
+			}
+			// Caddy's own default for a TLS upstream sets Host to the
+			// upstream's host:port; an explicit header_up Host would only
+			// earn the adapter's "unnecessary" warning.
+			if proxy.Headers != nil {
+				t.Fatalf("explicit header operations %+v", proxy.Headers)
+			}
+			ops := transport.RequestHeaderOps()
+			if ops == nil || ops.Set.Get("Host") != "{http.reverse_proxy.upstream.hostport}" {
+				t.Fatalf("the TLS transport does not set Host to the upstream: %+v", ops)
+			}
+		},
+		"ogx.Caddyfile": func(t *testing.T, routes []exampleRoute) {
+			h, _ := exampleIdempotency(t, routes, "/v1/batches")
+			if h.KeyField != "idempotency_key" || h.Scope != "" || h.Wait != caddy.Duration(30*time.Second) {
+				t.Fatalf("handler %+v: want key_field idempotency_key, the default scope, wait 30s", h)
+			}
+			proxy, _ := exampleProxy(t, routes)
+			plainUpstream(t, proxy, "localhost:8321")
+		},
+		"vllm.Caddyfile": func(t *testing.T, routes []exampleRoute) {
+			h, _ := exampleIdempotency(t, routes, "/v1/chat/completions", "/v1/completions")
+			if h.MaxResponse != 4<<20 || h.Wait != caddy.Duration(30*time.Second) || h.Scope != "" {
+				t.Fatalf("handler %+v: want max_response 4MiB, wait 30s, the default scope", h)
+			}
+			proxy, _ := exampleProxy(t, routes)
+			plainUpstream(t, proxy, "localhost:8000")
+		},
+		"litellm.Caddyfile": func(t *testing.T, routes []exampleRoute) {
+			h, _ := exampleIdempotency(t, routes, "/v1/batches", "/batches")
+			if h.Scope != "{http.request.header.Authorization}{http.request.header.X-Litellm-Api-Key}" || !h.RequireScope {
+				t.Fatalf("handler %+v: want the scope of LiteLLM's two key headers, required", h)
+			}
+			proxy, _ := exampleProxy(t, routes)
+			plainUpstream(t, proxy, "localhost:4000")
+		},
+		"gateway.Caddyfile": func(t *testing.T, routes []exampleRoute) {
+			batches, b := exampleIdempotency(t, routes, "/v1/batches")
+			if batches.MaxBody != 0 || batches.Wait != caddy.Duration(30*time.Second) {
+				t.Fatalf("batches handler %+v: want the default max_body, wait 30s", batches)
+			}
+			files, f := exampleIdempotency(t, routes, "/v1/files")
+			if files.MaxBody != 200<<20 || files.KeyField != "" {
+				t.Fatalf("files handler %+v: want max_body 200MiB", files)
+			}
+			if len(routes) != 3 {
+				t.Fatalf("%d routes, want batches, files and the pass-through", len(routes))
+			}
+			proxy, last := exampleProxy(t, routes)
+			if b >= last || f >= last {
+				t.Fatal("idempotency does not run before reverse_proxy")
+			}
+			plainUpstream(t, proxy, "localhost:9000")
+		},
+	}
+	if len(files) != len(checks) {
+		t.Fatalf("examples %v, checks for %d", files, len(checks))
+	}
+	for _, file := range files {
+		name := filepath.Base(file)
+		t.Run(name, func(t *testing.T) {
+			check, ok := checks[name]
+			if !ok {
+				t.Fatalf("no check for %s", name)
+			}
+			check(t, exampleRoutes(t, name))
+		})
+	}
+}
+
+// Every example also loads and provisions in a real Caddy (`caddy validate`):
+// the TLS transport, the placeholders and the default Badger store included.
+func TestExampleValidate(t *testing.T) {
+	bin := buildCaddy(t)
+	files, err := filepath.Glob("testdata/examples/*.Caddyfile")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no examples: %v", err)
+	}
+	for _, file := range files {
+		dir := t.TempDir()
+		cmd := exec.Command(bin, "validate", "--config", file, "--adapter", "caddyfile")
+		cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir+"/data", "XDG_CONFIG_HOME="+dir+"/config")
+		if out, err := cmd.CombinedOutput(); err != nil || !bytes.Contains(out, []byte("Valid configuration")) {
+			t.Errorf("caddy validate %s: %v\n%s", file, err, out)
+		}
+	}
+}
+
+// filesBackend is an upload endpoint in the shape of OpenAI's POST /v1/files:
+// a multipart form with a purpose and a file gives a new file object.
+type filesBackend struct {
+	mu      sync.Mutex
+	creates int
+	last    []byte // the last body, as received
+}
+
+func (f *filesBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	_, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || params["boundary"] == "" {
+		http.Error(w, "not multipart", http.StatusBadRequest)
+		return
+	}
+	form, err := multipart.NewReader(bytes.NewReader(body), params["boundary"]).ReadForm(1 << 30)
+	if err != nil || len(form.Value["purpose"]) != 1 || len(form.File["file"]) != 1 {
+		http.Error(w, fmt.Sprintf("want a purpose and a file: %v", err), http.StatusBadRequest)
+		return
+	}
+	defer form.RemoveAll()
+	f.mu.Lock()
+	f.creates++
+	n := f.creates
+	f.last = body
+	f.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"id": fmt.Sprintf("file-%d", n), "object": "file", "bytes": form.File["file"][0].Size,
+		"created_at": time.Now().UnixNano(), "filename": form.File["file"][0].Filename, "purpose": form.Value["purpose"][0],
+	})
+}
+
+func (f *filesBackend) count() (int, []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.creates, f.last
+}
+
+// multipartUpload is an upload form of content with the given boundary
+// ("" for a random one, as curl -F and Go's multipart.Writer pick).
+func multipartUpload(t *testing.T, boundary string, content []byte) (string, []byte) {
+	t.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	if boundary != "" {
+		if err := mw.SetBoundary(boundary); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = mw.WriteField("purpose", "batch")
+	fw, err := mw.CreateFormFile("file", "batch.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = fw.Write(content)
+	if err := mw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return mw.FormDataContentType(), buf.Bytes()
+}
+
+// The gateway example itself, in a real Caddy in front of real upstreams:
+// a keyed multipart upload larger than the default max_body goes upstream
+// once and its retry is replayed byte for byte; another file under the same
+// key is a conflict.
+func TestExampleGatewayFileUpload(t *testing.T) {
+	files := &filesBackend{}
+	batches := batchesbackend.New()
+	mux := http.NewServeMux()
+	mux.Handle("/v1/files", files)
+	mux.Handle("/", batches)
+	upstream := httptest.NewServer(mux)
+	defer upstream.Close()
+
+	src, err := os.ReadFile("testdata/examples/gateway.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := string(src)
+	for old, repl := range map[string]string{
+		":8080 {":        fmt.Sprintf("http://localhost:%d {", httpPort),
+		"localhost:9000": upstream.Listener.Addr().String(),
+	} {
+		if strings.Count(site, old) != 1 {
+			t.Fatalf("gateway.Caddyfile has %q %d times, want once", old, strings.Count(site, old))
+		}
+		site = strings.Replace(site, old, repl, 1)
+	}
+	globals := fmt.Sprintf("{\n\tadmin localhost:%d\n\thttp_port %d\n\thttps_port %d\n\t%s\n}\n", adminPort, httpPort, httpsPort, quietLog)
+	newTester(t).InitServer(globals+site, "caddyfile")
+
+	client := &http.Client{Timeout: 20 * time.Second}
+	base := fmt.Sprintf("http://localhost:%d", httpPort)
+	key := fmt.Sprintf("upload-%d", time.Now().UnixNano())
+	upload := func(contentType string, body []byte, key string) reply {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, base+"/v1/files", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", contentType)
+		req.Header.Set("Authorization", "Bearer sk-examples")
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, err := io.ReadAll(res.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return reply{Status: res.StatusCode, Header: res.Header, Body: b}
+	}
+
+	// 3 MiB: over the default max_body of 1 MiB, under the example's 200MiB.
+	content := bytes.Repeat([]byte(`{"custom_id":"r","method":"POST","url":"/v1/chat/completions","body":{}}`+"\n"), 3<<20/72)
+	const boundary = "example-boundary-0123456789"
+	contentType, body := multipartUpload(t, boundary, content)
+
+	first := upload(contentType, body, key)
+	if first.Status != http.StatusOK || first.Header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("first upload: %d %s", first.Status, first.Body)
+	}
+	if n, got := files.count(); n != 1 || !bytes.Equal(got, body) {
+		t.Fatalf("upstream got %d uploads, the last one intact: %v", n, bytes.Equal(got, body))
+	}
+
+	retry := upload(contentType, body, key)
+	if retry.Status != http.StatusOK || !bytes.Equal(retry.Body, first.Body) || retry.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("retry: %d %q (replayed %q), want the first answer %s replayed", retry.Status, retry.Body, retry.Header.Get("Idempotent-Replayed"), first.Body)
+	}
+	if n, _ := files.count(); n != 1 {
+		t.Fatalf("the retry went upstream: %d uploads", n)
+	}
+
+	otherType, other := multipartUpload(t, boundary, append([]byte(`{"custom_id":"other"}`+"\n"), content...))
+	upload(otherType, other, key).apiError(t, http.StatusConflict, "idempotency_key_reused")
+	// The fingerprint is the raw bytes: the same file under a new boundary is
+	// another request too.
+	newType, newBoundary := multipartUpload(t, "", content)
+	upload(newType, newBoundary, key).apiError(t, http.StatusConflict, "idempotency_key_reused")
+	if n, _ := files.count(); n != 1 {
+		t.Fatalf("a conflicting upload went upstream: %d uploads", n)
+	}
+
+	// Without a key an upload passes through, and the batches route of the
+	// same gateway still has its own protection.
+	if r := upload(contentType, body, ""); r.Status != http.StatusOK || bytes.Equal(r.Body, first.Body) {
+		t.Fatalf("keyless upload: %d %s", r.Status, r.Body)
+	}
+	create := createBody(t, nil, "")
+	created := sendTo(t, client, http.MethodPost, base+"/v1/batches", create, "Idempotency-Key", key+"-batch").batch(t)
+	again := sendTo(t, client, http.MethodPost, base+"/v1/batches", create, "Idempotency-Key", key+"-batch")
+	if b := again.batch(t); b.ID != created.ID || again.Header.Get("Idempotent-Replayed") != "true" || batches.Creates() != 1 {
+		t.Fatalf("batch create through the gateway: %s then %s, %d creates", created.ID, b.ID, batches.Creates())
+	}
+}
