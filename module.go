@@ -64,7 +64,8 @@ type Handler struct {
 	// http.handlers.idempotency.stores. Default: badger in Caddy's data directory.
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.idempotency.stores inline_key=backend"`
 
-	engine *idempotency.Handler
+	engine  *idempotency.Handler
+	metrics *handlerMetrics
 }
 
 // StoreProvider is what a store module gives the handler; the module's own
@@ -98,8 +99,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if scope == "" {
 		scope = DefaultScope
 	}
+	if h.metrics, err = newHandlerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering idempotency metrics: %w", err)
+	}
 	h.engine, err = idempotency.New(idempotency.Config{
-		Store:      provider.Store(),
+		Store:      observedStore{Store: provider.Store(), m: h.metrics},
 		KeyHeader:  h.KeyHeader,
 		KeyField:   h.KeyField,
 		RequireKey: h.RequireKey,
@@ -117,6 +121,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		ConflictStatus: h.ConflictStatus,
 		FailOpen:       h.FailOpen,
 		Logger:         ctx.Logger(),
+		RequestID:      requestID,
+		Observe:        h.observe,
 	})
 	return err
 }

@@ -1,0 +1,46 @@
+package caddyidempotency
+
+import (
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+)
+
+// Placeholders the handler sets on every request it sees.
+const (
+	placeholderOutcome = "http.idempotency.outcome"  // stored, replayed, conflict, ...
+	placeholderKeyHash = "http.idempotency.key_hash" // the record key, as logged; empty without a key
+)
+
+// observe makes a decision visible: the placeholders (for headers and
+// logs), two fields of the access log entry, and the outcome counter.
+func (h *Handler) observe(r *http.Request, d idempotency.Decision) {
+	h.metrics.requests.WithLabelValues(string(d.Outcome)).Inc()
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl != nil {
+		repl.Set(placeholderOutcome, string(d.Outcome))
+		if d.Keyed {
+			repl.Set(placeholderKeyHash, d.Key.String())
+		}
+	}
+	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+		extra.Set(zap.String("idempotency_outcome", string(d.Outcome)))
+		if d.Keyed {
+			extra.Set(zap.Stringer("idempotency_key_hash", d.Key))
+		}
+	}
+}
+
+// requestID names a request in the handler's log lines: Caddy's per-request
+// UUID, which an access log shows with `log_append request_id {http.request.uuid}`.
+func requestID(r *http.Request) string {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return ""
+	}
+	return repl.ReplaceAll("{http.request.uuid}", "")
+}
