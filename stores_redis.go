@@ -38,36 +38,46 @@ const (
 // RedisStore keeps records in Redis or Valkey, shared by every Caddy
 // instance that points at the same server and key prefix.
 type RedisStore struct {
-	// A redis://, rediss:// (TLS) or unix:// URL; its address, database,
-	// username and password are used unless the fields below set them.
-	// Placeholders such as {env.REDIS_URL} are replaced.
+	// The server as a redis://, rediss:// (TLS) or unix:// URL. Its address,
+	// database, username and password are used unless the fields below set
+	// them. Placeholders such as {env.REDIS_URL} are replaced. Required
+	// unless addresses are given.
 	URL string `json:"url,omitempty"`
-	// host:port addresses: two or more are the seeds of a Redis Cluster; with
-	// MasterName, they are Sentinels.
+	// The servers as host:port addresses, instead of a url. Two or more are
+	// the seeds of a Redis Cluster; with master_name, they are Sentinels.
+	// Required unless url is given.
 	Addresses []string `json:"addresses,omitempty"`
 	// Treat the addresses as a Redis Cluster even when there is only one (a
 	// seed node or a cluster endpoint). Two or more addresses imply it.
 	Cluster bool `json:"cluster,omitempty"`
-	// The Sentinel master name; set it to use Sentinel.
+	// The Sentinel master name; set it to find the master through the
+	// Sentinels given as addresses. Default: none, no Sentinel.
 	MasterName string `json:"master_name,omitempty"`
 	// The database number (not with a cluster). Default: the URL's, or 0.
 	DB int `json:"db,omitempty"`
-	// Credentials; placeholders such as {env.REDIS_PASSWORD} are replaced.
+	// The username to authenticate with; placeholders such as
+	// {env.REDIS_USERNAME} are replaced. Default: the URL's, or none.
 	Username string `json:"username,omitempty"`
+	// The password to authenticate with; placeholders such as
+	// {env.REDIS_PASSWORD} are replaced. Default: the URL's, or none.
 	Password string `json:"password,omitempty"`
 	// Connect over TLS (implied by a rediss:// URL).
 	TLS bool `json:"tls,omitempty"`
 	// The name the server's certificate must carry. Default: its host.
 	TLSServerName string `json:"tls_server_name,omitempty"`
-	// A PEM file of CAs to trust instead of the system's.
+	// A PEM file of the CAs to trust for the server's certificate.
+	// Default: the system's CAs.
 	TLSCAFile string `json:"tls_ca_file,omitempty"`
-	// Prefix of every key this store writes. Default: caddy-idempotency:
+	// The prefix of every key this store writes. Default: caddy-idempotency:
+	// (with the colon).
 	KeyPrefix string `json:"key_prefix,omitempty"`
 	// Connections per node. Default: go-redis's, 10 per CPU.
 	PoolSize int `json:"pool_size,omitempty"`
-	// Timeouts of a connection and of each read and write. Default: 2s each.
-	DialTimeout  caddy.Duration `json:"dial_timeout,omitempty"`
-	ReadTimeout  caddy.Duration `json:"read_timeout,omitempty"`
+	// How long connecting to a server may take. Default: 2s.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+	// How long a reply from the server may take. Default: 2s.
+	ReadTimeout caddy.Duration `json:"read_timeout,omitempty"`
+	// How long sending a command to the server may take. Default: 2s.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	poolKey string // set only once Provision holds a reference
