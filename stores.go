@@ -1,13 +1,18 @@
 package caddyidempotency
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
 
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 )
@@ -15,6 +20,7 @@ import (
 func init() {
 	caddy.RegisterModule(BadgerStore{})
 	caddy.RegisterModule(MemoryStore{})
+	caddy.RegisterModule(App{})
 }
 
 // badgerPool keeps one open database per directory across config reloads:
@@ -27,8 +33,9 @@ type BadgerStore struct {
 	// The database directory. Default: {caddy data dir}/idempotency.
 	Path string `json:"path,omitempty"`
 
-	poolKey string // set only once Provision holds a reference
-	store   *idempotency.BadgerStore
+	poolKey  string // set only once this config holds a reference
+	store    *idempotency.BadgerStore
+	deferred *deferredBadger // set when the open waits for the config's start
 }
 
 type pooledBadger struct{ *idempotency.BadgerStore }
@@ -57,7 +64,9 @@ func (BadgerStore) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision opens the database, or takes another reference to it.
+// Provision opens the database, or takes another reference to it. When
+// another process holds the directory, the open waits for the config's start
+// instead (see App).
 func (b *BadgerStore) Provision(ctx caddy.Context) error {
 	dir := b.Path
 	if dir == "" {
@@ -67,6 +76,21 @@ func (b *BadgerStore) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	store, err := openPooledBadger(dir)
+	switch {
+	case err == nil:
+		b.poolKey, b.store = dir, store
+		return nil
+	case badgerLocked(err):
+		return b.deferOpen(ctx, dir)
+	default:
+		return fmt.Errorf("opening badger store at %s: %w", dir, err)
+	}
+}
+
+// openPooledBadger opens dir, or takes another reference to its open
+// database.
+func openPooledBadger(dir string) (*idempotency.BadgerStore, error) {
 	val, _, err := badgerPool.LoadOrNew(dir, func() (caddy.Destructor, error) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
@@ -83,19 +107,50 @@ func (b *BadgerStore) Provision(ctx caddy.Context) error {
 		return pooledBadger{s}, nil
 	})
 	if err != nil {
-		return fmt.Errorf("opening badger store at %s: %w", dir, err)
+		return nil, err
 	}
-	b.poolKey, b.store = dir, val.(pooledBadger).BadgerStore
+	return val.(pooledBadger).BadgerStore, nil
+}
+
+// badgerLocked reports whether Badger refused a directory because another
+// process holds its lock. Badger's error has no type to test; this sentence
+// of it, the same on every platform, is what Badger's own tests check.
+func badgerLocked(err error) bool {
+	return strings.Contains(err.Error(), "Another process is using this Badger database")
+}
+
+// deferOpen leaves the open of dir, which another process holds, to the
+// config's start. That process is most often the running Caddy that
+// `caddy validate` checks a config for: validate provisions but never starts,
+// so it passes without the database. A config that starts opens it then, or
+// fails to start with an error that says who holds it.
+func (b *BadgerStore) deferOpen(ctx caddy.Context, dir string) error {
+	app, err := ctx.App(appID)
+	if err != nil {
+		return err
+	}
+	b.deferred = &deferredBadger{dir: dir, ready: make(chan struct{})}
+	app.(*App).pending = append(app.(*App).pending, b)
+	ctx.Logger().Warn("badger store directory is in use by another process; it is opened when the config starts, not before",
+		zap.String("dir", dir))
 	return nil
 }
 
-// Store returns the open store.
-func (b *BadgerStore) Store() idempotency.Store { return b.store }
+// Store returns the open store, or the one the config's start will open.
+func (b *BadgerStore) Store() idempotency.Store {
+	if b.deferred != nil {
+		return b.deferred
+	}
+	return b.store
+}
 
 // Cleanup drops this config's reference; the last one closes the database.
 func (b *BadgerStore) Cleanup() error {
+	if b.deferred != nil {
+		b.deferred.finish(nil, errors.New("idempotency: the config ended before its badger store was opened"))
+	}
 	if b.poolKey == "" {
-		return nil // Provision failed before it held a reference
+		return nil // Provision failed, or the config never opened it
 	}
 	_, err := badgerPool.Delete(b.poolKey)
 	b.poolKey, b.store = "", nil
@@ -115,6 +170,117 @@ func (b *BadgerStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("store badger takes no block")
 	}
 	return nil
+}
+
+// appID names App: `idempotency app module: start: ...` leads its errors.
+const appID = "idempotency"
+
+// App is the idempotency app. It has nothing to configure, and a config
+// gets one only when a Badger store's directory was held by another process
+// while the config was provisioned. Caddy binds listeners when it starts a
+// config, not when it provisions one, so `caddy validate` works next to a
+// running Caddy; App does the same for those directories' locks.
+type App struct {
+	pending []*BadgerStore
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  appID,
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Start opens the stores whose directories were held at provisioning. One
+// still held fails the start, so the config does not run.
+func (a *App) Start() error {
+	for _, b := range a.pending {
+		dir := b.deferred.dir
+		store, err := openPooledBadger(dir)
+		if err != nil {
+			if badgerLocked(err) {
+				err = fmt.Errorf("badger store directory %s is in use by another process, usually another Caddy: change that Caddy's config with `caddy reload`, or stop it first: %w", dir, err)
+			} else {
+				err = fmt.Errorf("opening badger store at %s: %w", dir, err)
+			}
+			b.deferred.finish(nil, err)
+			return err
+		}
+		b.poolKey = dir
+		b.deferred.finish(store, nil)
+	}
+	return nil
+}
+
+// Stop does nothing: each store's Cleanup releases its database.
+func (a *App) Stop() error { return nil }
+
+// deferredBadger is the store of a BadgerStore whose open waits for the
+// config's start. Caddy starts its apps in no set order, so a request that
+// the HTTP app takes first waits here for the open.
+type deferredBadger struct {
+	dir   string
+	ready chan struct{} // closed once store or err is set
+	once  sync.Once
+	store *idempotency.BadgerStore
+	err   error
+}
+
+func (d *deferredBadger) finish(store *idempotency.BadgerStore, err error) {
+	d.once.Do(func() {
+		d.store, d.err = store, err
+		close(d.ready)
+	})
+}
+
+func (d *deferredBadger) open(ctx context.Context) (*idempotency.BadgerStore, error) {
+	select {
+	case <-d.ready:
+		return d.store, d.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (d *deferredBadger) Begin(ctx context.Context, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.Token, lease time.Duration) (idempotency.Record, bool, error) {
+	s, err := d.open(ctx)
+	if err != nil {
+		return idempotency.Record{}, false, err
+	}
+	return s.Begin(ctx, key, fp, owner, lease)
+}
+
+func (d *deferredBadger) Renew(ctx context.Context, key idempotency.RecordKey, owner idempotency.Token, lease time.Duration) error {
+	s, err := d.open(ctx)
+	if err != nil {
+		return err
+	}
+	return s.Renew(ctx, key, owner, lease)
+}
+
+func (d *deferredBadger) Complete(ctx context.Context, key idempotency.RecordKey, owner idempotency.Token, resp idempotency.Response, ttl time.Duration) error {
+	s, err := d.open(ctx)
+	if err != nil {
+		return err
+	}
+	return s.Complete(ctx, key, owner, resp, ttl)
+}
+
+func (d *deferredBadger) Release(ctx context.Context, key idempotency.RecordKey, owner idempotency.Token) error {
+	s, err := d.open(ctx)
+	if err != nil {
+		return err
+	}
+	return s.Release(ctx, key, owner)
+}
+
+func (d *deferredBadger) Get(ctx context.Context, key idempotency.RecordKey) (idempotency.Record, bool, error) {
+	s, err := d.open(ctx)
+	if err != nil {
+		return idempotency.Record{}, false, err
+	}
+	return s.Get(ctx, key)
 }
 
 // MemoryStore keeps records in this process's memory: they survive a reload
@@ -180,6 +346,8 @@ func (m *MemoryStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
+	_ caddy.App             = (*App)(nil)
+	_ idempotency.Store     = (*deferredBadger)(nil)
 	_ caddy.Provisioner     = (*BadgerStore)(nil)
 	_ caddy.CleanerUpper    = (*BadgerStore)(nil)
 	_ caddyfile.Unmarshaler = (*BadgerStore)(nil)
