@@ -283,12 +283,19 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 		return nil
 	}
 	resp := Response{Status: rec.status, Header: storedHeader(w.Header()), Body: buf.Bytes()}
-	if cerr := h.cfg.Store.Complete(storeCtx, rk, owner, resp, h.cfg.TTL); cerr != nil {
+	cerr := h.cfg.Store.Complete(storeCtx, rk, owner, resp, h.cfg.TTL)
+	switch {
+	case errors.Is(cerr, ErrNotOwner):
+		// Purged by an operator, or taken over after the lease ran out: the
+		// record is no longer ours to fill, and the client still gets its answer.
+		log.Warn("idempotency record purged or taken over while upstream; response not stored")
+		decide(OutcomeReleased, zap.String("reason", "not owner"), zap.Int("status", rec.status))
+	case cerr != nil:
 		// The upstream acted, so the client gets its answer either way; the
 		// record stays in flight until its lease ends.
 		log.Error("idempotency store failed to complete the record", zap.Error(cerr))
 		decide(OutcomeStoreError, zap.Int("status", rec.status))
-	} else {
+	default:
 		decide(OutcomeStored, zap.Int("status", rec.status), zap.Int("bytes", buf.Len()))
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))

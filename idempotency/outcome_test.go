@@ -163,3 +163,38 @@ func TestDecisionLogLines(t *testing.T) {
 		}
 	}
 }
+
+// purgedStore is a store whose records are purged while their owner is
+// upstream, as an operator can do through the admin API.
+type purgedStore struct{ Store }
+
+func (s purgedStore) Complete(ctx context.Context, key RecordKey, owner Token, _ Response, _ time.Duration) error {
+	if _, err := s.Store.(AdminStore).Purge(ctx, key); err != nil {
+		return err
+	}
+	return ErrNotOwner
+}
+
+// A record purged (or taken over) while its owner was upstream is not an
+// error: the client gets its answer, the outcome is released, and the log
+// line is a warning.
+func TestCompleteAfterPurgeIsReleased(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	obs := &observed{}
+	s := newStack(t, Config{Store: purgedStore{NewMemoryStore()}, Observe: obs.observe, Logger: zap.New(core)}, nil)
+	if res := s.post(t, createBody, withKey("pg-1")); res.status != http.StatusOK {
+		t.Fatalf("status %d, want the upstream's 200", res.status)
+	}
+	if got := obs.take(); len(got) != 1 || got[0].Outcome != OutcomeReleased {
+		t.Fatalf("decisions %+v, want one released", got)
+	}
+	if n := logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 0 {
+		t.Errorf("%d error lines for a purged record, want none", n)
+	}
+	if n := logs.FilterLevelExact(zapcore.WarnLevel).FilterMessageSnippet("purged").Len(); n != 1 {
+		t.Errorf("%d warnings naming the purge, want 1", n)
+	}
+	// The key is free: the retry goes upstream again.
+	s.post(t, createBody, withKey("pg-1"))
+	s.up.wantCalls(t, 2)
+}
