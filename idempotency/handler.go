@@ -254,6 +254,10 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 	// A response that will not be stored is decided before its header goes out.
 	rec.onPassthrough = func() { decide(OutcomeReleased, zap.String("reason", "not stored"), zap.Int("status", rec.status)) }
 
+	var site http.Header // headers set in front of this handler, not stored
+	if len(w.Header()) > 0 {
+		site = w.Header().Clone()
+	}
 	stopRenewing := h.keepLease(storeCtx, rk, owner, log)
 	finished := false
 	defer func() {
@@ -282,7 +286,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 		h.release(storeCtx, rk, owner, log, "not stored: status "+strconv.Itoa(rec.status))
 		return nil
 	}
-	resp := Response{Status: rec.status, Header: storedHeader(w.Header()), Body: buf.Bytes()}
+	resp := Response{Status: rec.status, Header: storedHeader(w.Header(), site), Body: buf.Bytes()}
 	cerr := h.cfg.Store.Complete(storeCtx, rk, owner, resp, h.cfg.TTL)
 	switch {
 	case errors.Is(cerr, ErrNotOwner):

@@ -3,6 +3,7 @@ package idempotency
 import (
 	"bytes"
 	"net/http"
+	"slices"
 )
 
 // recorder sits between the upstream handler and the client. It holds a 2xx
@@ -108,11 +109,17 @@ var unstoredHeaders = map[string]bool{
 }
 
 // storedHeader copies the end-to-end headers of h that a replay may repeat.
-func storedHeader(h http.Header) http.Header {
+// Those equal to site's (set before the upstream ran, by handlers in front of
+// this one) are the site's, not the response's: a replay gets the site's
+// current values from those handlers instead.
+func storedHeader(h, site http.Header) http.Header {
 	connection := h.Values("Connection")
 	out := make(http.Header, len(h))
 	for name, values := range h {
 		if unstoredHeaders[name] || namedIn(connection, name) || len(values) == 0 {
+			continue
+		}
+		if prior, ok := site[name]; ok && slices.Equal(prior, values) {
 			continue
 		}
 		out[name] = append([]string(nil), values...)

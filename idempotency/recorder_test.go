@@ -179,7 +179,11 @@ func TestStoredHeader(t *testing.T) {
 	}
 	h.Add("Set-Cookie", "session=2")
 
-	got := storedHeader(h)
+	// Set in front of the handler: the site's unless the upstream changed it.
+	site := http.Header{"X-Site": {"one"}, "Vary": {"Origin"}}
+	h.Set("X-Site", "one")
+
+	got := storedHeader(h, site)
 	want := http.Header{
 		"Content-Type":         {"application/json"},
 		"X-Request-Id":         {"req_123"},
