@@ -120,7 +120,7 @@ const quietLog = "log {\n\t\tlevel ERROR\n\t}"
 // testCaddyfile is a whole Caddyfile for the shared in-process Caddy: this
 // run's ports, the given global options, and one site on httpPort.
 func testCaddyfile(globals, site string) string {
-	return fmt.Sprintf("{\n\tadmin localhost:%d\n\thttp_port %d\n\thttps_port %d\n\t%s\n}\nhttp://localhost:%d {\n%s\n}\n",
+	return fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n\thttp_port %d\n\thttps_port %d\n\t%s\n}\nhttp://localhost:%d {\n%s\n}\n",
 		adminPort, httpPort, httpsPort, globals, httpPort, site)
 }
 
