@@ -16,20 +16,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
 	"runtime"
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 )
 
 type options struct {
@@ -83,34 +79,12 @@ func run(o options, w io.Writer) error {
 	if o.profile != "" && !slices.Contains(o.only, o.profile) {
 		return fmt.Errorf("-profile %s: not among the scenarios run", o.profile)
 	}
-	dir, err := os.MkdirTemp("", "caddy-idempotency-bench-")
+	e, err := newEnv("caddy-idempotency-bench-", o.caddy)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	bin := o.caddy
-	if bin == "" {
-		if bin, err = buildCaddy(dir); err != nil {
-			return err
-		}
-	}
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	upstream := &http.Server{Handler: batchesbackend.New()}
-	go func() {
-		if err := upstream.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			log.Printf("batches upstream: %v", err)
-		}
-	}()
-	defer upstream.Close()
-	body := []byte(`{"input_file_id":"file-abc123","endpoint":"/v1/chat/completions","completion_window":"24h"}`)
-	size, err := responseSize("http://"+ln.Addr().String()+"/v1/batches", body)
-	if err != nil {
-		return fmt.Errorf("batches upstream: %w", err)
-	}
+	defer e.close()
+	dir, bin, body, size := e.dir, e.bin, batchBody, e.batchSize
 
 	free, err := freePorts(len(o.only) + 1)
 	if err != nil {
@@ -126,7 +100,7 @@ func run(o options, w io.Writer) error {
 	if o.profile != "" {
 		adminPort = free[len(o.only)]
 	}
-	cmd, err := startCaddy(bin, dir, caddyfile(ports, ln.Addr().String(), dir, size, adminPort), list)
+	cmd, err := startCaddy(bin, dir, caddyfile(ports, e.upstream, dir, size, adminPort), list)
 	if err != nil {
 		return err
 	}

@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,7 +22,6 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
-	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 )
 
 // scaleHot is how many keys are created over HTTP, in both stores, and
@@ -100,33 +97,13 @@ func (sr scaleRun) run(w io.Writer) error {
 	if sr.rounds < 1 {
 		sr.rounds = 1
 	}
-	dir, err := os.MkdirTemp("", "caddy-idempotency-scale-")
+	e, err := newEnv("caddy-idempotency-scale-", sr.caddy)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	bin := sr.caddy
-	if bin == "" {
-		if bin, err = buildCaddy(dir); err != nil {
-			return err
-		}
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	upstream := &http.Server{Handler: batchesbackend.New()}
-	go func() {
-		if err := upstream.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			log.Printf("batches upstream: %v", err)
-		}
-	}()
-	defer upstream.Close()
-	body := []byte(`{"input_file_id":"file-abc123","endpoint":"/v1/chat/completions","completion_window":"24h"}`)
-	rep := &scaleReport{latency: map[string]*result{}, disk: map[string]diskUsage{}}
-	if rep.batchSize, err = responseSize("http://"+ln.Addr().String()+"/v1/batches", body); err != nil {
-		return fmt.Errorf("batches upstream: %w", err)
-	}
+	defer e.close()
+	dir, bin, body, up := e.dir, e.bin, batchBody, e.upstream
+	rep := &scaleReport{latency: map[string]*result{}, disk: map[string]diskUsage{}, batchSize: e.batchSize}
 	ports, err := freePorts(2)
 	if err != nil {
 		return err
@@ -134,7 +111,6 @@ func (sr scaleRun) run(w io.Writer) error {
 	small := &scaleStore{name: "small", records: scaleHot, dir: filepath.Join(dir, "badger-small"), port: ports[0]}
 	large := &scaleStore{name: "large", records: sr.n, dir: filepath.Join(dir, "badger-large"), port: ports[1]}
 	stores := []*scaleStore{small, large}
-	up := ln.Addr().String()
 
 	// 1. The hot keys, over HTTP so the records are the handler's own.
 	cmd, err := startCaddy(bin, dir, scaleCaddyfile(up, stores...), []int{small.port, large.port})
