@@ -14,9 +14,10 @@ import (
 // (Caddy's /metrics). A reload brings a new registry, so Provision registers
 // them again; handlers of one config share them. No label names a key.
 type handlerMetrics struct {
-	requests *prometheus.CounterVec   // by outcome
-	storeOps *prometheus.HistogramVec // by operation and result
-	inFlight prometheus.Gauge         // requests that own their key and are upstream
+	requests *prometheus.CounterVec                     // by outcome
+	outcomes map[idempotency.Outcome]prometheus.Counter // requests' series, looked up once
+	storeOps *prometheus.HistogramVec                   // by operation and result
+	inFlight prometheus.Gauge                           // requests that own their key and are upstream
 }
 
 func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
@@ -49,8 +50,10 @@ func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
 	if m.inFlight, err = register(reg, m.inFlight); err != nil {
 		return nil, err
 	}
+	// Every series exists from the start, and a request does no label lookup.
+	m.outcomes = make(map[idempotency.Outcome]prometheus.Counter, len(idempotency.Outcomes))
 	for _, o := range idempotency.Outcomes {
-		m.requests.WithLabelValues(string(o)) // every series exists from the start
+		m.outcomes[o] = m.requests.WithLabelValues(string(o))
 	}
 	return m, nil
 }

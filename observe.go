@@ -19,18 +19,21 @@ const (
 // observe makes a decision visible: the placeholders (for headers and
 // logs), two fields of the access log entry, and the outcome counter.
 func (h *Handler) observe(r *http.Request, d idempotency.Decision) {
-	h.metrics.requests.WithLabelValues(string(d.Outcome)).Inc()
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl != nil {
+	h.metrics.outcomes[d.Outcome].Inc()
+	var keyHash string
+	if d.Keyed {
+		keyHash = d.Key.String()
+	}
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set(placeholderOutcome, string(d.Outcome))
 		if d.Keyed {
-			repl.Set(placeholderKeyHash, d.Key.String())
+			repl.Set(placeholderKeyHash, keyHash)
 		}
 	}
 	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
 		extra.Set(zap.String("idempotency_outcome", string(d.Outcome)))
 		if d.Keyed {
-			extra.Set(zap.Stringer("idempotency_key_hash", d.Key))
+			extra.Set(zap.String("idempotency_key_hash", keyHash))
 		}
 	}
 }
@@ -38,9 +41,10 @@ func (h *Handler) observe(r *http.Request, d idempotency.Decision) {
 // requestID names a request in the handler's log lines: Caddy's per-request
 // UUID, which an access log shows with `log_append request_id {http.request.uuid}`.
 func requestID(r *http.Request) string {
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl == nil {
+	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
 		return ""
 	}
-	return repl.ReplaceAll("{http.request.uuid}", "")
+	id, _ := repl.GetString("http.request.uuid")
+	return id
 }

@@ -105,7 +105,7 @@ func TestLogsCarryNoKeyThroughCaddy(t *testing.T) {
 	// Reload to a config without the log files, so Caddy flushes and lets go of them.
 	newStack(t, "store memory")
 
-	handlerLines, accessLines := 0, 0
+	handlerLines, accessLines, decisions := 0, 0, 0
 	for _, file := range []string{mainLog, accessLog} {
 		f, err := os.Open(file)
 		if err != nil {
@@ -115,7 +115,9 @@ func TestLogsCarryNoKeyThroughCaddy(t *testing.T) {
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
 			var entry struct {
-				Logger string `json:"logger"`
+				Logger    string `json:"logger"`
+				Msg       string `json:"msg"`
+				RequestID string `json:"request_id"`
 			}
 			if err := json.Unmarshal(sc.Bytes(), &entry); err != nil {
 				t.Fatalf("%s: not a JSON log line: %s", file, sc.Text())
@@ -124,6 +126,13 @@ func TestLogsCarryNoKeyThroughCaddy(t *testing.T) {
 			access := strings.HasPrefix(entry.Logger, "http.log.access")
 			if ours {
 				handlerLines++
+			}
+			// Each decision names its request by Caddy's request UUID.
+			if ours && entry.Msg == "idempotency decision" {
+				decisions++
+				if len(entry.RequestID) != 36 {
+					t.Errorf("decision line without Caddy's request UUID: %s", sc.Text())
+				}
 			}
 			if access {
 				accessLines++
@@ -135,7 +144,7 @@ func TestLogsCarryNoKeyThroughCaddy(t *testing.T) {
 		f.Close()
 	}
 	// The control: both logs really recorded these requests.
-	if handlerLines < 7 || accessLines < 8 {
-		t.Fatalf("only %d handler and %d access log lines: the paths were not logged", handlerLines, accessLines)
+	if handlerLines < 7 || accessLines < 8 || decisions < 8 {
+		t.Fatalf("only %d handler lines (%d decisions) and %d access log lines: the paths were not logged", handlerLines, decisions, accessLines)
 	}
 }

@@ -155,16 +155,11 @@ func (s *BadgerStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, 
 }
 
 func (s *BadgerStore) Renew(ctx context.Context, key RecordKey, owner Token, lease time.Duration) error {
-	if err := s.usable(ctx); err != nil {
+	stripe, rec, now, err := s.lockOwned(ctx, key, owner)
+	if err != nil {
 		return err
 	}
-	stripe := s.claims.lock(key)
 	defer stripe.mu.Unlock()
-	now := time.Now()
-	rec, ok := stripe.owned(key, owner, now)
-	if !ok {
-		return ErrNotOwner
-	}
 	rec.LeaseUntil = now.Add(lease)
 	if err := s.write(badgerRecordKey(key), &rec, now); err != nil {
 		return err
@@ -174,24 +169,12 @@ func (s *BadgerStore) Renew(ctx context.Context, key RecordKey, owner Token, lea
 }
 
 func (s *BadgerStore) Complete(ctx context.Context, key RecordKey, owner Token, resp Response, ttl time.Duration) error {
-	if err := s.usable(ctx); err != nil {
+	stripe, rec, now, err := s.lockOwned(ctx, key, owner)
+	if err != nil {
 		return err
 	}
-	stripe := s.claims.lock(key)
 	defer stripe.mu.Unlock()
-	now := time.Now()
-	rec, ok := stripe.owned(key, owner, now)
-	if !ok {
-		return ErrNotOwner
-	}
-	// No private copy of resp (unlike completedRecord): it is encoded at once.
-	done := Record{
-		State:       StateCompleted,
-		Fingerprint: rec.Fingerprint,
-		CreatedAt:   rec.CreatedAt,
-		ExpiresAt:   now.Add(ttl),
-		Response:    &resp,
-	}
+	done := completedRecord(rec, &resp, now, ttl) // encoded at once: no copy of resp
 	if err := s.write(badgerRecordKey(key), &done, now); err != nil {
 		return err
 	}
@@ -200,20 +183,34 @@ func (s *BadgerStore) Complete(ctx context.Context, key RecordKey, owner Token, 
 }
 
 func (s *BadgerStore) Release(ctx context.Context, key RecordKey, owner Token) error {
-	if err := s.usable(ctx); err != nil {
+	stripe, _, _, err := s.lockOwned(ctx, key, owner)
+	if err != nil {
 		return err
 	}
-	stripe := s.claims.lock(key)
 	defer stripe.mu.Unlock()
-	if _, ok := stripe.owned(key, owner, time.Now()); !ok {
-		return ErrNotOwner
-	}
 	dbKey := badgerRecordKey(key)
 	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(dbKey) }); err != nil {
 		return err
 	}
 	delete(stripe.claims, key)
 	return nil
+}
+
+// lockOwned locks key's stripe and returns owner's claim on it. Unless it
+// returns an error (ErrNotOwner when the claim is not owner's), the caller
+// holds the stripe lock and must unlock it.
+func (s *BadgerStore) lockOwned(ctx context.Context, key RecordKey, owner Token) (*claimStripe, Record, time.Time, error) {
+	if err := s.usable(ctx); err != nil {
+		return nil, Record{}, time.Time{}, err
+	}
+	stripe := s.claims.lock(key)
+	now := time.Now()
+	rec, ok := stripe.owned(key, owner, now)
+	if !ok {
+		stripe.mu.Unlock()
+		return nil, Record{}, now, ErrNotOwner
+	}
+	return stripe, rec, now, nil
 }
 
 func (s *BadgerStore) Get(ctx context.Context, key RecordKey) (Record, bool, error) {

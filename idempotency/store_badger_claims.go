@@ -38,26 +38,11 @@ func (t *claimTable) lock(key RecordKey) *claimStripe {
 	return s
 }
 
-// owned returns owner's claim on key if it is still retained, with the stripe
-// locked either way; the caller unlocks.
+// owned returns owner's claim on key if it is still retained.
 func (s *claimStripe) owned(key RecordKey, owner Token, now time.Time) (Record, bool) {
-	rec, ok := s.claims[key]
-	if !ok || !ownedBy(&rec, owner) || !retained(&rec, now) {
-		return Record{}, false
-	}
-	return rec, true
+	return ownedIn(s.claims, key, owner, now)
 }
 
 // sweep drops claims nobody can complete any more (an owner whose Complete
-// and Release both failed), at most once per memorySweepInterval per stripe.
-func (s *claimStripe) sweep(now time.Time) {
-	if now.Sub(s.lastSweep) < memorySweepInterval {
-		return
-	}
-	s.lastSweep = now
-	for key, rec := range s.claims {
-		if !retained(&rec, now) {
-			delete(s.claims, key)
-		}
-	}
-}
+// and Release both failed).
+func (s *claimStripe) sweep(now time.Time) { sweepRecords(s.claims, &s.lastSweep, now) }

@@ -65,7 +65,7 @@ func (s *MemoryStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, 
 	}
 	defer s.mu.Unlock()
 	now := time.Now()
-	s.maybeSweep(now)
+	sweepRecords(s.records, &s.lastSweep, now)
 	if rec, ok := s.records[key]; ok && rec.live(now) {
 		return copyRecord(rec), false, nil
 	}
@@ -86,7 +86,7 @@ func (s *MemoryStore) Renew(ctx context.Context, key RecordKey, owner Token, lea
 	}
 	defer s.mu.Unlock()
 	now := time.Now()
-	rec, ok := s.ownedRecord(key, owner, now)
+	rec, ok := ownedIn(s.records, key, owner, now)
 	if !ok {
 		return ErrNotOwner
 	}
@@ -101,11 +101,11 @@ func (s *MemoryStore) Complete(ctx context.Context, key RecordKey, owner Token, 
 	}
 	defer s.mu.Unlock()
 	now := time.Now()
-	rec, ok := s.ownedRecord(key, owner, now)
+	rec, ok := ownedIn(s.records, key, owner, now)
 	if !ok {
 		return ErrNotOwner
 	}
-	s.records[key] = completedRecord(rec, resp, now, ttl)
+	s.records[key] = completedRecord(rec, copyResponse(&resp), now, ttl) // the caller's buffers are reused
 	return nil
 }
 
@@ -114,7 +114,7 @@ func (s *MemoryStore) Release(ctx context.Context, key RecordKey, owner Token) e
 		return err
 	}
 	defer s.mu.Unlock()
-	if _, ok := s.ownedRecord(key, owner, time.Now()); !ok {
+	if _, ok := ownedIn(s.records, key, owner, time.Now()); !ok {
 		return ErrNotOwner
 	}
 	delete(s.records, key)
@@ -133,24 +133,26 @@ func (s *MemoryStore) Get(ctx context.Context, key RecordKey) (Record, bool, err
 	return copyRecord(rec), true, nil
 }
 
-// ownedRecord returns key's record if it is in-flight under owner and still
-// retained (its lease may have passed; see inFlightRetention).
-func (s *MemoryStore) ownedRecord(key RecordKey, owner Token, now time.Time) (Record, bool) {
-	rec, ok := s.records[key]
+// ownedIn returns key's record in records if it is in flight under owner and
+// still retained (its lease may have passed; see inFlightRetention).
+func ownedIn(records map[RecordKey]Record, key RecordKey, owner Token, now time.Time) (Record, bool) {
+	rec, ok := records[key]
 	if !ok || !ownedBy(&rec, owner) || !retained(&rec, now) {
 		return Record{}, false
 	}
 	return rec, true
 }
 
-func (s *MemoryStore) maybeSweep(now time.Time) {
-	if now.Sub(s.lastSweep) < memorySweepInterval {
+// sweepRecords drops the records no longer retained, at most once per
+// memorySweepInterval since *last, so the sweep costs O(1) amortised.
+func sweepRecords(records map[RecordKey]Record, last *time.Time, now time.Time) {
+	if now.Sub(*last) < memorySweepInterval {
 		return
 	}
-	s.lastSweep = now
-	for key, rec := range s.records {
+	*last = now
+	for key, rec := range records {
 		if !retained(&rec, now) {
-			delete(s.records, key)
+			delete(records, key)
 		}
 	}
 }
@@ -170,14 +172,14 @@ func retained(rec *Record, now time.Time) bool {
 }
 
 // completedRecord is rec (owner's in-flight record) turned into its completed
-// form holding a private copy of resp.
-func completedRecord(rec Record, resp Response, now time.Time, ttl time.Duration) Record {
+// form holding resp.
+func completedRecord(rec Record, resp *Response, now time.Time, ttl time.Duration) Record {
 	return Record{
 		State:       StateCompleted,
 		Fingerprint: rec.Fingerprint,
 		CreatedAt:   rec.CreatedAt,
 		ExpiresAt:   now.Add(ttl),
-		Response:    copyResponse(&resp),
+		Response:    resp,
 	}
 }
 
