@@ -111,30 +111,9 @@ func appendResponse(buf []byte, resp *Response) []byte {
 // reference to data. Unknown versions, truncated or trailing bytes are errors.
 func (rec *Record) UnmarshalBinary(data []byte) error {
 	d := decoder{buf: data}
-	version := d.byte()
-	if d.err != nil {
-		return d.err
-	}
-	if version != recordFormatV1 {
-		return fmt.Errorf("idempotency: unknown record format version %d", version)
-	}
-
-	var out Record
-	out.State = State(d.byte())
-	copy(out.Fingerprint[:], d.take(len(out.Fingerprint)))
-	copy(out.Owner[:], d.take(len(out.Owner)))
-	flags := d.byte()
-	if d.err == nil && flags&^knownFlags != 0 {
-		return fmt.Errorf("idempotency: unknown record flags %#x", flags)
-	}
-	if flags&flagLeaseUntil != 0 {
-		out.LeaseUntil = d.time()
-	}
-	if flags&flagCreatedAt != 0 {
-		out.CreatedAt = d.time()
-	}
-	if flags&flagExpiresAt != 0 {
-		out.ExpiresAt = d.time()
+	out, flags, err := decodeHeader(&d)
+	if err != nil {
+		return err
 	}
 	if flags&flagResponse != 0 {
 		out.Response = d.response()
@@ -147,6 +126,35 @@ func (rec *Record) UnmarshalBinary(data []byte) error {
 	}
 	*rec = out
 	return nil
+}
+
+// decodeHeader reads a record up to its response, which it leaves in d:
+// flags tells whether there is one.
+func decodeHeader(d *decoder) (rec Record, flags byte, err error) {
+	version := d.byte()
+	if d.err != nil {
+		return Record{}, 0, d.err
+	}
+	if version != recordFormatV1 {
+		return Record{}, 0, fmt.Errorf("idempotency: unknown record format version %d", version)
+	}
+	rec.State = State(d.byte())
+	copy(rec.Fingerprint[:], d.take(len(rec.Fingerprint)))
+	copy(rec.Owner[:], d.take(len(rec.Owner)))
+	flags = d.byte()
+	if d.err == nil && flags&^knownFlags != 0 {
+		return Record{}, 0, fmt.Errorf("idempotency: unknown record flags %#x", flags)
+	}
+	if flags&flagLeaseUntil != 0 {
+		rec.LeaseUntil = d.time()
+	}
+	if flags&flagCreatedAt != 0 {
+		rec.CreatedAt = d.time()
+	}
+	if flags&flagExpiresAt != 0 {
+		rec.ExpiresAt = d.time()
+	}
+	return rec, flags, d.err
 }
 
 func validStatus(status int64) bool { return status >= 0 && status <= 999 }

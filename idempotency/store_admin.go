@@ -2,7 +2,6 @@ package idempotency
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"time"
 )
@@ -43,34 +42,16 @@ func (s *Stats) add(state State, live bool) {
 	}
 }
 
-// encodedLiveness reads only the fixed part of a record in record_codec.go's
-// format: its state, and whether it is live at now.
+// encodedLiveness reads only the part of a record in record_codec.go's
+// format before its response: its state, and whether it is live at now.
 func encodedLiveness(data []byte, now time.Time) (State, bool, error) {
-	const flagsAt = 1 + 1 + len(Fingerprint{}) + len(Token{})
-	if len(data) <= flagsAt {
-		return 0, false, errRecordTruncated
+	d := decoder{buf: data}
+	rec, _, err := decodeHeader(&d)
+	if err != nil {
+		return 0, false, err
 	}
-	if data[0] != recordFormatV1 {
-		return 0, false, fmt.Errorf("idempotency: unknown record format version %d", data[0])
+	if rec.State != StateInFlight && rec.State != StateCompleted {
+		return 0, false, fmt.Errorf("idempotency: record in unknown state %d", rec.State)
 	}
-	state, flags, rest := State(data[1]), data[flagsAt], data[flagsAt+1:]
-	var times [3]int64 // leaseUntil, createdAt, expiresAt, each only when flagged
-	for i, flag := range []byte{flagLeaseUntil, flagCreatedAt, flagExpiresAt} {
-		if flags&flag == 0 {
-			continue
-		}
-		v, n := binary.Varint(rest)
-		if n <= 0 {
-			return 0, false, errRecordTruncated
-		}
-		times[i], rest = v, rest[n:]
-	}
-	nowMs := now.UnixMilli()
-	switch state {
-	case StateInFlight:
-		return state, flags&flagLeaseUntil != 0 && nowMs < times[0], nil
-	case StateCompleted:
-		return state, flags&flagExpiresAt != 0 && nowMs < times[2], nil
-	}
-	return 0, false, fmt.Errorf("idempotency: record in unknown state %d", state)
+	return rec.State, rec.live(now), nil
 }
