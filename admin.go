@@ -29,7 +29,7 @@ func init() {
 //
 //	GET    /idempotency/stores                   the stores in use
 //	GET    /idempotency/stats                    counts of live records
-//	GET    /idempotency/records?scope=&key=      one record (&body=1: with its response)
+//	GET    /idempotency/records?namespace=&scope=&key=   one record (&body=1: with its response)
 //	GET    /idempotency/records/<key hash>       the same, by the key_hash of the logs
 //	DELETE /idempotency/records...               purge it
 //
@@ -47,7 +47,7 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 
 const adminBase = "/idempotency/"
 
-// adminBodyLimit bounds a JSON request body ({"scope":..., "key":...}).
+// adminBodyLimit bounds a JSON request body ({"namespace":..., "scope":..., "key":...}).
 const adminBodyLimit = 64 << 10
 
 // Routes returns the one route under which the API lives.
@@ -71,7 +71,7 @@ func serveAdmin(w http.ResponseWriter, r *http.Request) error {
 	case path == "records" || strings.HasPrefix(path, "records/"):
 		params := []string{"store"}
 		if path == "records" {
-			params = append(params, "scope", "key")
+			params = append(params, "namespace", "scope", "key")
 		}
 		if r.Method == http.MethodGet {
 			params = append(params, "body")
@@ -162,7 +162,7 @@ func serveRecord(w http.ResponseWriter, r *http.Request, path string) error {
 	return writeJSON(w, newAdminRecord(s.Name, key, &rec, withBody))
 }
 
-// adminRecordKey is the record key of /records/<hex>, or of the scope and key
+// adminRecordKey is the record key of /records/<hex>, or of the namespace, scope and key
 // given in the query or in a JSON body (which Caddy does not log, unlike the
 // URI: the scope is usually a credential).
 func adminRecordKey(w http.ResponseWriter, r *http.Request, path string) (idempotency.RecordKey, error) {
@@ -175,10 +175,14 @@ func adminRecordKey(w http.ResponseWriter, r *http.Request, path string) (idempo
 		return idempotency.RecordKey(b), nil
 	}
 	var in struct {
-		Scope *string `json:"scope"`
-		Key   *string `json:"key"`
+		Namespace *string `json:"namespace"`
+		Scope     *string `json:"scope"`
+		Key       *string `json:"key"`
 	}
 	query := r.URL.Query()
+	if query.Has("namespace") {
+		in.Namespace = new(query.Get("namespace"))
+	}
 	if query.Has("scope") {
 		in.Scope = new(query.Get("scope"))
 	}
@@ -190,17 +194,20 @@ func adminRecordKey(w http.ResponseWriter, r *http.Request, path string) (idempo
 		return key, adminError(http.StatusBadRequest, "reading the request body: %v", err)
 	}
 	if len(strings.TrimSpace(string(body))) > 0 {
-		if in.Scope != nil || in.Key != nil {
-			return key, adminError(http.StatusBadRequest, "give scope and key in the query or in a JSON body, not both")
+		if in.Namespace != nil || in.Scope != nil || in.Key != nil {
+			return key, adminError(http.StatusBadRequest, "give namespace, scope and key in the query or in a JSON body, not both")
 		}
 		dec := json.NewDecoder(strings.NewReader(string(body)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&in); err != nil {
-			return key, adminError(http.StatusBadRequest, `the body must be {"scope": "...", "key": "..."}: %v`, err)
+			return key, adminError(http.StatusBadRequest, `the body must be {"namespace": "...", "scope": "...", "key": "..."}: %v`, err)
 		}
 	}
 	if in.Key == nil {
 		return key, adminError(http.StatusBadRequest, "key is required: the client's idempotency key, or use %srecords/<key hash>", adminBase)
+	}
+	if in.Namespace == nil {
+		return key, adminError(http.StatusBadRequest, "namespace is required: the handler's namespace, by default the site's host as requested (lower-case, without a default port)")
 	}
 	if in.Scope == nil {
 		return key, adminError(http.StatusBadRequest, "scope is required: what the handler's scope gives for the client (by default its Authorization header value); it may be empty")
@@ -208,7 +215,7 @@ func adminRecordKey(w http.ResponseWriter, r *http.Request, path string) (idempo
 	if err := idempotency.ValidateKey(*in.Key); err != nil {
 		return key, adminError(http.StatusBadRequest, "key: %v", err)
 	}
-	return idempotency.NewRecordKey(*in.Scope, *in.Key), nil
+	return idempotency.NewRecordKey(*in.Namespace, *in.Scope, *in.Key), nil
 }
 
 // adminRecord is a record as the API shows it: never its owner token, and

@@ -100,9 +100,10 @@ type adminStatsJSON struct {
 	Completed int64  `json:"completed"`
 }
 
-// byScopeAndKey is the records path with scope and key in the query.
+// byScopeAndKey is the records path with the test site's namespace, scope
+// and key in the query.
 func byScopeAndKey(scope, key string, more ...string) string {
-	q := url.Values{"scope": {scope}, "key": {key}}
+	q := url.Values{"namespace": {siteHost()}, "scope": {scope}, "key": {key}}
 	for i := 0; i+1 < len(more); i += 2 {
 		q.Set(more[i], more[i+1])
 	}
@@ -152,7 +153,7 @@ func TestAdminInspectAndPurgeCompleted(t *testing.T) {
 
 	var rec adminRecordJSON
 	admin(t, http.MethodGet, byScopeAndKey(adminScope, "adm-1"), "").json(t, http.StatusOK, &rec)
-	wantHash := idempotency.NewRecordKey(adminScope, "adm-1").String()
+	wantHash := idempotency.NewRecordKey(siteHost(), adminScope, "adm-1").String()
 	switch {
 	case rec.State != "completed" || rec.Status != http.StatusOK || rec.KeyHash != wantHash:
 		t.Fatalf("record %+v, want completed 200 with key hash %s", rec, wantHash)
@@ -191,7 +192,7 @@ func TestAdminInspectAndPurgeCompleted(t *testing.T) {
 
 	// Scope and key in a JSON body, which Caddy does not log as it logs URIs.
 	var viaBody adminRecordJSON
-	admin(t, http.MethodGet, "/idempotency/records", `{"scope":"`+adminScope+`","key":"adm-1"}`).json(t, http.StatusOK, &viaBody)
+	admin(t, http.MethodGet, "/idempotency/records", `{"namespace":"`+siteHost()+`","scope":"`+adminScope+`","key":"adm-1"}`).json(t, http.StatusOK, &viaBody)
 	if viaBody.KeyHash != wantHash {
 		t.Fatalf("by JSON body: key hash %s, want %s", viaBody.KeyHash, wantHash)
 	}
@@ -378,7 +379,7 @@ func TestAdminSeveralStores(t *testing.T) {
 	if st := adminStats(t, inRedis); st.Store != redisName || st.Total != 1 || st.Completed != 1 {
 		t.Fatalf("redis stats %+v", st)
 	}
-	hash := idempotency.NewRecordKey(adminScope, "multi").String()
+	hash := idempotency.NewRecordKey(siteHost(), adminScope, "multi").String()
 	var rec adminRecordJSON
 	admin(t, http.MethodGet, "/idempotency/records/"+hash+inRedis, "").json(t, http.StatusOK, &rec)
 	if rec.State != "completed" || rec.Store != redisName {
@@ -410,7 +411,7 @@ func TestAdminSeveralStores(t *testing.T) {
 // Bad requests get Caddy's admin error answer, {"error": "..."}, with a 4xx.
 func TestAdminBadInput(t *testing.T) {
 	newStack(t, "\t\tstore badger "+storeDir(t))
-	hash := idempotency.NewRecordKey(adminScope, "k").String()
+	hash := idempotency.NewRecordKey(siteHost(), adminScope, "k").String()
 	for _, tc := range []struct {
 		method, path, body string
 		status             int
@@ -422,10 +423,12 @@ func TestAdminBadInput(t *testing.T) {
 		{"DELETE", "/idempotency/records/", "", 400, "64 hex digits"},
 		{"GET", "/idempotency/records/" + hash + "?store=memory", "", 404, `no store "memory" is in use`},
 		{"GET", "/idempotency/records?scope=x", "", 400, "key is required"},
-		{"DELETE", "/idempotency/records?key=k", "", 400, "scope is required"},
+		{"DELETE", "/idempotency/records?namespace=h&key=k", "", 400, "scope is required"},
+		{"DELETE", "/idempotency/records?scope=x&key=k", "", 400, "namespace is required"},
 		{"GET", "/idempotency/records", "", 400, "key is required"},
 		{"GET", "/idempotency/records", `{"scope":"x"}`, 400, "key is required"},
-		{"GET", "/idempotency/records", `{"scope":"x","key":"k","extra":1}`, 400, "unknown field"},
+		{"GET", "/idempotency/records", `{"scope":"x","key":"k"}`, 400, "namespace is required"},
+		{"GET", "/idempotency/records", `{"namespace":"h","scope":"x","key":"k","extra":1}`, 400, "unknown field"},
 		{"GET", "/idempotency/records", `{"scope":`, 400, "the body must be"},
 		{"GET", "/idempotency/records?key=k", `{"scope":"x","key":"k"}`, 400, "not both"},
 		{"GET", "/idempotency/records?scope=x&key=" + strings.Repeat("k", 256), "", 400, "longer than 255"},
@@ -437,7 +440,7 @@ func TestAdminBadInput(t *testing.T) {
 		{"POST", "/idempotency/records/" + hash, "", 405, "method POST not allowed"},
 		{"DELETE", "/idempotency/stats", "", 405, "not allowed"},
 		{"GET", "/idempotency/nothing", "", 404, "no idempotency admin resource"},
-		{"GET", "/idempotency/records?scope=x&key=k", "", 404, "no live record"},
+		{"GET", "/idempotency/records?namespace=h&scope=x&key=k", "", 404, "no live record"},
 	} {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
 			admin(t, tc.method, tc.path, tc.body).adminErr(t, tc.status, tc.says)

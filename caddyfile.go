@@ -33,6 +33,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		require_key
 //		scope           <template>
 //		require_scope
+//		namespace       <name>
 //		methods         <method...>
 //		ttl             <duration>
 //		lock_timeout    <duration>
@@ -72,7 +73,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "lock_timeout":
 			err = durationArg(d, &h.LockTimeout)
 		case "wait":
-			err = durationArg(d, &h.Wait)
+			var wait caddy.Duration
+			if err = durationArg(d, &wait); err == nil {
+				h.Wait = &wait
+			}
+		case "namespace":
+			err = oneArg(d, &h.Namespace)
 		case "max_body":
 			err = sizeArg(d, &h.MaxBody)
 		case "max_response":

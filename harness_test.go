@@ -44,6 +44,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// siteHost is the host the test site's requests name: the namespace of
+// their records.
+func siteHost() string { return fmt.Sprintf("localhost:%d", httpPort) }
+
 func newTester(t *testing.T) *caddytest.Tester {
 	return caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 }

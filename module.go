@@ -41,6 +41,10 @@ type Handler struct {
 	// Answer 400 idempotency_scope_required to a keyed request whose scope is
 	// empty, instead of giving all such requests one shared scope.
 	RequireScope bool `json:"require_scope,omitempty"`
+	// The records of the handlers with the same namespace may meet, whatever
+	// host a request names. Default: the request's host (lower-cased, without
+	// a default port), so two sites on one store never share a record.
+	Namespace string `json:"namespace,omitempty"`
 	// The covered methods. Default: POST.
 	Methods []string `json:"methods,omitempty"`
 	// How long a completed record replays. Default: 24h.
@@ -48,9 +52,11 @@ type Handler struct {
 	// The lease of an in-flight record; a live owner renews it every third of
 	// this, so it only runs out when the owner died. Default: 60s.
 	LockTimeout caddy.Duration `json:"lock_timeout,omitempty"`
-	// How long a duplicate of an in-flight request waits for its result
-	// before it is answered 409 idempotency_key_in_use. Default: 0.
-	Wait caddy.Duration `json:"wait,omitempty"`
+	// How long a duplicate of an in-flight request waits for its result,
+	// which it then replays, before it is answered 409
+	// idempotency_key_in_use; 0 answers at once. Default: 30s, so the OpenAI
+	// SDKs' own retries of a duplicate end in a replay.
+	Wait *caddy.Duration `json:"wait,omitempty"`
 	// Covered requests with a larger body get 413. Default: 1 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 	// Larger responses pass through and are not stored. Default: 1 MiB.
@@ -115,7 +121,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Methods:        h.Methods,
 		TTL:            time.Duration(h.TTL),
 		LockTimeout:    time.Duration(h.LockTimeout),
-		Wait:           time.Duration(h.Wait),
+		Wait:           h.wait(),
+		Namespace:      h.Namespace,
 		MaxBody:        h.MaxBody,
 		MaxResponse:    h.MaxResponse,
 		ConflictStatus: h.ConflictStatus,
@@ -125,6 +132,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Observe:        h.observe,
 	})
 	return err
+}
+
+// wait is the engine's Wait: unset takes its default, 0 means none.
+func (h *Handler) wait() time.Duration {
+	switch {
+	case h.Wait == nil:
+		return 0
+	case *h.Wait == 0:
+		return -1
+	}
+	return time.Duration(*h.Wait)
 }
 
 // ServeHTTP adapts the engine to Caddy's middleware chain.

@@ -31,7 +31,7 @@ type ParsedJSON struct {
 	Canonical []byte // RFC 8785 form of the body, without the key field and without top-level members whose value is null
 	Key       string // the decoded string value of the top-level key field, when HasKey
 	HasKey    bool
-	Stripped  []byte // the original body bytes with the key-field member removed (everything else byte-for-byte, still valid JSON); the same slice as the input when !HasKey
+	Stripped  []byte // the original body bytes with the key-field member (a string or null) removed, everything else byte-for-byte, still valid JSON; the same slice as the input when there is no such member
 }
 
 // ParseJSON validates body strictly and canonicalizes it in one pass. keyField == "" disables key-field handling.
@@ -61,6 +61,8 @@ func ParseJSON(body []byte, keyField string, dst []byte) (ParsedJSON, error) {
 	if p.key.found {
 		res.HasKey = true
 		res.Key = p.key.value
+	}
+	if p.key.found || p.key.null {
 		res.Stripped = p.stripKey()
 	}
 	return res, nil
@@ -80,6 +82,7 @@ type member struct {
 
 type keySpan struct {
 	found, notString bool
+	null             bool // the field is present with the value null: no key, but still stripped
 	value            string
 	start, end       int // the member in the source, from the name's quote to the end of the value
 	prevComma        int // comma before the member, or -1
@@ -389,6 +392,16 @@ func (p *parser) object(out []byte, depth int, top bool) ([]byte, error) {
 
 // keyValue consumes the value of the top-level key field without writing it.
 func (p *parser) keyValue(depth, memberStart, prevComma int) error {
+	if p.src[p.pos] == 'n' {
+		// null is no key, as an absent field (llama-stack's optional parameter).
+		if _, err := p.literal(nil, "null"); err != nil {
+			return err
+		}
+		p.key.null = true
+		p.key.start, p.key.end = memberStart, p.pos
+		p.key.prevComma, p.key.nextComma = prevComma, -1
+		return nil
+	}
 	if p.src[p.pos] != '"' {
 		// Still validate the rest of the body: a malformed body is a JSON
 		// error first, a misused key field second.

@@ -490,8 +490,33 @@ func TestParseJSONKeyDecoding(t *testing.T) {
 	}
 }
 
+// "idempotency_key": null is no key, as an absent field is (llama-stack's
+// optional parameter), and the member is still removed before the request
+// goes upstream.
+func TestParseJSONKeyFieldNull(t *testing.T) {
+	for in, stripped := range map[string]string{
+		`{"a":1,"idempotency_key":null,"b":2}`:  `{"a":1,"b":2}`,
+		`{"idempotency_key" : null , "a":1}`:    `{ "a":1}`,
+		`{"a":1, "idempotency_key":null}`:       `{"a":1}`,
+		`{"idempotency_key":null}`:              `{}`,
+		`{"a":{"idempotency_key":null},"b":[]}`: `{"a":{"idempotency_key":null},"b":[]}`,
+	} {
+		res, err := ParseJSON([]byte(in), "idempotency_key", nil)
+		if err != nil || res.HasKey || string(res.Stripped) != stripped {
+			t.Errorf("ParseJSON(%s) = HasKey %v, Stripped %s, %v; want no key, %s", in, res.HasKey, res.Stripped, err, stripped)
+		}
+		absent, _ := ParseJSON([]byte(stripped), "idempotency_key", nil)
+		if string(res.Canonical) != string(absent.Canonical) {
+			t.Errorf("ParseJSON(%s): canonical %s differs from the body without the member, %s", in, res.Canonical, absent.Canonical)
+		}
+	}
+	if _, err := ParseJSON([]byte(`{"idempotency_key":nul}`), "idempotency_key", nil); err == nil {
+		t.Error("a broken null literal parsed")
+	}
+}
+
 func TestParseJSONKeyFieldNotString(t *testing.T) {
-	for _, v := range []string{`1`, `null`, `{}`, `{"x":"k"}`, `["k"]`, `true`} {
+	for _, v := range []string{`1`, `{}`, `{"x":"k"}`, `["k"]`, `true`, `false`} {
 		in := `{"a":1,"idempotency_key":` + v + `,"b":2}`
 		_, err := ParseJSON([]byte(in), "idempotency_key", nil)
 		if !errors.Is(err, ErrKeyFieldNotString) {

@@ -11,16 +11,24 @@ import (
 
 // Defaults of Config, as documented in the README.
 const (
-	DefaultKeyHeader      = "Idempotency-Key"
-	DefaultKeyField       = "idempotency_key"
-	DefaultTTL            = 24 * time.Hour
-	DefaultLockTimeout    = 60 * time.Second
+	DefaultKeyHeader   = "Idempotency-Key"
+	DefaultKeyField    = "idempotency_key"
+	DefaultTTL         = 24 * time.Hour
+	DefaultLockTimeout = 60 * time.Second
+	// DefaultWait holds a duplicate of an in-flight request long enough for a
+	// create of up to 30s to finish: the OpenAI SDKs retry an in-use answer
+	// only twice, about a second apart, so waiting here is what ends their
+	// duplicates in a replay.
+	DefaultWait           = 30 * time.Second
 	DefaultMaxBody        = 1 << 20
 	DefaultMaxResponse    = 1 << 20
 	DefaultConflictStatus = http.StatusConflict
 
 	// KeyFieldOff as Config.KeyField turns the body field off.
 	KeyFieldOff = "off"
+	// NoWait as Config.Wait answers a duplicate of an in-flight request with
+	// 409 idempotency_key_in_use at once.
+	NoWait time.Duration = -1
 )
 
 // Config configures a Handler. Zero values take the defaults above.
@@ -37,11 +45,18 @@ type Config struct {
 	// (by default: no Authorization header) instead of giving all such
 	// requests one shared scope.
 	RequireScope bool
-	Methods      []string // covered methods; default POST
+	// Namespace is shared by the requests whose records may meet. Default
+	// (""): the request's host (see RequestHost), so two sites on one store
+	// never replay each other's responses.
+	Namespace string
+	Methods   []string // covered methods; default POST
 
 	TTL         time.Duration // how long a completed record replays
 	LockTimeout time.Duration // lease of an in-flight record, renewed by a live owner
-	Wait        time.Duration // how long a duplicate waits for the in-flight result; 0 answers 409 at once
+	// Wait is how long a duplicate of an in-flight request waits for its
+	// result, which it then replays. 0 takes DefaultWait; NoWait (or any
+	// negative value) answers 409 idempotency_key_in_use at once.
+	Wait time.Duration
 
 	MaxBody        int64 // larger covered requests get 413
 	MaxResponse    int64 // larger responses pass through and are not stored
@@ -80,6 +95,9 @@ func (c *Config) setDefaults() error {
 	if c.TTL == 0 {
 		c.TTL = DefaultTTL
 	}
+	if c.Wait == 0 {
+		c.Wait = DefaultWait
+	}
 	if c.LockTimeout == 0 {
 		c.LockTimeout = DefaultLockTimeout
 	}
@@ -104,8 +122,6 @@ func (c *Config) validate() error {
 		return fmt.Errorf("idempotency: ttl %s is shorter than 1s", c.TTL)
 	case c.LockTimeout < 100*time.Millisecond:
 		return fmt.Errorf("idempotency: lock_timeout %s is shorter than 100ms", c.LockTimeout)
-	case c.Wait < 0:
-		return fmt.Errorf("idempotency: wait %s is negative", c.Wait)
 	case c.MaxBody < 0 || c.MaxResponse < 0:
 		return errors.New("idempotency: max_body and max_response must be positive")
 	case c.ConflictStatus != http.StatusConflict && c.ConflictStatus != http.StatusUnprocessableEntity:

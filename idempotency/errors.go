@@ -18,6 +18,11 @@ const (
 	CodeRequestTooLarge  = "request_too_large"
 	CodeBodyUnreadable   = "request_body_unreadable"
 	CodeStoreUnavailable = "idempotency_store_unavailable"
+
+	CodeInvalidEncoding   = "invalid_content_encoding"        // the body does not decode from its Content-Encoding
+	CodeInvalidMultipart  = "invalid_multipart"               // a keyed multipart/form-data body that does not parse
+	CodeInvalidForm       = "invalid_form"                    // a keyed form body that does not parse
+	CodeResponseNotStored = "idempotency_response_not_stored" // the first request succeeded; its response was not kept
 )
 
 // reuseMessage is llama-stack's ConflictError text, word for word, so clients
@@ -25,6 +30,14 @@ const (
 func reuseMessage(key string) string {
 	return fmt.Sprintf("Idempotency key '%s' was previously used with different parameters. "+
 		"Either use a new idempotency key or ensure all parameters match the original request.", key)
+}
+
+// notStoredMessage tells a retry that the first request succeeded, so running
+// it again is not what the key is for.
+func notStoredMessage(status int) string {
+	return "The request with this idempotency key already succeeded (status " + strconv.Itoa(status) +
+		"), but its response was too large or could not be kept, so it cannot be replayed. " +
+		"Look up the result instead of retrying, or use a new idempotency key to run the request again."
 }
 
 // writeError answers with OpenAI's error envelope. shouldRetry sets

@@ -4,15 +4,16 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"hash"
-	"net/url"
+	"slices"
+	"strings"
 	"sync"
 )
 
 // Versions of the hashed tuples: bump one when its layout changes, so old
 // records can never match a new fingerprint by accident.
 const (
-	fingerprintVersion = "caddy-idempotency/fingerprint/v1"
-	recordKeyVersion   = "caddy-idempotency/record-key/v1"
+	fingerprintVersion = "caddy-idempotency/fingerprint/v2"
+	recordKeyVersion   = "caddy-idempotency/record-key/v2"
 )
 
 // bodyKind tells a canonical JSON body from raw bytes in the fingerprint, so
@@ -20,34 +21,50 @@ const (
 type bodyKind byte
 
 const (
-	bodyRaw  bodyKind = 'r'
-	bodyJSON bodyKind = 'j'
+	bodyRaw       bodyKind = 'r'
+	bodyJSON      bodyKind = 'j'
+	bodyMultipart bodyKind = 'm'
+	bodyForm      bodyKind = 'f'
+	bodyEncoded   bodyKind = 'e' // in codings this handler cannot decode: those codings, then the raw bytes
 )
 
-// NewFingerprint hashes method, path, the query with its parameters sorted by
-// name, and the body (canonical JSON or raw bytes). Every field is
-// length-prefixed, so no two tuples share an encoding.
-func NewFingerprint(method, path string, query url.Values, kind bodyKind, body []byte) Fingerprint {
+// NewFingerprint hashes the request as the upstream receives it: method, the
+// escaped path (see canonicalPath), the raw query with its pairs sorted (see
+// the query fields below), and the body in its canonical form for kind.
+// Every field is length-prefixed, so no two tuples share an encoding.
+//
+// The query is split on '&' only and its pairs are sorted as raw strings,
+// none dropped or decoded: a proxy forwards the raw query, and a parser such
+// as url.ParseQuery drops pairs it cannot parse (';', a bad escape), which
+// would let two requests that reach the upstream differently share a
+// fingerprint. Requests that differ only in pair order share one.
+func NewFingerprint(method, escapedPath, rawQuery string, kind bodyKind, body []byte) Fingerprint {
 	d := hashPool.Get().(*tupleHash)
 	defer hashPool.Put(d)
 	d.reset()
 	d.field(fingerprintVersion)
 	d.field(method)
-	d.field(path)
-	d.field(query.Encode()) // Encode sorts by name
+	d.path = appendCanonicalPath(d.path[:0], escapedPath)
+	d.fieldBytes(d.path)
+	if cap(d.path) > 4096 {
+		d.path = make([]byte, 0, 128) // a long path is not kept pooled
+	}
+	d.queryFields(rawQuery)
 	d.fieldBytes(append(d.buf[:0], byte(kind)))
 	d.fieldBytes(body)
 	return Fingerprint(d.sum())
 }
 
-// NewRecordKey derives the store key from the scope (by default the caller's
-// credential) and the client's key, so tenants never share a record and
-// neither value is stored in the clear.
-func NewRecordKey(scope, key string) RecordKey {
+// NewRecordKey derives the store key from the namespace (by default the
+// request's host, see RequestHost), the scope (by default the caller's
+// credential) and the client's key, so sites and tenants never share a
+// record and none of the values is stored in the clear.
+func NewRecordKey(namespace, scope, key string) RecordKey {
 	d := hashPool.Get().(*tupleHash)
 	defer hashPool.Put(d)
 	d.reset()
 	d.field(recordKeyVersion)
+	d.field(namespace)
 	d.field(scope)
 	d.field(key)
 	return RecordKey(d.sum())
@@ -58,10 +75,14 @@ func NewRecordKey(scope, key string) RecordKey {
 type tupleHash struct {
 	h      hash.Hash
 	buf    []byte // staging for short fields, so each is one Write without a conversion
+	path   []byte // the canonical path
+	pairs  []string
 	length [binary.MaxVarintLen64]byte
 }
 
-var hashPool = sync.Pool{New: func() any { return &tupleHash{h: sha256.New(), buf: make([]byte, 0, 256)} }}
+var hashPool = sync.Pool{New: func() any {
+	return &tupleHash{h: sha256.New(), buf: make([]byte, 0, 256), path: make([]byte, 0, 128)}
+}}
 
 func (d *tupleHash) reset() { d.h.Reset() }
 
@@ -80,7 +101,76 @@ func (d *tupleHash) field(s string) {
 	}
 }
 
+// queryFields writes the query's pair count, then its pairs sorted as raw
+// strings. The pairs are substrings of rawQuery: nothing is copied.
+func (d *tupleHash) queryFields(rawQuery string) {
+	pairs := d.pairs[:0]
+	for rest, more := rawQuery, rawQuery != ""; more; {
+		var pair string
+		pair, rest, more = strings.Cut(rest, "&")
+		pairs = append(pairs, pair) // empty pairs too: "a&" reaches the upstream as sent
+	}
+	slices.Sort(pairs)
+	d.h.Write(binary.AppendUvarint(d.length[:0], uint64(len(pairs))))
+	for _, p := range pairs {
+		d.field(p)
+	}
+	clear(pairs)
+	if cap(pairs) > 256 {
+		pairs = nil // a huge query is not kept pooled
+	}
+	d.pairs = pairs[:0]
+}
+
 func (d *tupleHash) fieldBytes(b []byte) {
 	d.h.Write(binary.AppendUvarint(d.length[:0], uint64(len(b))))
 	d.h.Write(b)
+}
+
+// appendCanonicalPath appends the escaped path in the normal form of RFC 3986
+// §6.2.2: percent-encodings of unreserved characters decoded (%61 is a,
+// §6.2.2.2) and the hex digits of the others upper-cased (%2f is %2F,
+// §6.2.2.1). Every other byte stays as sent, so a%2Fb and a/b, which are
+// different resources to the upstream, stay different.
+func appendCanonicalPath(dst []byte, escaped string) []byte {
+	for i := 0; i < len(escaped); i++ {
+		c := escaped[i]
+		if c != '%' || i+2 >= len(escaped) || !isHex(escaped[i+1]) || !isHex(escaped[i+2]) {
+			dst = append(dst, c)
+			continue
+		}
+		v := unhex(escaped[i+1])<<4 | unhex(escaped[i+2])
+		if isUnreserved(v) {
+			dst = append(dst, v)
+		} else {
+			dst = append(dst, '%', upperHex(escaped[i+1]), upperHex(escaped[i+2]))
+		}
+		i += 2
+	}
+	return dst
+}
+
+// isUnreserved: RFC 3986 §2.3, ALPHA / DIGIT / "-" / "." / "_" / "~".
+func isUnreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
+}
+
+func upperHex(c byte) byte {
+	if 'a' <= c && c <= 'f' {
+		return c - 'a' + 'A'
+	}
+	return c
 }

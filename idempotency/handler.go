@@ -6,9 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -56,116 +54,34 @@ var canonicalPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); retu
 var responsePool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // ServeHTTP runs one request through the idempotency flow of the README:
-// key, fingerprint, begin, then forward-and-store, replay, or refuse. It
-// answers every refusal itself; the error it returns is next's.
+// admission (key, body, fingerprint), then the claim: forward-and-store,
+// replay, or refuse. It answers every refusal itself; the error it returns
+// is next's.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) error {
 	log := h.logger(r)
 	if !h.methods[r.Method] {
 		h.decide(r, log, OutcomePassthrough)
 		return next(w, r)
 	}
-	key, hasKey, err := ParseKeyHeader(r.Header.Values(h.cfg.KeyHeader))
-	if err != nil {
-		h.reject(w, r, log, http.StatusBadRequest, CodeInvalidKey, err.Error(), &retryNo)
+	a, ref := h.admit(r)
+	switch {
+	case ref != nil:
+		h.reject(w, r, log, ref)
 		return nil
-	}
-	jsonType := isJSON(r.Header.Get("Content-Type"))
-	if !hasKey && (!jsonType || h.cfg.KeyField == KeyFieldOff) {
-		if h.cfg.RequireKey {
-			h.rejectMissingKey(w, r, log)
-			return nil
-		}
-		h.decide(r, log, OutcomePassthrough)
-		return next(w, r) // nothing can carry a key: the body stays unread
-	}
-
-	body, err := readBody(r, h.cfg.MaxBody)
-	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			h.reject(w, r, log, http.StatusRequestEntityTooLarge, CodeRequestTooLarge,
-				"The request body is larger than "+strconv.FormatInt(h.cfg.MaxBody, 10)+" bytes.", &retryNo)
-			return nil
-		}
-		// Cut short or timed out: nothing was claimed, so the retry is safe.
-		h.reject(w, r, log, http.StatusBadRequest, CodeBodyUnreadable, "The request body could not be read: "+err.Error(), &retryYes)
-		return nil
-	}
-
-	kind, canonical, upstreamBody := bodyRaw, body, body
-	bufp := canonicalPool.Get().(*[]byte)
-	defer func() { canonicalPool.Put(bufp) }()
-	// An empty body has no JSON to check (a keyed cancel, say): it hashes as raw.
-	if len(body) > 0 && jsonType {
-		field := h.cfg.KeyField
-		if field == KeyFieldOff {
-			field = ""
-		}
-		if !hasKey && !h.cfg.RequireKey && !mayNameField(body, field) {
-			setBody(r, body) // keyless: what a parse would find too, without one
-			h.decide(r, log, OutcomePassthrough)
-			return next(w, r)
-		}
-		parsed, perr := ParseJSON(body, field, (*bufp)[:0])
-		switch {
-		case perr != nil && !hasKey && !h.cfg.RequireKey && !mentionsField(body, field):
-			// Not ours to judge: without a key the request passes as sent.
-			setBody(r, body)
-			h.decide(r, log, OutcomePassthrough)
-			return next(w, r)
-		case errors.Is(perr, ErrKeyFieldNotString):
-			h.reject(w, r, log, http.StatusBadRequest, CodeInvalidKey, "The "+h.cfg.KeyField+" field must be a string.", &retryNo)
-			return nil
-		case perr != nil:
-			h.reject(w, r, log, http.StatusBadRequest, CodeInvalidJSON, "The request body is not valid JSON: "+perr.Error(), nil)
-			return nil
-		}
-		*bufp = parsed.Canonical[:0]
-		kind, canonical, upstreamBody = bodyJSON, parsed.Canonical, parsed.Stripped
-		if parsed.HasKey {
-			if err := ValidateKey(parsed.Key); err != nil {
-				h.reject(w, r, log, http.StatusBadRequest, CodeInvalidKey, err.Error(), &retryNo)
-				return nil
-			}
-			if hasKey && parsed.Key != key {
-				h.reject(w, r, log, http.StatusBadRequest, CodeInvalidKey, ErrKeyMismatch.Error(), &retryNo)
-				return nil
-			}
-			key, hasKey = parsed.Key, true
-		}
-	}
-	if !hasKey {
-		if h.cfg.RequireKey {
-			h.rejectMissingKey(w, r, log)
-			return nil
-		}
-		setBody(r, body)
+	case !a.keyed:
 		h.decide(r, log, OutcomePassthrough)
 		return next(w, r)
 	}
-
-	scope := h.cfg.Scope(r)
-	if scope == "" && h.cfg.RequireScope {
-		h.reject(w, r, log, http.StatusBadRequest, CodeScopeRequired,
-			"A request with an idempotency key must identify its caller (for example with an Authorization header).", &retryNo)
-		return nil
-	}
-	var query url.Values // nil when empty: r.URL.Query() would allocate a map
-	if r.URL.RawQuery != "" {
-		query = r.URL.Query()
-	}
-	fp := NewFingerprint(r.Method, r.URL.Path, query, kind, canonical)
-	rk := NewRecordKey(scope, key)
-	return h.run(w, r, next, log.withKey(rk), fp, key, upstreamBody)
+	return h.run(w, r, next, log.withKey(a.rk), &a)
 }
 
 // run claims the record or answers from it, waiting up to cfg.Wait for an
-// in-flight duplicate to finish. upstreamBody becomes r's body only when the
+// in-flight duplicate to finish. The admitted body becomes r's only when the
 // request goes upstream.
-func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, log keyLogger, fp Fingerprint, key string, upstreamBody []byte) error {
-	rk := log.rk
+func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, log keyLogger, a *admission) error {
+	rk, fp := a.rk, a.fp
 	owner := NewToken()
-	deadline := time.Now().Add(h.cfg.Wait)
+	deadline := time.Now().Add(max(h.cfg.Wait, 0)) // negative: no wait
 	pause := 5 * time.Millisecond
 	for {
 		rec, owned, err := h.cfg.Store.Begin(r.Context(), rk, fp, owner, h.cfg.LockTimeout)
@@ -177,7 +93,7 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, log key
 			}
 			if h.cfg.FailOpen {
 				log.Warn("idempotency store failed to begin; forwarding unprotected (fail_open)", zap.Error(err))
-				setBody(r, upstreamBody)
+				setBody(r, a.upstream, a.decoded)
 				h.decide(r, log, OutcomeStoreError, zap.Bool("fail_open", true))
 				return next(w, r)
 			}
@@ -186,14 +102,13 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, log key
 			writeError(w, http.StatusServiceUnavailable, CodeStoreUnavailable, "The idempotency store is unavailable. Retry later.", &retryYes)
 			return nil
 		case owned:
-			setBody(r, upstreamBody)
-			return h.forward(w, r, next, rk, owner, log)
+			return h.forward(w, upstreamRequest(r, a), next, rk, owner, log)
 		case rec.Fingerprint != fp:
 			h.decide(r, log, OutcomeConflict, zap.Stringer("state", rec.State), zap.Int("status", h.cfg.ConflictStatus))
-			writeError(w, h.cfg.ConflictStatus, CodeKeyReused, reuseMessage(key), &retryNo)
+			writeError(w, h.cfg.ConflictStatus, CodeKeyReused, reuseMessage(a.key), &retryNo)
 			return nil
 		case rec.State == StateCompleted:
-			h.decide(r, log, OutcomeReplayed, zap.Int("status", rec.Response.Status))
+			h.decide(r, log, OutcomeReplayed, zap.Int("status", rec.Response.Status), zap.Bool("body_stored", !rec.Response.NotStored))
 			writeReplay(w, rec.Response)
 			return nil
 		}
@@ -210,6 +125,19 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, log key
 		}
 		pause = min(2*pause, 250*time.Millisecond)
 	}
+}
+
+// upstreamRequest is r as its owner sends it upstream: with the admitted body,
+// and asking for the identity coding, so the stored response is one every
+// client may receive (RFC 9110 §12.5.3); encode compresses per request. A
+// client that leaves must not cancel a create the upstream may already have
+// made: finishing it lets the client's retry replay the result.
+func upstreamRequest(r *http.Request, a *admission) *http.Request {
+	up := r.WithContext(context.WithoutCancel(r.Context()))
+	up.Header = r.Header.Clone() // handlers in front of this one and the access log keep the client's
+	setBody(up, a.upstream, a.decoded)
+	up.Header.Set("Accept-Encoding", "identity")
+	return up
 }
 
 // retryHint is what an in-flight duplicate is told to wait: most creates
@@ -232,32 +160,36 @@ func (h *Handler) waitForChange(ctx context.Context, rk RecordKey, d time.Durati
 	return true
 }
 
-// forward sends the request upstream as the record's owner and stores a 2xx
-// response before the client sees it; anything else releases the record.
-func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk RecordKey, owner Token, log keyLogger) (err error) {
-	// A client that gives up must not cancel a create the upstream may already
-	// have made: finishing it lets the client's retry replay the result.
-	storeCtx := context.WithoutCancel(r.Context())
+// forward sends the request upstream as the record's owner. A 2xx response
+// completes the record: held and stored before the client sees a byte, or,
+// when it had to go out early (a stream, or larger than max_response),
+// stored when it ends if its copy fits, else completed without a body. Any
+// other answer releases the record.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk RecordKey, owner Token, log keyLogger) error {
+	storeCtx := r.Context() // already free of the client's cancellation
 	defer h.waiters.wake(rk)
 
 	buf := responsePool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer responsePool.Put(buf)
 	rec := newRecorder(w, h.cfg.MaxResponse, buf)
-	decided := false
-	decide := func(o Outcome, fields ...zap.Field) {
-		if !decided {
-			decided = true
-			h.decide(r, log, o, fields...)
+	f := &forwarding{h: h, r: r, rec: rec, rk: rk, owner: owner, log: log, ctx: storeCtx}
+	if len(w.Header()) > 0 {
+		f.site = w.Header().Clone() // headers set in front of this handler, not stored
+	}
+	// Decided before a response that goes out early sends its header.
+	rec.onSend = func() {
+		switch {
+		case !rec.succeeded():
+			f.decide(OutcomeReleased, zap.String("reason", "not stored"), zap.Int("status", rec.status))
+		case rec.overflow:
+			f.completeUnkept("larger than max_response")
+		default:
+			f.decide(OutcomeStreamed, zap.Int("status", rec.status))
 		}
 	}
-	// A response that will not be stored is decided before its header goes out.
-	rec.onPassthrough = func() { decide(OutcomeReleased, zap.String("reason", "not stored"), zap.Int("status", rec.status)) }
+	rec.onOverflow = func() { f.completeUnkept("stream larger than max_response") }
 
-	var site http.Header // headers set in front of this handler, not stored
-	if len(w.Header()) > 0 {
-		site = w.Header().Clone()
-	}
 	stopRenewing := h.keepLease(storeCtx, rk, owner, log)
 	finished := false
 	defer func() {
@@ -265,47 +197,116 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 			return
 		}
 		stopRenewing()
-		decide(OutcomeReleased, zap.String("reason", "panic"))
-		h.release(storeCtx, rk, owner, log, "panic")
+		p := recover()
+		if rec.succeeded() {
+			f.completeUnkept("panic after a 2xx")
+		} else {
+			f.decide(OutcomeReleased, zap.String("reason", "panic"))
+			h.release(storeCtx, rk, owner, log, "panic")
+		}
 		// Re-raised as is, so http.ErrAbortHandler still aborts the connection.
-		if p := recover(); p != nil {
+		if p != nil {
 			panic(p)
 		}
 	}()
-	err = next(rec, r.WithContext(storeCtx))
+	err := next(rec, r)
 	finished = true
 	stopRenewing()
 
 	switch {
+	case f.completed:
+		return err // completed without a body when it went out
+	case rec.succeeded() && err != nil:
+		// The upstream acted but its response broke off: never run it again.
+		f.completeUnkept("error after a 2xx")
+		return err
 	case err != nil:
-		decide(OutcomeReleased, zap.String("reason", "error"), zap.Error(err))
+		f.decide(OutcomeReleased, zap.String("reason", "error"), zap.Error(err))
 		h.release(storeCtx, rk, owner, log, "error")
 		return err
-	case !rec.storable():
-		decide(OutcomeReleased, zap.String("reason", "not stored"), zap.Int("status", rec.status))
+	case !rec.succeeded():
+		f.decide(OutcomeReleased, zap.String("reason", "not stored"), zap.Int("status", rec.status))
 		h.release(storeCtx, rk, owner, log, "not stored: status "+strconv.Itoa(rec.status))
 		return nil
 	}
-	resp := Response{Status: rec.status, Header: storedHeader(w.Header(), site), Body: buf.Bytes()}
-	cerr := h.cfg.Store.Complete(storeCtx, rk, owner, resp, h.cfg.TTL)
+	header := storedHeader(w.Header(), f.site)
+	body, ok := identityBody(header, buf.Bytes(), h.cfg.MaxResponse)
+	if !ok {
+		f.completeUnkept("content coding that cannot be stored as identity")
+		if !rec.sending {
+			rec.send()
+		}
+		return nil
+	}
+	f.complete(Response{Status: rec.status, Header: header, Body: body}, zap.Int("bytes", len(body)))
+	if rec.sending {
+		return nil // a stream: the client has it all already
+	}
+	if len(body) != buf.Len() {
+		w.Header().Del("Content-Encoding") // the first client gets what retries get
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(rec.status)
+	_, _ = w.Write(body)
+	return nil
+}
+
+// forwarding is one owner's trip upstream, for the steps that may run from
+// the recorder's callbacks.
+type forwarding struct {
+	h         *Handler
+	r         *http.Request
+	rec       *recorder
+	rk        RecordKey
+	owner     Token
+	log       keyLogger
+	ctx       context.Context
+	site      http.Header
+	decided   bool
+	completed bool
+}
+
+// decide reports the outcome, once: a stream is decided when it starts.
+func (f *forwarding) decide(o Outcome, fields ...zap.Field) {
+	if !f.decided {
+		f.decided = true
+		f.h.decide(f.r, f.log, o, fields...)
+	}
+}
+
+// complete turns the record into a completed one holding resp.
+func (f *forwarding) complete(resp Response, fields ...zap.Field) {
+	f.completed = true
+	outcome := OutcomeStored
+	if resp.NotStored {
+		outcome = OutcomeNotStored
+	}
+	err := f.h.cfg.Store.Complete(f.ctx, f.rk, f.owner, resp, f.h.cfg.TTL)
 	switch {
-	case errors.Is(cerr, ErrNotOwner):
+	case errors.Is(err, ErrNotOwner):
 		// Purged by an operator, or taken over after the lease ran out: the
 		// record is no longer ours to fill, and the client still gets its answer.
-		log.Warn("idempotency record purged or taken over while upstream; response not stored")
-		decide(OutcomeReleased, zap.String("reason", "not owner"), zap.Int("status", rec.status))
-	case cerr != nil:
+		f.log.Warn("idempotency record purged or taken over while upstream; response not stored")
+		f.decide(OutcomeReleased, zap.String("reason", "not owner"), zap.Int("status", resp.Status))
+	case err != nil:
 		// The upstream acted, so the client gets its answer either way; the
 		// record stays in flight until its lease ends.
-		log.Error("idempotency store failed to complete the record", zap.Error(cerr))
-		decide(OutcomeStoreError, zap.Int("status", rec.status))
+		f.log.Error("idempotency store failed to complete the record", zap.Error(err))
+		f.decide(OutcomeStoreError, zap.Int("status", resp.Status))
 	default:
-		decide(OutcomeStored, zap.Int("status", rec.status), zap.Int("bytes", buf.Len()))
+		f.decide(outcome, append(fields, zap.Int("status", resp.Status))...)
 	}
-	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
-	w.WriteHeader(rec.status)
-	_, _ = w.Write(buf.Bytes())
-	return nil
+	f.h.waiters.wake(f.rk) // duplicates waiting on a response still streaming get it now
+}
+
+// completeUnkept completes the record of a 2xx whose response is not kept,
+// so that a retry is told the first request succeeded instead of running it
+// again (idempotency_response_not_stored).
+func (f *forwarding) completeUnkept(reason string) {
+	if f.completed {
+		return
+	}
+	f.complete(Response{Status: f.rec.status, NotStored: true}, zap.String("reason", reason))
 }
 
 func (h *Handler) release(ctx context.Context, rk RecordKey, owner Token, log keyLogger, why string) {
@@ -365,23 +366,20 @@ func (h *Handler) keepLease(ctx context.Context, rk RecordKey, owner Token, log 
 }
 
 // reject answers bad input (4xx): nothing was claimed or forwarded.
-func (h *Handler) reject(w http.ResponseWriter, r *http.Request, log keyLogger, status int, code, message string, retry *bool) {
-	h.decide(r, log, OutcomeRejected, zap.Int("status", status), zap.String("code", code),
+func (h *Handler) reject(w http.ResponseWriter, r *http.Request, log keyLogger, ref *refusal) {
+	h.decide(r, log, OutcomeRejected, zap.Int("status", ref.status), zap.String("code", ref.code),
 		zap.String("method", r.Method), zap.String("path", r.URL.Path))
-	writeError(w, status, code, message, retry)
-}
-
-func (h *Handler) rejectMissingKey(w http.ResponseWriter, r *http.Request, log keyLogger) {
-	where := "the " + h.cfg.KeyHeader + " header"
-	if h.cfg.KeyField != KeyFieldOff {
-		where += " or the " + h.cfg.KeyField + " field of a JSON body"
-	}
-	h.reject(w, r, log, http.StatusBadRequest, CodeKeyRequired, "An idempotency key is required for this request. Send it in "+where+".", nil)
+	writeError(w, ref.status, ref.code, ref.message, ref.retry)
 }
 
 // writeReplay answers with resp, which is the caller's own copy (every Store
 // returns one), so its header values are handed over, not copied.
 func writeReplay(w http.ResponseWriter, resp *Response) {
+	if resp.NotStored {
+		w.Header().Set("Idempotent-Replayed", "true")
+		writeError(w, http.StatusConflict, CodeResponseNotStored, notStoredMessage(resp.Status), &retryNo)
+		return
+	}
 	h := w.Header()
 	for name, values := range resp.Header {
 		h[name] = values
@@ -421,13 +419,19 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 }
 
 // setBody gives r a fully buffered body with consistent framing, which
-// reverse_proxy needs to send it (and resend it on a retry).
-func setBody(r *http.Request, body []byte) {
+// reverse_proxy needs to send it (and resend it on a retry). The body is
+// here, so Expect: 100-continue has nothing left to ask; a decoded body loses
+// its Content-Encoding.
+func setBody(r *http.Request, body []byte, decoded bool) {
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	r.ContentLength = int64(len(body))
 	r.TransferEncoding = nil
 	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	r.Header.Del("Expect")
+	if decoded {
+		r.Header.Del("Content-Encoding")
+	}
 	if len(body) == 0 {
 		r.Body = http.NoBody
 	}
@@ -444,10 +448,4 @@ func mayNameField(body []byte, field string) bool {
 // rather than going upstream unprotected.
 func mentionsField(body []byte, field string) bool {
 	return field != "" && bytes.Contains(body, []byte(`"`+field+`"`))
-}
-
-func isJSON(contentType string) bool {
-	mt, _, _ := strings.Cut(contentType, ";")
-	mt = strings.ToLower(strings.TrimSpace(mt))
-	return mt == "application/json" || strings.HasSuffix(mt, "+json")
 }

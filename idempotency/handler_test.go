@@ -181,6 +181,12 @@ func withPath(p string) reqOpt {
 // send sends body (a string, or an io.Reader for a body of unknown length)
 // as a JSON POST to /v1/batches unless opts say otherwise; it never fails
 // the test, so goroutines may call it.
+// host is what the stack's requests name as their host: their namespace.
+func (s *stack) host() string { return strings.TrimPrefix(s.front.URL, "http://") }
+
+// newRequestHost is the host of httptest.NewRequest's requests.
+const newRequestHost = "example.com"
+
 func (s *stack) send(ctx context.Context, body any, opts ...reqOpt) result {
 	var rd io.Reader
 	switch b := body.(type) {
@@ -333,9 +339,10 @@ func (g *gate) respond(w http.ResponseWriter, r *http.Request, n int64) {
 	writeBatch(w, http.StatusOK, n)
 }
 
-func getRecord(t *testing.T, s Store, scope, key string) (Record, bool) {
+// getRecord looks a record up as a request to host (its namespace) made it.
+func getRecord(t *testing.T, s Store, host, scope, key string) (Record, bool) {
 	t.Helper()
-	rec, ok, err := s.Get(context.Background(), NewRecordKey(scope, key))
+	rec, ok, err := s.Get(context.Background(), NewRecordKey(host, scope, key))
 	if err != nil {
 		t.Fatalf("store Get: %v", err)
 	}
@@ -361,7 +368,7 @@ func TestFirstForwardedSecondReplayed(t *testing.T) {
 		t.Fatalf("X-Request-Id %q, want req_1", first.header.Get("X-Request-Id"))
 	}
 
-	rec, ok := getRecord(t, s.store, "", "k-1")
+	rec, ok := getRecord(t, s.store, s.host(), "", "k-1")
 	if !ok || rec.State != StateCompleted || rec.Response == nil {
 		t.Fatalf("after a 2xx the record is %+v (found %v), want completed", rec, ok)
 	}
@@ -721,7 +728,7 @@ func TestUncoveredMethodsPassThroughUnread(t *testing.T) {
 			t.Fatalf("%s: ServeHTTP = %v, next called %d times, status %d; want passthrough", method, err, calls, w.Code)
 		}
 	}
-	if _, ok, _ := store.Get(t.Context(), NewRecordKey("", "k")); ok {
+	if _, ok, _ := store.Get(t.Context(), NewRecordKey(newRequestHost, "", "k")); ok {
 		t.Fatal("an uncovered method created a record")
 	}
 
@@ -808,7 +815,7 @@ func TestBodyReadFailure(t *testing.T) {
 	res := result{status: w.Code, header: w.Header(), body: w.Body.Bytes()}
 	wantError(t, res, http.StatusBadRequest, CodeBodyUnreadable)
 	wantHeader(t, res, "x-should-retry", "true")
-	if _, ok := getRecord(t, store, "", "k-cut"); ok {
+	if _, ok := getRecord(t, store, newRequestHost, "", "k-cut"); ok {
 		t.Fatal("a request whose body could not be read claimed its key")
 	}
 }
@@ -866,7 +873,7 @@ func TestUpstreamFailureReleases(t *testing.T) {
 			if string(r.body) != "failure 1" {
 				t.Fatalf("client got %q, want the upstream's body", r.body)
 			}
-			if _, ok := getRecord(t, s.store, "", "k-fail"); ok {
+			if _, ok := getRecord(t, s.store, s.host(), "", "k-fail"); ok {
 				t.Fatal("the record was kept after a non-2xx")
 			}
 			retry := s.post(t, createBody, withKey("k-fail"))
@@ -914,7 +921,7 @@ func TestStoredResponseFraming(t *testing.T) {
 	if w.Code != http.StatusCreated || w.Body.String() != want || w.Header().Get("Content-Length") != strconv.Itoa(len(want)) {
 		t.Fatalf("client got %d %q with Content-Length %q, want 201 %s with its length", w.Code, w.Body, w.Header().Get("Content-Length"), want)
 	}
-	rec, ok := getRecord(t, store, "", "k-frame")
+	rec, ok := getRecord(t, store, newRequestHost, "", "k-frame")
 	if !ok || rec.State != StateCompleted || rec.Response.Status != http.StatusCreated || string(rec.Response.Body) != want {
 		t.Fatalf("stored %+v (found %v), want the 201", rec, ok)
 	}
@@ -936,57 +943,74 @@ func TestStoredResponseFraming(t *testing.T) {
 	}
 }
 
-func TestNextErrorReleases(t *testing.T) {
-	h, store := newHandler(t, Config{})
+// An error or a panic from next releases the record, unless the upstream
+// had already answered 2xx: then it acted, and a retry must not make it act
+// again, so the record is completed without a body.
+func TestNextErrorOrPanic(t *testing.T) {
 	boom := errors.New("upstream unreachable")
-	w := httptest.NewRecorder()
-	err := h.ServeHTTP(w, jsonRequest("k-err", createBody), func(w http.ResponseWriter, r *http.Request) error {
-		w.WriteHeader(http.StatusOK) // held: must never reach the client
-		_, _ = io.WriteString(w, "partial")
-		return boom
-	})
-	if !errors.Is(err, boom) {
-		t.Fatalf("ServeHTTP = %v, want the error from next", err)
-	}
-	if w.Body.Len() != 0 {
-		t.Fatalf("the held response leaked to the client: %q", w.Body)
-	}
-	if _, ok := getRecord(t, store, "", "k-err"); ok {
-		t.Fatal("the record was kept after an error from next")
-	}
-	calls := 0
-	w = httptest.NewRecorder()
-	if err := h.ServeHTTP(w, jsonRequest("k-err", createBody), okNext(&calls, "ok")); err != nil || calls != 1 {
-		t.Fatalf("retry: ServeHTTP = %v, next called %d times; want it forwarded", err, calls)
-	}
-}
-
-func TestPanicReleasesAndRepanics(t *testing.T) {
-	for _, value := range []any{"boom", http.ErrAbortHandler} {
-		t.Run(fmt.Sprint(value), func(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status int // written before the failure; 0: none
+		panic  any // nil: next returns boom
+		kept   bool
+	}{
+		{"error before the header", 0, nil, false},
+		{"error after a 502", http.StatusBadGateway, nil, false},
+		{"error after a 200", http.StatusOK, nil, true},
+		{"panic before the header", 0, "boom", false},
+		{"abort after a 500", http.StatusInternalServerError, http.ErrAbortHandler, false},
+		{"panic after a 201", http.StatusCreated, "boom", true},
+		{"abort after a 200", http.StatusOK, http.ErrAbortHandler, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			h, store := newHandler(t, Config{})
 			w := httptest.NewRecorder()
-			got := func() (p any) {
+			var err error
+			recovered := func() (p any) {
 				defer func() { p = recover() }()
-				_ = h.ServeHTTP(w, jsonRequest("k-panic", createBody), func(w http.ResponseWriter, r *http.Request) error {
-					w.WriteHeader(http.StatusCreated)
-					_, _ = io.WriteString(w, "partial")
-					panic(value)
+				err = h.ServeHTTP(w, jsonRequest("k-fail", createBody), func(w http.ResponseWriter, r *http.Request) error {
+					if tc.status != 0 {
+						w.WriteHeader(tc.status)
+						_, _ = io.WriteString(w, "partial")
+					}
+					if tc.panic != nil {
+						panic(tc.panic)
+					}
+					return boom
 				})
 				return nil
 			}()
-			if got != value {
-				t.Fatalf("recovered %#v, want %#v re-raised as is", got, value)
+			if tc.panic != nil && recovered != tc.panic {
+				t.Fatalf("recovered %#v, want %#v re-raised as is", recovered, tc.panic)
 			}
-			if w.Body.Len() != 0 || w.Code != http.StatusOK || w.Header().Get("Content-Length") != "" {
-				t.Fatalf("the held response leaked to the client: %d %q", w.Code, w.Body)
+			if tc.panic == nil && !errors.Is(err, boom) {
+				t.Fatalf("ServeHTTP = %v, want the error from next", err)
 			}
-			if _, ok := getRecord(t, store, "", "k-panic"); ok {
-				t.Fatal("the record was kept after a panic")
+			if tc.status >= 200 && tc.status <= 299 && w.Body.Len() != 0 {
+				t.Fatalf("the held 2xx leaked to the client: %q", w.Body)
 			}
+			rec, ok := getRecord(t, store, newRequestHost, "", "k-fail")
 			calls := 0
-			if err := h.ServeHTTP(httptest.NewRecorder(), jsonRequest("k-panic", createBody), okNext(&calls, "ok")); err != nil || calls != 1 {
-				t.Fatalf("retry: ServeHTTP = %v, next called %d times; want it forwarded", err, calls)
+			retry := httptest.NewRecorder()
+			if err := h.ServeHTTP(retry, jsonRequest("k-fail", createBody), okNext(&calls, "ok")); err != nil {
+				t.Fatal(err)
+			}
+			if !tc.kept {
+				if ok {
+					t.Fatalf("the record was kept: %+v", rec)
+				}
+				if calls != 1 {
+					t.Fatalf("retry: next called %d times, want it forwarded", calls)
+				}
+				return
+			}
+			if !ok || rec.State != StateCompleted || !rec.Response.NotStored || rec.Response.Status != tc.status {
+				t.Fatalf("record %+v (found %v), want completed, not stored, status %d", rec, ok, tc.status)
+			}
+			if calls != 0 || retry.Code != http.StatusConflict || !strings.Contains(retry.Body.String(), CodeResponseNotStored) ||
+				retry.Header().Get("x-should-retry") != "false" {
+				t.Fatalf("retry: next called %d times, answer %d %s %v; want 409 %s, x-should-retry false",
+					calls, retry.Code, retry.Body, retry.Header(), CodeResponseNotStored)
 			}
 		})
 	}
@@ -1022,35 +1046,59 @@ func TestAbortHandlerThroughServer(t *testing.T) {
 	}
 }
 
+// A 2xx too large to keep goes to the client whole, and completes the
+// record without its body: a retry, and a duplicate waiting for it, are told
+// the request succeeded, and nothing runs twice.
 func TestResponseOverMaxResponse(t *testing.T) {
 	const limit = 32
 	chunk := strings.Repeat("0123456789", 4) // 40 bytes: one chunk already exceeds the limit
+	entered, release := make(chan struct{}, 1), make(chan struct{})
 	s := newStack(t, Config{MaxResponse: limit}, func(w http.ResponseWriter, r *http.Request, n int64) {
 		w.Header().Set("Content-Type", "text/plain")
 		if r.URL.Path == "/small" {
 			fmt.Fprintf(w, "%0*d", limit, n) // exactly the limit: stored
 			return
 		}
+		entered <- struct{}{}
+		<-release
 		for i := range 5 {
 			fmt.Fprintf(w, "%d:%s;", i, chunk)
-			http.NewResponseController(w).Flush()
 		}
 	})
 	var want strings.Builder
 	for i := range 5 {
 		fmt.Fprintf(&want, "%d:%s;", i, chunk)
 	}
-	for call := int64(1); call <= 2; call++ {
-		r := s.post(t, createBody, withKey("k-large"))
-		wantForwarded(t, r, http.StatusOK)
-		if string(r.body) != want.String() {
-			t.Fatalf("client got %d bytes %q, want all %d in order", len(r.body), r.body, want.Len())
-		}
-		s.up.wantCalls(t, call)
+	first := make(chan result, 1)
+	go func() { first <- s.send(context.Background(), createBody, withKey("k-large")) }()
+	recv(t, entered, "the owner upstream")
+	waiters := make(chan result, 3)
+	for range 3 {
+		go func() { waiters <- s.send(context.Background(), createBody, withKey("k-large")) }()
 	}
-	if _, ok := getRecord(t, s.store, "", "k-large"); ok {
-		t.Fatal("a response over MaxResponse was stored")
+	time.Sleep(50 * time.Millisecond) // let the duplicates start waiting
+	close(release)
+	r := recv(t, first, "the owner's answer")
+	wantForwarded(t, r, http.StatusOK)
+	if string(r.body) != want.String() {
+		t.Fatalf("client got %d bytes %q, want all %d in order", len(r.body), r.body, want.Len())
 	}
+	for i := range 3 {
+		d := recv(t, waiters, fmt.Sprintf("waiting duplicate %d", i))
+		wantError(t, d, http.StatusConflict, CodeResponseNotStored)
+		wantHeader(t, d, "x-should-retry", "false")
+	}
+	retry := s.post(t, createBody, withKey("k-large"))
+	msg := wantError(t, retry, http.StatusConflict, CodeResponseNotStored)
+	if !strings.Contains(msg, "already succeeded (status 200)") {
+		t.Errorf("message %q does not say the first request succeeded", msg)
+	}
+	s.up.wantCalls(t, 1)
+	rec, ok := getRecord(t, s.store, s.host(), "", "k-large")
+	if !ok || rec.State != StateCompleted || !rec.Response.NotStored || len(rec.Response.Body) != 0 {
+		t.Fatalf("record %+v (found %v), want completed without a body", rec, ok)
+	}
+	wantError(t, s.post(t, `{"other":1}`, withKey("k-large")), http.StatusConflict, CodeKeyReused)
 
 	small := s.post(t, createBody, withKey("k-small"), withPath("/small"))
 	wantForwarded(t, small, http.StatusOK)
@@ -1058,7 +1106,6 @@ func TestResponseOverMaxResponse(t *testing.T) {
 		t.Fatalf("small body is %d bytes, want %d", len(small.body), limit)
 	}
 	wantReplayOf(t, s.post(t, createBody, withKey("k-small"), withPath("/small")), small)
-	s.up.wantCalls(t, 3)
 }
 
 func TestScopesAreIndependent(t *testing.T) {
@@ -1097,12 +1144,12 @@ func TestCustomScope(t *testing.T) {
 
 func TestInUseWhileOwnerUpstream(t *testing.T) {
 	g := newGate()
-	s := newStack(t, Config{}, g.respond)
+	s := newStack(t, Config{Wait: NoWait}, g.respond)
 	t.Cleanup(g.open)
 	owner := make(chan result, 1)
 	go func() { owner <- s.send(context.Background(), createBody, withKey("k-busy")) }()
 	waitClosed(t, g.entered, "the owner to reach upstream")
-	woken, unsubscribe := s.h.waiters.subscribe(NewRecordKey("", "k-busy"))
+	woken, unsubscribe := s.h.waiters.subscribe(NewRecordKey(s.host(), "", "k-busy"))
 	defer unsubscribe()
 
 	dup := s.post(t, createBody, withKey("k-busy"))
@@ -1258,7 +1305,7 @@ func TestWaitList(t *testing.T) {
 
 func TestConcurrentDuplicatesNoWait(t *testing.T) {
 	g := newGate()
-	s := newStack(t, Config{Store: openBadgerStore(t)}, g.respond)
+	s := newStack(t, Config{Store: openBadgerStore(t), Wait: NoWait}, g.respond)
 	t.Cleanup(g.open)
 	results := make(chan result, concurrent)
 	for range concurrent {
@@ -1300,7 +1347,7 @@ func TestConcurrentDuplicatesNoWait(t *testing.T) {
 func TestLeaseRenewal(t *testing.T) {
 	const lease = 300 * time.Millisecond
 	g := newGate()
-	s := newStack(t, Config{LockTimeout: lease}, g.respond)
+	s := newStack(t, Config{LockTimeout: lease, Wait: NoWait}, g.respond)
 	t.Cleanup(g.open)
 	owner := make(chan result, 1)
 	go func() { owner <- s.send(context.Background(), createBody, withKey("k-long")) }()
@@ -1309,7 +1356,7 @@ func TestLeaseRenewal(t *testing.T) {
 
 	for _, at := range []time.Duration{2 * lease, 3 * lease} { // upstream held about 1s
 		time.Sleep(time.Until(start.Add(at))) // lease expiry is the point: real time must pass
-		rec, ok := getRecord(t, s.store, "", "k-long")
+		rec, ok := getRecord(t, s.store, s.host(), "", "k-long")
 		if !ok || rec.State != StateInFlight || !rec.LeaseUntil.After(time.Now()) {
 			t.Fatalf("%v after begin: record %+v (live %v), want a renewed in-flight lease", at, rec, ok)
 		}
@@ -1329,15 +1376,15 @@ func TestLeaseRenewal(t *testing.T) {
 // A dead owner's lease runs out and the next request takes the key over.
 func TestLeaseTakeover(t *testing.T) {
 	const lease = 250 * time.Millisecond
-	for _, wait := range []time.Duration{0, testTimeout} {
+	for _, wait := range []time.Duration{NoWait, testTimeout} {
 		t.Run("wait="+wait.String(), func(t *testing.T) {
 			s := newStack(t, Config{Wait: wait}, nil)
 			parsed, err := ParseJSON([]byte(createBody), DefaultKeyField, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			fp := NewFingerprint(http.MethodPost, batchesPath, url.Values{}, bodyJSON, parsed.Canonical)
-			rk := NewRecordKey("Bearer sk-dead", "k-orphan")
+			fp := NewFingerprint(http.MethodPost, batchesPath, "", bodyJSON, parsed.Canonical)
+			rk := NewRecordKey(s.host(), "Bearer sk-dead", "k-orphan")
 			dead := NewToken()
 			rec, owned, err := s.store.Begin(t.Context(), rk, fp, dead, lease)
 			if err != nil || !owned {
@@ -1345,7 +1392,7 @@ func TestLeaseTakeover(t *testing.T) {
 			}
 			auth := withAuth("Bearer sk-dead")
 
-			if wait == 0 {
+			if wait == NoWait {
 				wantError(t, s.post(t, createBody, withKey("k-orphan"), auth), http.StatusConflict, CodeKeyInUse)
 				s.up.wantCalls(t, 0)
 				time.Sleep(time.Until(rec.LeaseUntil) + 20*time.Millisecond) // the lease must really expire
@@ -1429,7 +1476,7 @@ func TestClientDisconnectDoesNotCancelUpstream(t *testing.T) {
 	if upstreamCanceled.Load() {
 		t.Fatal("the upstream saw its request canceled")
 	}
-	rec, ok := getRecord(t, m, "", "k-gone")
+	rec, ok := getRecord(t, m, s.host(), "", "k-gone")
 	if !ok || rec.State != StateCompleted || !bytes.Contains(rec.Response.Body, []byte(`"call":1`)) {
 		t.Fatalf("record after the owner finished: %+v (found %v), want the completed response", rec, ok)
 	}
@@ -1483,7 +1530,6 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		"no store":        {},
 		"ttl":             {Store: m, TTL: time.Millisecond},
 		"lock timeout":    {Store: m, LockTimeout: 10 * time.Millisecond},
-		"negative wait":   {Store: m, Wait: -time.Second},
 		"conflict status": {Store: m, ConflictStatus: http.StatusBadRequest},
 		"lower method":    {Store: m, Methods: []string{"post"}},
 	} {

@@ -12,11 +12,13 @@ type Outcome string
 
 const (
 	OutcomeStored      Outcome = "stored"      // claimed, forwarded, and the 2xx response stored
+	OutcomeStreamed    Outcome = "streamed"    // a 2xx the upstream flushed: passed on as it came, stored at its end if it fit max_response
+	OutcomeNotStored   Outcome = "not_stored"  // a 2xx too large to keep: the record is completed without it, and retries are told so
 	OutcomeReplayed    Outcome = "replayed"    // answered from a completed record
 	OutcomeConflict    Outcome = "conflict"    // key reused with other parameters
 	OutcomeInFlight    Outcome = "in_flight"   // answered 409 idempotency_key_in_use
 	OutcomePassthrough Outcome = "passthrough" // not covered, or no key: forwarded as is
-	OutcomeReleased    Outcome = "released"    // forwarded, not stored (not 2xx, an error, a panic, too large): the key is free again
+	OutcomeReleased    Outcome = "released"    // forwarded, not 2xx (or an error or panic before a 2xx): the key is free again
 	OutcomeRejected    Outcome = "rejected"    // bad input answered 4xx, nothing forwarded or claimed
 	OutcomeStoreError  Outcome = "store_error" // the store failed: 503, or forwarded unprotected with fail_open, or the response could not be stored
 	OutcomeCanceled    Outcome = "canceled"    // the client left before it could be answered
@@ -24,7 +26,7 @@ const (
 
 // Outcomes lists every Outcome, for metrics that want each series to exist.
 var Outcomes = []Outcome{
-	OutcomeStored, OutcomeReplayed, OutcomeConflict, OutcomeInFlight, OutcomePassthrough,
+	OutcomeStored, OutcomeStreamed, OutcomeNotStored, OutcomeReplayed, OutcomeConflict, OutcomeInFlight, OutcomePassthrough,
 	OutcomeReleased, OutcomeRejected, OutcomeStoreError, OutcomeCanceled,
 }
 

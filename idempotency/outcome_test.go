@@ -45,7 +45,7 @@ func TestEveryRequestGetsOneDecision(t *testing.T) {
 		}
 		writeBatch(w, http.StatusOK, n)
 	})
-	keyOf := func(k string) RecordKey { return NewRecordKey("Bearer t", k) }
+	keyOf := func(k string) RecordKey { return NewRecordKey(s.host(), "Bearer t", k) }
 	auth := withAuth("Bearer t")
 	fail.Store("1", true)
 
@@ -89,14 +89,14 @@ func TestEveryRequestGetsOneDecision(t *testing.T) {
 func TestDecisionsInFlightAndStoreError(t *testing.T) {
 	obs := &observed{}
 	release := make(chan struct{})
-	s := newStack(t, Config{Observe: obs.observe}, func(w http.ResponseWriter, r *http.Request, n int64) {
+	s := newStack(t, Config{Observe: obs.observe, Wait: NoWait}, func(w http.ResponseWriter, r *http.Request, n int64) {
 		<-release
 		writeBatch(w, http.StatusOK, n)
 	})
 	first := make(chan result)
 	go func() { first <- s.post(t, createBody, withKey("f-1")) }()
 	waitFor(t, func() bool {
-		_, ok, _ := s.store.Get(context.Background(), NewRecordKey("", "f-1"))
+		_, ok, _ := s.store.Get(context.Background(), NewRecordKey(s.host(), "", "f-1"))
 		return ok
 	})
 	if res := s.post(t, createBody, withKey("f-1")); res.status != http.StatusConflict {

@@ -23,7 +23,12 @@ import (
 //	  headers    uvarint count, then per name: uvarint len + name,
 //	             uvarint value count, per value: uvarint len + value
 //	  body       uvarint len + bytes
+//	  flags      1 byte, only when not zero (responseNotStored); records
+//	             written before it have none
 const recordFormatV1 byte = 1
+
+// responseNotStored marks a Response whose body was not kept (Response.NotStored).
+const responseNotStored byte = 1
 
 const (
 	flagLeaseUntil byte = 1 << iota
@@ -104,7 +109,11 @@ func appendResponse(buf []byte, resp *Response) []byte {
 			buf = appendBytes(buf, v)
 		}
 	}
-	return appendBytes(buf, resp.Body)
+	buf = appendBytes(buf, resp.Body)
+	if resp.NotStored {
+		buf = append(buf, responseNotStored)
+	}
+	return buf
 }
 
 // UnmarshalBinary decodes data written by MarshalBinary. It never keeps a
@@ -263,6 +272,14 @@ func (d *decoder) response() *Response {
 	}
 	if body := d.take(d.count(1)); len(body) > 0 {
 		resp.Body = append([]byte(nil), body...)
+	}
+	if d.err == nil && len(d.buf) > 0 { // the response is the last part of every record
+		switch flags := d.byte(); flags {
+		case responseNotStored:
+			resp.NotStored = true
+		default:
+			d.fail(fmt.Errorf("idempotency: unknown response flags %#x", flags))
+		}
 	}
 	return resp
 }

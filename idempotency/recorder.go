@@ -4,22 +4,31 @@ import (
 	"bytes"
 	"net/http"
 	"slices"
+	"strings"
 )
 
-// recorder sits between the upstream handler and the client. It holds a 2xx
-// response in memory (up to limit bytes) so it can be stored before the
-// client sees a byte; any other response, or one that outgrows limit, it
-// passes straight through and marks as not storable.
+// recorder sits between the upstream handler and the client and keeps a
+// copy of a 2xx response, up to limit bytes, for the record.
+//
+// A 2xx is held until it ends, so it can be stored before the client sees a
+// byte. It starts on its way early when the upstream flushes it (a stream:
+// text/event-stream, or any response reverse_proxy flushes) or when it
+// outgrows limit; a stream keeps its copy while that fits. Any other status
+// passes straight through, uncopied.
 type recorder struct {
 	w           http.ResponseWriter
 	limit       int64
 	status      int
 	wroteHeader bool
-	passthrough bool
+	sending     bool // the header has gone to the client: what follows goes too
+	overflow    bool // a 2xx outgrew limit: its copy is dropped
+	clientGone  bool // a write to the client failed while a stream was kept
 	body        *bytes.Buffer
-	// onPassthrough, when set, runs once before a response that will not be
-	// stored starts on its way to the client.
-	onPassthrough func()
+	// onSend runs once, before the header of a response that has not ended
+	// goes to the client (rec.overflow tells whether its copy survives).
+	onSend func()
+	// onOverflow runs once when a 2xx already on its way outgrows limit.
+	onOverflow func()
 }
 
 func newRecorder(w http.ResponseWriter, limit int64, buf *bytes.Buffer) *recorder {
@@ -38,8 +47,8 @@ func (rec *recorder) WriteHeader(status int) {
 	}
 	rec.wroteHeader = true
 	rec.status = status
-	if status < 200 || status > 299 {
-		rec.startPassthrough()
+	if !rec.succeeded() || isEventStream(rec.w.Header()) {
+		rec.send()
 	}
 }
 
@@ -47,20 +56,44 @@ func (rec *recorder) Write(p []byte) (int, error) {
 	if !rec.wroteHeader {
 		rec.WriteHeader(http.StatusOK)
 	}
-	if rec.passthrough {
+	if !rec.succeeded() {
 		return rec.w.Write(p)
 	}
-	if int64(rec.body.Len()+len(p)) > rec.limit {
-		rec.startPassthrough()
+	if !rec.overflow && int64(rec.body.Len()+len(p)) > rec.limit {
+		rec.overflow = true
+		if rec.sending {
+			rec.body.Reset()
+			if rec.onOverflow != nil {
+				rec.onOverflow()
+			}
+		} else {
+			rec.send() // sends what is held, then drops it
+		}
+	}
+	if !rec.sending {
+		return rec.body.Write(p)
+	}
+	if rec.overflow {
 		return rec.w.Write(p)
 	}
-	return rec.body.Write(p)
+	// A stream being kept: a client that left must not cut it short, so
+	// the record still gets the whole response and the retry replays it.
+	rec.body.Write(p)
+	if !rec.clientGone {
+		if _, err := rec.w.Write(p); err != nil {
+			rec.clientGone = true
+		}
+	}
+	return len(p), nil
 }
 
-// Flush reaches the client only once the response is known not to be stored;
-// until then the bytes must stay here.
+// Flush starts a held response on its way: the upstream means the client to
+// have what it has so far.
 func (rec *recorder) Flush() {
-	if rec.passthrough {
+	if rec.wroteHeader && !rec.sending {
+		rec.send()
+	}
+	if rec.sending && !rec.clientGone {
 		_ = http.NewResponseController(rec.w).Flush()
 	}
 }
@@ -68,25 +101,37 @@ func (rec *recorder) Flush() {
 // Unwrap lets http.ResponseController reach the connection for deadlines.
 func (rec *recorder) Unwrap() http.ResponseWriter { return rec.w }
 
-// startPassthrough sends what is held so far and lets the rest through.
-func (rec *recorder) startPassthrough() {
-	if rec.passthrough {
+// send writes the header and what is held so far to the client; from then on
+// every write goes through. The held copy stays unless it has overflowed.
+func (rec *recorder) send() {
+	if rec.sending {
 		return
 	}
-	rec.passthrough = true
-	if rec.onPassthrough != nil {
-		rec.onPassthrough()
+	rec.sending = true
+	if rec.onSend != nil {
+		rec.onSend()
 	}
 	rec.w.WriteHeader(rec.status)
 	if rec.body.Len() > 0 {
 		_, _ = rec.w.Write(rec.body.Bytes())
+	}
+	if rec.overflow || !rec.succeeded() {
 		rec.body.Reset()
 	}
 }
 
-// storable reports whether the response is a complete 2xx held in memory.
-func (rec *recorder) storable() bool {
-	return rec.wroteHeader && !rec.passthrough
+// succeeded reports whether the upstream answered 2xx: it acted, and a retry
+// must never make it act again.
+func (rec *recorder) succeeded() bool {
+	return rec.wroteHeader && rec.status >= 200 && rec.status <= 299
+}
+
+// kept reports whether the recorder holds the whole 2xx response it saw so far.
+func (rec *recorder) kept() bool { return rec.succeeded() && !rec.overflow }
+
+func isEventStream(h http.Header) bool {
+	media, _, _ := strings.Cut(h.Get("Content-Type"), ";")
+	return strings.EqualFold(strings.TrimSpace(media), "text/event-stream")
 }
 
 // unstoredHeaders are never stored: they describe one connection, one message's

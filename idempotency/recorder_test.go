@@ -48,11 +48,9 @@ func TestRecorderHoldsStorable2xx(t *testing.T) {
 			rec.WriteHeader(status)
 			_, _ = rec.Write([]byte("01234"))
 			_, _ = rec.Write([]byte("56789")) // exactly the limit
-			rec.Flush()                       // must not leak the held response
-			http.NewResponseController(rec).Flush()
 
 			wantEvents(t, client)
-			if !rec.storable() {
+			if !rec.kept() || rec.sending {
 				t.Fatal("a 2xx within the limit is not storable")
 			}
 			if rec.status != status || buf.String() != "0123456789" {
@@ -70,18 +68,18 @@ func TestRecorderImplicit200(t *testing.T) {
 	rec := newRecorder(client, 100, buf)
 	_, _ = rec.Write([]byte("hi"))
 	wantEvents(t, client)
-	if !rec.storable() || rec.status != http.StatusOK || buf.String() != "hi" {
-		t.Fatalf("storable=%v status=%d body=%q, want true 200 \"hi\"", rec.storable(), rec.status, buf)
+	if !rec.kept() || rec.status != http.StatusOK || buf.String() != "hi" {
+		t.Fatalf("kept=%v status=%d body=%q, want true 200 \"hi\"", rec.kept(), rec.status, buf)
 	}
 	rec.WriteHeader(http.StatusInternalServerError) // superfluous: ignored
-	if rec.status != http.StatusOK || !rec.storable() {
+	if rec.status != http.StatusOK || !rec.kept() {
 		t.Fatalf("a second WriteHeader changed the response: status %d", rec.status)
 	}
 }
 
 func TestRecorderNothingWritten(t *testing.T) {
 	rec := newRecorder(newClientWriter(), 100, new(bytes.Buffer))
-	if rec.storable() {
+	if rec.kept() {
 		t.Fatal("a response that was never written is storable")
 	}
 }
@@ -89,16 +87,28 @@ func TestRecorderNothingWritten(t *testing.T) {
 func TestRecorderOverLimitPassesThrough(t *testing.T) {
 	client, buf := newClientWriter(), new(bytes.Buffer)
 	rec := newRecorder(client, 8, buf)
+	sends := 0
+	rec.onSend = func() {
+		sends++
+		if !rec.overflow {
+			t.Error("onSend of an outgrown 2xx ran before overflow was set")
+		}
+		wantEvents(t, client) // decided before the header goes out
+	}
+	rec.onOverflow = func() { t.Error("onOverflow ran for a held response") }
 	rec.WriteHeader(http.StatusOK)
 	_, _ = rec.Write([]byte("abc"))
 	_, _ = rec.Write([]byte("defg"))
 	wantEvents(t, client) // 7 bytes: still held
 	_, _ = rec.Write([]byte("hij"))
 	wantEvents(t, client, "header 200", "write abcdefg", "write hij")
+	if sends != 1 || buf.Len() != 0 {
+		t.Fatalf("onSend ran %d times, copy holds %q; want once, dropped", sends, buf)
+	}
 	rec.Flush()
 	_, _ = rec.Write([]byte("klm"))
 	wantEvents(t, client, "header 200", "write abcdefg", "write hij", "flush", "write klm")
-	if rec.storable() {
+	if rec.kept() {
 		t.Fatal("a response over the limit is storable")
 	}
 	if client.body.String() != "abcdefghijklm" {
@@ -111,7 +121,7 @@ func TestRecorderFirstWriteOverLimit(t *testing.T) {
 	rec := newRecorder(client, 4, new(bytes.Buffer))
 	_, _ = rec.Write([]byte("12345"))
 	wantEvents(t, client, "header 200", "write 12345")
-	if rec.storable() {
+	if rec.kept() {
 		t.Fatal("a response over the limit is storable")
 	}
 }
@@ -126,8 +136,8 @@ func TestRecorderNon2xxPassesThroughAtOnce(t *testing.T) {
 			_, _ = rec.Write([]byte("oops"))
 			rec.Flush()
 			wantEvents(t, client, fmt.Sprintf("header %d", status), "write oops", "flush")
-			if rec.storable() || buf.Len() != 0 {
-				t.Fatalf("a %d is storable (%v) or held (%q)", status, rec.storable(), buf)
+			if rec.kept() || buf.Len() != 0 {
+				t.Fatalf("a %d is storable (%v) or held (%q)", status, rec.kept(), buf)
 			}
 		})
 	}
@@ -145,8 +155,60 @@ func TestRecorderInformationalForwarded(t *testing.T) {
 	rec.WriteHeader(http.StatusCreated)
 	_, _ = rec.Write([]byte("done"))
 	wantEvents(t, client, "header 103")
-	if !rec.storable() || rec.status != http.StatusCreated || buf.String() != "done" {
-		t.Fatalf("after a 103: storable=%v status=%d body=%q, want true 201 \"done\"", rec.storable(), rec.status, buf)
+	if !rec.kept() || rec.status != http.StatusCreated || buf.String() != "done" {
+		t.Fatalf("after a 103: kept=%v status=%d body=%q, want true 201 \"done\"", rec.kept(), rec.status, buf)
+	}
+}
+
+// A flushed 2xx is a stream: it reaches the client as it comes, and the
+// recorder keeps a copy while the copy fits the limit.
+func TestRecorderFlushStreams(t *testing.T) {
+	client, buf := newClientWriter(), new(bytes.Buffer)
+	rec := newRecorder(client, 10, buf)
+	sends, overflows := 0, 0
+	rec.onSend = func() { sends++ }
+	rec.onOverflow = func() { overflows++ }
+	rec.WriteHeader(http.StatusOK)
+	_, _ = rec.Write([]byte("ab"))
+	wantEvents(t, client)
+	rec.Flush()
+	wantEvents(t, client, "header 200", "write ab", "flush")
+	_, _ = rec.Write([]byte("cdefgh"))
+	rec.Flush()
+	wantEvents(t, client, "header 200", "write ab", "flush", "write cdefgh", "flush")
+	if !rec.kept() || buf.String() != "abcdefgh" || sends != 1 || overflows != 0 {
+		t.Fatalf("kept=%v copy=%q sends=%d overflows=%d; want the whole stream kept, one send", rec.kept(), buf, sends, overflows)
+	}
+	_, _ = rec.Write([]byte("ijk")) // 11 bytes: the copy is dropped, the stream goes on
+	_, _ = rec.Write([]byte("lm"))
+	wantEvents(t, client, "header 200", "write ab", "flush", "write cdefgh", "flush", "write ijk", "write lm")
+	if rec.kept() || buf.Len() != 0 || overflows != 1 || sends != 1 {
+		t.Fatalf("kept=%v copy=%q sends=%d overflows=%d; want the copy dropped once", rec.kept(), buf, sends, overflows)
+	}
+}
+
+// text/event-stream goes out with its header, before any flush.
+func TestRecorderEventStreamSentAtOnce(t *testing.T) {
+	client, buf := newClientWriter(), new(bytes.Buffer)
+	rec := newRecorder(client, 100, buf)
+	rec.Header().Set("Content-Type", "Text/Event-Stream; charset=utf-8")
+	rec.WriteHeader(http.StatusOK)
+	wantEvents(t, client, "header 200")
+	_, _ = rec.Write([]byte("data: 1\n\n"))
+	wantEvents(t, client, "header 200", "write data: 1\n\n")
+	if !rec.kept() || buf.String() != "data: 1\n\n" {
+		t.Fatalf("kept=%v copy=%q; want the event kept", rec.kept(), buf)
+	}
+}
+
+// A flush before the header leaks nothing: there is nothing to send yet.
+func TestRecorderFlushBeforeHeader(t *testing.T) {
+	client := newClientWriter()
+	rec := newRecorder(client, 100, new(bytes.Buffer))
+	rec.Flush()
+	wantEvents(t, client)
+	if rec.sending {
+		t.Fatal("a flush before any header started sending")
 	}
 }
 

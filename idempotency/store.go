@@ -9,14 +9,16 @@ import (
 	"time"
 )
 
-// RecordKey identifies a record: SHA-256 over the scope and the client's key
-// (see NewRecordKey), so neither the raw key nor the credential reaches a store.
+// RecordKey identifies a record: SHA-256 over the namespace, the scope and the
+// client's key (see NewRecordKey), so neither the raw key nor the credential
+// reaches a store.
 type RecordKey [32]byte
 
 // String is the lowercase hex form, used in store keys and logs.
 func (k RecordKey) String() string { return hex.EncodeToString(k[:]) }
 
-// Fingerprint is SHA-256 over the request's method, path, query and canonical body.
+// Fingerprint is SHA-256 over the request's method, path, query and canonical
+// body (see NewFingerprint).
 type Fingerprint [32]byte
 
 // Token identifies the owner of an in-flight record, so only the request that
@@ -66,6 +68,11 @@ type Response struct {
 	Status int
 	Header http.Header
 	Body   []byte
+	// NotStored marks a 2xx whose response could not be kept (larger than
+	// max_response, or in a coding that cannot be stored): Header and Body
+	// are empty, and a retry is answered idempotency_response_not_stored
+	// instead of running the request again.
+	NotStored bool
 }
 
 // Errors a Store returns. Any other error means the store itself failed.

@@ -122,7 +122,7 @@ func TestStoreFailingRelease(t *testing.T) {
 	const lease = 300 * time.Millisecond
 	status := atomic.Int32{}
 	status.Store(http.StatusInternalServerError)
-	s := newStack(t, Config{Store: fs, LockTimeout: lease}, func(w http.ResponseWriter, r *http.Request, n int64) {
+	s := newStack(t, Config{Store: fs, LockTimeout: lease, Wait: NoWait}, func(w http.ResponseWriter, r *http.Request, n int64) {
 		writeBatch(w, int(status.Load()), n)
 	})
 	released := time.Now()
@@ -144,7 +144,7 @@ func TestStoreFailingRelease(t *testing.T) {
 func TestStoreFailingComplete(t *testing.T) {
 	fs := newFailingStore(t)
 	fs.complete.Store(true)
-	s := newStack(t, Config{Store: fs}, nil)
+	s := newStack(t, Config{Store: fs, Wait: NoWait}, nil)
 	first := s.post(t, createBody, withKey("k-half"))
 	wantForwarded(t, first, http.StatusOK)
 	if !bytes.Contains(first.body, []byte(`"id":"batch_`)) {

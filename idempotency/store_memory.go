@@ -192,7 +192,7 @@ func copyRecord(rec Record) Record {
 }
 
 func copyResponse(resp *Response) *Response {
-	return &Response{Status: resp.Status, Header: resp.Header.Clone(), Body: bytes.Clone(resp.Body)}
+	return &Response{Status: resp.Status, Header: resp.Header.Clone(), Body: bytes.Clone(resp.Body), NotStored: resp.NotStored}
 }
 
 var _ AdminStore = (*MemoryStore)(nil)

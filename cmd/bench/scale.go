@@ -231,7 +231,7 @@ func (sr scaleRun) fill(s *scaleStore, rep *scaleReport) error {
 	}
 	defer st.Close()
 	ctx := context.Background()
-	rec, ok, err := st.Get(ctx, idempotency.NewRecordKey("", hotKey(1)))
+	rec, ok, err := st.Get(ctx, idempotency.NewRecordKey("", "", hotKey(1)))
 	if err != nil || !ok || rec.Response == nil {
 		return fmt.Errorf("reading the record of %s: found %v, %v", hotKey(1), ok, err)
 	}
@@ -320,7 +320,7 @@ func (sr scaleRun) fill(s *scaleStore, rep *scaleReport) error {
 
 // fillOne writes bulk record i to expire at until and returns when that is.
 func fillOne(ctx context.Context, st *idempotency.BadgerStore, i int64, tmpl idempotency.Response, idAt int, until time.Time) (time.Time, error) {
-	key := idempotency.NewRecordKey("", "scale-fill-"+strconv.FormatInt(i, 10))
+	key := idempotency.NewRecordKey("", "", "scale-fill-"+strconv.FormatInt(i, 10))
 	var fp idempotency.Fingerprint
 	_, _ = rand.Read(fp[:])
 	resp := tmpl

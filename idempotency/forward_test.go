@@ -1,0 +1,238 @@
+package idempotency
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func withHeader(name, value string) reqOpt { return func(r *http.Request) { r.Header.Set(name, value) } }
+
+// What the owner sends upstream: the bytes as sent, unless the key field
+// had to come out of an encoded body; never Expect; always asking for the
+// identity coding. A request without a key keeps its headers.
+func TestForwardedRequest(t *testing.T) {
+	s := newStack(t, Config{}, nil)
+	const batch = `{"input_file_id":"file-1","endpoint":"/v1/chat/completions","completion_window":"24h"}`
+	gz := encoded("gzip", []byte(batch))
+	keyedGz := encoded("gzip", []byte(`{"idempotency_key":"k-field","input_file_id":"file-1"}`))
+	for _, tc := range []struct {
+		name         string
+		body         []byte
+		opts         []reqOpt
+		wantBody     []byte
+		wantEncoding string
+		wantAccept   string
+	}{
+		{"header key, gzip body", gz, []reqOpt{withKey("k-gz"), withHeader("Content-Encoding", "gzip")}, gz, "gzip", "identity"},
+		{"body key, gzip body", keyedGz, []reqOpt{withHeader("Content-Encoding", "gzip")}, []byte(`{"input_file_id":"file-1"}`), "", "identity"},
+		{"null key with header key", []byte(`{"a":1,"idempotency_key":null}`), []reqOpt{withKey("k-null")}, []byte(`{"a":1}`), "", "identity"},
+		{"null key, no key", []byte(`{"a":1,"idempotency_key":null}`), nil, []byte(`{"a":1}`), "", "gzip, br"},
+		{"expect continue", []byte(batch), []reqOpt{withKey("k-expect"), withHeader("Expect", "100-continue")}, []byte(batch), "", "identity"},
+		{"no key", []byte(batch), nil, []byte(batch), "", "gzip, br"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(s.up.requests())
+			opts := append([]reqOpt{withHeader("Accept-Encoding", "gzip, br")}, tc.opts...)
+			r := s.post(t, bytes.NewReader(tc.body), opts...)
+			wantForwarded(t, r, http.StatusOK)
+			seen := s.up.requests()
+			if len(seen) != before+1 {
+				t.Fatalf("upstream saw %d requests, want 1", len(seen)-before)
+			}
+			got := seen[len(seen)-1]
+			if !bytes.Equal(got.Body, tc.wantBody) {
+				t.Errorf("upstream body %q, want %q", got.Body, tc.wantBody)
+			}
+			if got.ContentLength != int64(len(tc.wantBody)) || got.ContentLengthHeader != strconv.Itoa(len(tc.wantBody)) {
+				t.Errorf("upstream Content-Length %d (header %q), want %d", got.ContentLength, got.ContentLengthHeader, len(tc.wantBody))
+			}
+			if e := got.Header.Get("Content-Encoding"); e != tc.wantEncoding {
+				t.Errorf("upstream Content-Encoding %q, want %q", e, tc.wantEncoding)
+			}
+			if a := got.Header.Get("Accept-Encoding"); a != tc.wantAccept {
+				t.Errorf("upstream Accept-Encoding %q, want %q", a, tc.wantAccept)
+			}
+			if e := got.Header.Get("Expect"); e != "" {
+				t.Errorf("upstream got Expect: %s for a body that was already read", e)
+			}
+		})
+	}
+	// A gzip retry of the plain create, and a plain retry of the gzip one, replay.
+	first := s.post(t, batch, withKey("k-either"))
+	wantReplayOf(t, s.post(t, bytes.NewReader(gz), withKey("k-either"), withHeader("Content-Encoding", "gzip")), first)
+	gzFirst := s.post(t, bytes.NewReader(gz), withKey("k-gz-first"), withHeader("Content-Encoding", "gzip"))
+	wantReplayOf(t, s.post(t, batch, withKey("k-gz-first")), gzFirst)
+}
+
+// The record keeps the identity coding whatever the upstream sends: an
+// upstream that compresses anyway is decoded before the record is stored,
+// and the first client gets what the retries get. One in a coding that
+// cannot be decoded is passed on and not stored.
+func TestStoredResponseIsIdentity(t *testing.T) {
+	const batch = `{"id":"batch_gz","object":"batch","status":"validating"}`
+	s := newStack(t, Config{}, func(w http.ResponseWriter, r *http.Request, n int64) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Vary", "Accept-Encoding")
+		switch r.URL.Path {
+		case "/gzip":
+			w.Header().Set("Content-Encoding", "gzip")
+			_, _ = w.Write(encoded("gzip", []byte(batch)))
+		case "/br":
+			w.Header().Set("Content-Encoding", "br")
+			_, _ = w.Write([]byte("\x1b\x00opaque"))
+		case "/broken":
+			w.Header().Set("Content-Encoding", "gzip")
+			_, _ = w.Write([]byte("not gzip"))
+		}
+	})
+	identity := withHeader("Accept-Encoding", "identity")
+	first := s.post(t, createBody, withKey("k-gz"), withPath("/gzip"), withHeader("Accept-Encoding", "gzip"))
+	wantForwarded(t, first, http.StatusOK)
+	if string(first.body) != batch || first.header.Get("Content-Encoding") != "" {
+		t.Fatalf("first client got %q with Content-Encoding %q, want the identity body", first.body, first.header.Get("Content-Encoding"))
+	}
+	for _, accept := range []string{"identity", "br", ""} {
+		r := s.post(t, createBody, withKey("k-gz"), withPath("/gzip"), withHeader("Accept-Encoding", accept))
+		wantReplayOf(t, r, first)
+		if r.header.Get("Content-Encoding") != "" {
+			t.Fatalf("replay to Accept-Encoding %q has Content-Encoding %q", accept, r.header.Get("Content-Encoding"))
+		}
+	}
+	for _, path := range []string{"/br", "/broken"} {
+		r := s.post(t, createBody, withKey("k"+path), withPath(path), identity)
+		wantForwarded(t, r, http.StatusOK)
+		if r.header.Get("Content-Encoding") == "" {
+			t.Fatalf("%s: the first client's response lost its coding", path)
+		}
+		wantError(t, s.post(t, createBody, withKey("k"+path), withPath(path), identity), http.StatusConflict, CodeResponseNotStored)
+	}
+	s.up.wantCalls(t, 3)
+}
+
+// A flushed response reaches the client as it comes; when it ends, the
+// record is completed with the whole stream if it fits max_response, and
+// without it if not. Either way the upstream runs once.
+func TestStreamedResponse(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		maxResponse int64
+		eventStream bool
+		kept        bool
+	}{
+		{"event stream kept", 1 << 20, true, true},
+		{"flushed JSON kept", 1 << 20, false, true},
+		{"event stream over max_response", 64, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			next := make(chan struct{})
+			obs := &observed{}
+			s := newStack(t, Config{MaxResponse: tc.maxResponse, Observe: obs.observe}, func(w http.ResponseWriter, r *http.Request, n int64) {
+				if tc.eventStream {
+					w.Header().Set("Content-Type", "text/event-stream")
+				} else {
+					w.Header().Set("Content-Type", "application/json")
+				}
+				for i := range 5 {
+					fmt.Fprintf(w, "data: {\"chunk\":%d,\"call\":%d,\"pad\":%q}\n\n", i, n, strings.Repeat("x", 20))
+					http.NewResponseController(w).Flush()
+					if i < 4 && n == 1 {
+						select { // the next chunk only once the client has this one
+						case <-next:
+						case <-time.After(testTimeout):
+							return
+						}
+					}
+				}
+			})
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, s.front.URL+batchesPath, strings.NewReader(createBody))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Idempotency-Key", "k-stream")
+			resp, err := s.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var whole bytes.Buffer
+			rd := bufio.NewReader(io.TeeReader(resp.Body, &whole))
+			for i := range 5 {
+				line, err := rd.ReadString('\n')
+				if err != nil || !strings.Contains(line, fmt.Sprintf(`"chunk":%d`, i)) {
+					t.Fatalf("chunk %d: %q, %v", i, line, err)
+				}
+				_, _ = rd.ReadString('\n')
+				if i < 4 {
+					next <- struct{}{} // reached only if chunk i arrived before the upstream ended
+				}
+			}
+			_, _ = io.Copy(io.Discard, rd)
+			resp.Body.Close()
+			waitFor(t, func() bool { _, ok := getRecord(t, s.store, s.host(), "", "k-stream"); return ok })
+			rec, _ := getRecord(t, s.store, s.host(), "", "k-stream")
+			if rec.State != StateCompleted || rec.Response.NotStored == tc.kept {
+				t.Fatalf("record %+v, want completed, kept %v", rec, tc.kept)
+			}
+			if d := obs.take(); len(d) != 1 || d[0].Outcome != OutcomeStreamed {
+				t.Fatalf("decisions %+v, want one streamed", d)
+			}
+			retry := s.post(t, createBody, withKey("k-stream"))
+			if tc.kept {
+				wantStatus(t, retry, http.StatusOK)
+				if !retry.replayed() || !bytes.Equal(retry.body, whole.Bytes()) {
+					t.Fatalf("replay %q (replayed %v), want the whole stream %q", retry.body, retry.replayed(), whole.Bytes())
+				}
+				wantHeader(t, retry, "Content-Length", strconv.Itoa(whole.Len()))
+			} else {
+				wantError(t, retry, http.StatusConflict, CodeResponseNotStored)
+			}
+			s.up.wantCalls(t, 1)
+		})
+	}
+}
+
+// A client that leaves mid-stream does not stop the stream's record: the
+// upstream runs to its end and the retry replays it.
+func TestStreamClientLeaves(t *testing.T) {
+	first := make(chan struct{})
+	s := newStack(t, Config{}, func(w http.ResponseWriter, r *http.Request, n int64) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprintf(w, "data: 0\n\n")
+		http.NewResponseController(w).Flush()
+		<-first
+		for i := 1; i < 3; i++ {
+			fmt.Fprintf(w, "data: %d\n\n", i)
+		}
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.front.URL+batchesPath, strings.NewReader(createBody))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", "k-left")
+	resp, err := s.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(resp.Body).ReadString('\n')
+	if line != "data: 0\n" {
+		t.Fatalf("first line %q", line)
+	}
+	cancel()
+	resp.Body.Close()
+	close(first)
+	waitFor(t, func() bool {
+		rec, ok := getRecord(t, s.store, s.host(), "", "k-left")
+		return ok && rec.State == StateCompleted
+	})
+	retry := s.post(t, createBody, withKey("k-left"))
+	wantStatus(t, retry, http.StatusOK)
+	if string(retry.body) != "data: 0\n\ndata: 1\n\ndata: 2\n\n" {
+		t.Fatalf("replay %q, want the whole stream", retry.body)
+	}
+	s.up.wantCalls(t, 1)
+}
