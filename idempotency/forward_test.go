@@ -13,7 +13,9 @@ import (
 	"time"
 )
 
-func withHeader(name, value string) reqOpt { return func(r *http.Request) { r.Header.Set(name, value) } }
+func withHeader(name, value string) reqOpt {
+	return func(r *http.Request) { r.Header.Set(name, value) }
+}
 
 // What the owner sends upstream: the bytes as sent, unless the key field
 // had to come out of an encoded body; never Expect; always asking for the
