@@ -247,7 +247,7 @@ func loggedKeyHashes(t *testing.T, path string) map[string]bool {
 // An in-flight record: inspected with its lease, counted, purged. Its owner's
 // response still reaches its client but is not stored, so a retry runs again.
 func TestAdminInFlightPurge(t *testing.T) {
-	s := newStack(t, "\t\tstore badger "+storeDir(t))
+	s := newStack(t, "\t\twait 0\n\t\tstore badger "+storeDir(t))
 	body := createBody(t, nil, "")
 	release := make(chan struct{})
 	s.backend.SetFault(batchesbackend.Fault{Block: release, Times: 1})

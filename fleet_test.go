@@ -31,7 +31,9 @@ func TestFleetSharesOneRedis(t *testing.T) {
 	backend.SetFault(batchesbackend.Fault{Delay: 300 * time.Millisecond, Times: 1})
 	upstream := httptest.NewServer(backend)
 	defer upstream.Close()
-	block := fmt.Sprintf("\t\twait 10s\n\t\tstore redis %s {\n\t\t\tkey_prefix %s\n\t\t}", redisURL, uniquePrefix("fleet"))
+	// The instances listen on two ports, so their hosts differ: a namespace
+	// puts them on the same records, as one host name behind a load balancer does.
+	block := fmt.Sprintf("\t\twait 10s\n\t\tnamespace fleet\n\t\tstore redis %s {\n\t\t\tkey_prefix %s\n\t\t}", redisURL, uniquePrefix("fleet"))
 	portA, portB := freePort(), freePort()
 	instances := []*caddyProcess{
 		startCaddy(t, processCaddyfile(portA, block, upstream.Listener.Addr().String()), portA),
@@ -103,7 +105,7 @@ func TestFleetOwnerKilledMidRequest(t *testing.T) {
 	backend.SetFault(batchesbackend.Fault{Block: block, Times: 1})
 
 	const lease = 2 * time.Second
-	config := fmt.Sprintf("\t\tlock_timeout %s\n\t\tstore redis %s {\n\t\t\tkey_prefix %s\n\t\t}", lease, redisURL, uniquePrefix("fleet-kill"))
+	config := fmt.Sprintf("\t\twait 0\n\t\tnamespace fleet\n\t\tlock_timeout %s\n\t\tstore redis %s {\n\t\t\tkey_prefix %s\n\t\t}", lease, redisURL, uniquePrefix("fleet-kill"))
 	portA, portB := freePort(), freePort()
 	a := startCaddy(t, processCaddyfile(portA, config, upstream.Listener.Addr().String()), portA)
 	b := startCaddy(t, processCaddyfile(portB, config, upstream.Listener.Addr().String()), portB)

@@ -63,7 +63,7 @@ func TestConcurrentDuplicatesWait(t *testing.T) {
 
 // Without wait, the duplicates are told to retry, and their retries replay.
 func TestConcurrentDuplicatesNoWait(t *testing.T) {
-	s := newStack(t, "store badger "+storeDir(t))
+	s := newStack(t, "wait 0\n\t\tstore badger "+storeDir(t))
 	release := make(chan struct{})
 	s.backend.SetFault(batchesbackend.Fault{Block: release, Times: 1})
 	body := createBody(t, nil, "")

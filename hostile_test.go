@@ -22,7 +22,7 @@ import (
 
 // hostileBlock: max_body is above the 200 KB of the 100,000-deep body, so that
 // body meets the JSON checks and not the size limit.
-const hostileBlock = "max_body 256KiB\n\t\tstore badger "
+const hostileBlock = "max_body 256KiB\n\t\twait 0\n\t\tstore badger "
 
 // createMembers are the members of a valid create, without braces.
 const createMembers = `"input_file_id":"file-abc123","endpoint":"/v1/chat/completions","completion_window":"24h"`

@@ -231,13 +231,13 @@ func TestOpenAISDKReuseConflictNotRetried(t *testing.T) {
 	}
 }
 
-// N callers at once with one key while the upstream is slow: the handler
-// tells the losers 409 idempotency_key_in_use with retry hints, and the SDK's
-// own retries turn that into one batch for everyone.
+// N callers at once with one key while the upstream is slow, under wait 0:
+// the handler tells the losers 409 idempotency_key_in_use with retry hints,
+// and the SDK's own retries turn that into one batch for everyone.
 func TestOpenAISDKConcurrentDuplicates(t *testing.T) {
 	const n = 8
 	const delay = 1500 * time.Millisecond // longer than the handler's 1 s retry hint
-	s := newStack(t, "store badger "+storeDir(t))
+	s := newStack(t, "wait 0\n\t\tstore badger "+storeDir(t))
 	s.backend.SetFault(batchesbackend.Fault{Delay: delay, Times: 1})
 	client, ct := sdkClient(s, option.WithMaxRetries(10))
 
@@ -308,5 +308,52 @@ func TestOpenAISDKConcurrentDuplicates(t *testing.T) {
 	}
 	if len(attempts) <= n || inUse < n-1 || len(attempts) != n+inUse {
 		t.Fatalf("%d attempts with %d in-use answers for %d callers: the SDK did not retry as told", len(attempts), inUse, n)
+	}
+}
+
+// With the default wait, duplicates of a create slower than the SDK's whole
+// retry budget (two retries about a second apart) still end in one batch for
+// every caller, each in one attempt: the handler holds them for the result.
+func TestOpenAISDKDuplicatesDefaultWait(t *testing.T) {
+	const n = 8
+	const delay = 3500 * time.Millisecond
+	s := newStack(t, "store badger "+storeDir(t))
+	s.backend.SetFault(batchesbackend.Fault{Delay: delay, Times: 1})
+	client, ct := sdkClient(s) // the SDK's default retries
+
+	ids := make(chan string, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			b, err := client.Batches.New(context.Background(), sdkParams("file-abc123"),
+				option.WithHeader("Idempotency-Key", "sdk-default-wait"))
+			if err != nil {
+				errs <- err
+				return
+			}
+			ids <- b.ID
+		}()
+	}
+	var id string
+	for i := range n {
+		select {
+		case err := <-errs:
+			t.Fatalf("caller %d: %v", i, err)
+		case got := <-ids:
+			if id == "" {
+				id = got
+			}
+			if got != id {
+				t.Fatalf("callers got batches %s and %s", id, got)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("caller %d had no answer after 30s", i)
+		}
+	}
+	if attempts := ct.take(); len(attempts) != n {
+		t.Fatalf("%d SDK attempts for %d callers, want one each: %+v", len(attempts), n, attempts)
+	}
+	if c := s.backend.Creates(); c != 1 {
+		t.Fatalf("backend creates = %d, want 1", c)
 	}
 }

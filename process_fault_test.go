@@ -74,7 +74,7 @@ func TestKillWithRequestInFlight(t *testing.T) {
 
 	dir := t.TempDir()
 	port := freePort()
-	config := processCaddyfile(port, fmt.Sprintf("store badger %s\n\t\tlock_timeout %s\n\t\tttl 24h", dir, lockTimeout),
+	config := processCaddyfile(port, fmt.Sprintf("store badger %s\n\t\tlock_timeout %s\n\t\tttl 24h\n\t\twait 0", dir, lockTimeout),
 		upstream.Listener.Addr().String())
 	client := &http.Client{Timeout: 10 * time.Second}
 	bodyOf := func(i int) string {
@@ -237,7 +237,7 @@ func TestPanicDownstreamReleasesKey(t *testing.T) {
 func TestHungUpstreamKeepsKeyInFlight(t *testing.T) {
 	const lockTimeout = 300 * time.Millisecond
 	s, taken := siteStack(t, func(upstream string) string {
-		return idempotencySite(fmt.Sprintf("\t\tstore badger %s\n\t\tlock_timeout %s", storeDir(t), lockTimeout), upstream)
+		return idempotencySite(fmt.Sprintf("\t\tstore badger %s\n\t\tlock_timeout %s\n\t\twait 0", storeDir(t), lockTimeout), upstream)
 	})
 	release := make(chan struct{})
 	unblock := sync.OnceFunc(func() { close(release) })
