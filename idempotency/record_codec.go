@@ -23,19 +23,18 @@ import (
 //	  headers    uvarint count, then per name: uvarint len + name,
 //	             uvarint value count, per value: uvarint len + value
 //	  body       uvarint len + bytes
-//	  flags      1 byte, only when not zero (responseNotStored); records
-//	             written before it have none
+//
+// flagResponseNotStored marks a response whose body was not kept
+// (Response.NotStored); its header and body are then empty.
 const recordFormatV1 byte = 1
-
-// responseNotStored marks a Response whose body was not kept (Response.NotStored).
-const responseNotStored byte = 1
 
 const (
 	flagLeaseUntil byte = 1 << iota
 	flagCreatedAt
 	flagExpiresAt
 	flagResponse
-	knownFlags = flagLeaseUntil | flagCreatedAt | flagExpiresAt | flagResponse
+	flagResponseNotStored
+	knownFlags = flagLeaseUntil | flagCreatedAt | flagExpiresAt | flagResponse | flagResponseNotStored
 )
 
 var errRecordTruncated = errors.New("idempotency: encoded record is truncated")
@@ -70,6 +69,9 @@ func (rec *Record) MarshalBinary() ([]byte, error) {
 	}
 	if rec.Response != nil {
 		flags |= flagResponse
+		if rec.Response.NotStored {
+			flags |= flagResponseNotStored
+		}
 	}
 
 	buf = append(buf, recordFormatV1, byte(rec.State))
@@ -109,11 +111,7 @@ func appendResponse(buf []byte, resp *Response) []byte {
 			buf = appendBytes(buf, v)
 		}
 	}
-	buf = appendBytes(buf, resp.Body)
-	if resp.NotStored {
-		buf = append(buf, responseNotStored)
-	}
-	return buf
+	return appendBytes(buf, resp.Body)
 }
 
 // UnmarshalBinary decodes data written by MarshalBinary. It never keeps a
@@ -126,6 +124,11 @@ func (rec *Record) UnmarshalBinary(data []byte) error {
 	}
 	if flags&flagResponse != 0 {
 		out.Response = d.response()
+		if out.Response != nil {
+			out.Response.NotStored = flags&flagResponseNotStored != 0
+		}
+	} else if flags&flagResponseNotStored != 0 {
+		return errors.New("idempotency: encoded record marks a response it does not have")
 	}
 	if d.err != nil {
 		return d.err
@@ -272,14 +275,6 @@ func (d *decoder) response() *Response {
 	}
 	if body := d.take(d.count(1)); len(body) > 0 {
 		resp.Body = append([]byte(nil), body...)
-	}
-	if d.err == nil && len(d.buf) > 0 { // the response is the last part of every record
-		switch flags := d.byte(); flags {
-		case responseNotStored:
-			resp.NotStored = true
-		default:
-			d.fail(fmt.Errorf("idempotency: unknown response flags %#x", flags))
-		}
 	}
 	return resp
 }

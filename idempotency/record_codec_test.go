@@ -48,6 +48,34 @@ func codecSamples() map[string]Record {
 			Response: &Response{Status: 200, Header: http.Header{}, Body: bytes.Repeat([]byte("0123456789"), 100_000)},
 		},
 		"pre-1970 time": {State: StateCompleted, ExpiresAt: time.UnixMilli(-5)},
+		"response not stored": {
+			State: StateCompleted, Fingerprint: fp, CreatedAt: at, ExpiresAt: at,
+			Response: &Response{Status: 201, Header: http.Header{}, NotStored: true},
+		},
+	}
+}
+
+// A record whose response was not kept says so in its flags, which a
+// record without a response may not claim.
+func TestRecordCodecResponseNotStored(t *testing.T) {
+	base := codecSamples()["completed empty response"]
+	plain, _ := base.MarshalBinary()
+	unkept := base
+	unkept.Response = &Response{Status: 204, Header: http.Header{}, NotStored: true}
+	marked, _ := unkept.MarshalBinary()
+	const flagsAt = 1 + 1 + 32 + 16
+	if len(marked) != len(plain) || marked[flagsAt] != plain[flagsAt]|flagResponseNotStored {
+		t.Fatalf("a not-stored response encodes as % x, want % x with flag %#x", marked, plain, flagResponseNotStored)
+	}
+	var got Record
+	if err := got.UnmarshalBinary(marked); err != nil || !got.Response.NotStored {
+		t.Fatalf("decoded: %v, NotStored %v", err, got.Response != nil && got.Response.NotStored)
+	}
+	orphan := codecSamples()["pre-1970 time"]
+	data, _ := orphan.MarshalBinary()
+	data[flagsAt] |= flagResponseNotStored
+	if err := got.UnmarshalBinary(data); err == nil {
+		t.Fatal("a not-stored mark without a response decoded")
 	}
 }
 

@@ -29,7 +29,8 @@ const DefaultRedisPrefix = "caddy-idempotency:"
 //	42      8    in flight: leaseUntil; completed: expiresAt
 //	50      16   in flight: owner token (the value ends here, 66 bytes)
 //	50      ...  completed: response, encoded as in record_codec.go
-//	             (status varint, headers, body)
+//	             (status varint, headers, body), then one byte
+//	             redisResponseNotStored when its body was not kept
 const (
 	redisFormat      = 1
 	redisHeaderLen   = 50
@@ -201,6 +202,12 @@ func decodeRedisRecord(v []byte) (Record, error) {
 		rec.ExpiresAt = at
 		d := decoder{buf: v[redisHeaderLen:]}
 		rec.Response = d.response()
+		if d.err == nil && len(d.buf) == 1 { // the optional flags byte
+			if d.byte() != redisResponseNotStored {
+				return Record{}, fmt.Errorf("idempotency: unknown response flags %#x in redis record", v[len(v)-1])
+			}
+			rec.Response.NotStored = true
+		}
 		if d.err != nil {
 			return Record{}, d.err
 		}
@@ -219,8 +226,17 @@ func appendRedisResponse(buf []byte, resp *Response) ([]byte, error) {
 	if !validStatus(int64(resp.Status)) {
 		return nil, fmt.Errorf("idempotency: cannot encode response status %d", resp.Status)
 	}
-	return appendResponse(buf, resp), nil
+	buf = appendResponse(buf, resp)
+	if resp.NotStored {
+		buf = append(buf, redisResponseNotStored)
+	}
+	return buf, nil
 }
+
+// redisResponseNotStored, one byte after a completed record's response,
+// marks a response whose body was not kept (Response.NotStored). Records
+// without it have no such byte.
+const redisResponseNotStored byte = 1
 
 // millis is d in whole milliseconds, rounded up and at least 1, as Redis
 // expiry (PX) wants a positive integer.

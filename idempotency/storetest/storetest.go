@@ -47,6 +47,7 @@ func Run(t *testing.T, newStore func(t *testing.T) idempotency.Store) {
 		{"BeginOnEmptyOwns", testBeginOnEmptyOwns},
 		{"SecondBeginSeesInFlight", testSecondBeginSeesInFlight},
 		{"CompleteReplays", testCompleteReplays},
+		{"CompleteNotStored", testCompleteNotStored},
 		{"ReleaseFreesKey", testReleaseFreesKey},
 		{"RenewExtendsLease", testRenewExtendsLease},
 		{"LeaseExpiryTakeover", testLeaseExpiryTakeover},
@@ -118,6 +119,28 @@ func testCompleteReplays(t *testing.T, s idempotency.Store) {
 	got := mustGet(t, s, key)
 	wantCompleted(t, got, fp, resp)
 	wantNear(t, "ExpiresAt", got.ExpiresAt, start.Add(longTTL))
+}
+
+// A 2xx whose response was not kept completes the record all the same, and
+// the mark survives the store.
+func testCompleteNotStored(t *testing.T, s idempotency.Store) {
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	mustOwn(t, s, key, fp, owner, longLease)
+	if err := s.Complete(ctx(t), key, owner, idempotency.Response{Status: 201, NotStored: true}, longTTL); err != nil {
+		t.Fatalf("Complete: %v", err)
+	}
+	for name, rec := range map[string]idempotency.Record{
+		"Get": mustGet(t, s, key),
+		"Begin": func() idempotency.Record {
+			r, _ := mustBegin(t, s, key, fp, idempotency.NewToken(), longLease)
+			return r
+		}(),
+	} {
+		if rec.State != idempotency.StateCompleted || rec.Response == nil || !rec.Response.NotStored ||
+			rec.Response.Status != 201 || len(rec.Response.Body) != 0 {
+			t.Fatalf("%s: record %+v, want completed, status 201, not stored", name, rec)
+		}
+	}
 }
 
 func testReleaseFreesKey(t *testing.T, s idempotency.Store) {
@@ -641,7 +664,7 @@ func wantCompleted(t *testing.T, rec idempotency.Record, fp idempotency.Fingerpr
 		t.Errorf("completed record has no Response")
 		return
 	}
-	if got := rec.Response; got.Status != resp.Status || string(got.Body) != string(resp.Body) || !sameHeader(got.Header, resp.Header) {
+	if got := rec.Response; got.Status != resp.Status || string(got.Body) != string(resp.Body) || !sameHeader(got.Header, resp.Header) || got.NotStored != resp.NotStored {
 		t.Errorf("Response = {%d %v %q}, want {%d %v %q}", got.Status, got.Header, got.Body, resp.Status, resp.Header, resp.Body)
 	}
 }
