@@ -431,7 +431,7 @@ func TestAdminBadInput(t *testing.T) {
 		{"GET", "/idempotency/records", `{"namespace":"h","scope":"x","key":"k","extra":1}`, 400, "unknown field"},
 		{"GET", "/idempotency/records", `{"scope":`, 400, "the body must be"},
 		{"GET", "/idempotency/records?key=k", `{"scope":"x","key":"k"}`, 400, "not both"},
-		{"GET", "/idempotency/records?scope=x&key=" + strings.Repeat("k", 256), "", 400, "longer than 255"},
+		{"GET", "/idempotency/records?namespace=h&scope=x&key=" + strings.Repeat("k", 256), "", 400, "longer than 255"},
 		{"GET", "/idempotency/records?scope=x&key=k&body=maybe", "", 400, "body="},
 		{"DELETE", "/idempotency/records?scope=x&key=k&body=1", "", 400, `unknown query parameter "body"`},
 		{"GET", "/idempotency/records?scope=x&key=k&key=j", "", 400, "given 2 times"},
