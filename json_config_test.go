@@ -1,11 +1,14 @@
 package caddyidempotency
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 	"github.com/caddy-idempotency/caddy-idempotency/internal/redistest"
 )
@@ -21,6 +24,26 @@ func TestJSONConfigRedis(t *testing.T) {
 	s := loadJSONConfig(t, fmt.Sprintf(`{"backend": "redis", "url": %q, "key_prefix": %q, "pool_size": 4,
 		"dial_timeout": "1s", "read_timeout": "1s", "write_timeout": "1s"}`, redistest.URL(t), uniquePrefix("json")))
 	checkJSONConfig(t, s)
+}
+
+// "wait": 0 is no wait, while a missing wait is the engine's default.
+func TestJSONWait(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		`{}`:                   0, // the engine's DefaultWait
+		`{"wait": 0}`:          idempotency.NoWait,
+		`{"wait": "0s"}`:       idempotency.NoWait,
+		`{"wait": "5s"}`:       5 * time.Second,
+		`{"wait": 1000000000}`: time.Second,
+		`{"wait": "30s"}`:      idempotency.DefaultWait,
+	} {
+		var h Handler
+		if err := json.Unmarshal([]byte(in), &h); err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		if got := h.wait(); got != want {
+			t.Errorf("%s: engine wait %v, want %v", in, got, want)
+		}
+	}
 }
 
 // loadJSONConfig loads a JSON config with every handler field set and the
@@ -43,6 +66,7 @@ func loadJSONConfig(t *testing.T, storeJSON string) *stack {
 					"key_field": "idempotency_key",
 					"scope": "{http.request.header.Authorization}",
 					"require_scope": true,
+					"namespace": "json-site",
 					"methods": ["POST"],
 					"ttl": "1h",
 					"lock_timeout": "30s",
