@@ -126,14 +126,14 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		}
 		c, err := canonicalMultipart((*bufp)[:0], content, boundary)
 		if err != nil {
-			return admission{}, &refusal{http.StatusBadRequest, CodeInvalidMultipart, "The request body is not valid multipart/form-data: " + err.Error(), &retryNo}
+			return admission{}, &refusal{http.StatusBadRequest, CodeInvalidMultipart, "The request body could not be read as multipart/form-data: " + err.Error(), &retryNo}
 		}
 		*bufp = c[:0]
 		kind, canonical = bodyMultipart, c
 	case media == "application/x-www-form-urlencoded":
 		c, err := canonicalURLEncoded((*bufp)[:0], content)
 		if err != nil {
-			return admission{}, &refusal{http.StatusBadRequest, CodeInvalidForm, "The request body is not a valid form: " + err.Error(), &retryNo}
+			return admission{}, &refusal{http.StatusBadRequest, CodeInvalidForm, "The request body could not be read as a form: " + err.Error(), &retryNo}
 		}
 		*bufp = c[:0]
 		kind, canonical = bodyForm, c
