@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -237,4 +238,50 @@ func TestStreamClientLeaves(t *testing.T) {
 		t.Fatalf("replay %q, want the whole stream", retry.body)
 	}
 	s.up.wantCalls(t, 1)
+}
+
+// frontCoder stands for Caddy's encode in front of the handler: it writes
+// its Content-Encoding into the header map it shares with the handler when
+// the response starts, and passes the bytes on.
+type frontCoder struct{ http.ResponseWriter }
+
+func (f frontCoder) WriteHeader(status int) {
+	f.Header().Set("Content-Encoding", "x-front")
+	f.Header().Del("Content-Length")
+	f.ResponseWriter.WriteHeader(status)
+}
+
+func (f frontCoder) Flush() { http.NewResponseController(f.ResponseWriter).Flush() }
+
+// A stream stores the upstream's header as it went out, not what a handler
+// in front wrote into the shared map when the stream started.
+func TestStreamBehindFrontCoder(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request, n int64) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 3 {
+			fmt.Fprintf(w, "data: %d\n\n", i)
+			http.NewResponseController(w).Flush()
+		}
+	})
+	h, store := newHandler(t, Config{})
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.Middleware(newProxy(t, up.srv.URL)).ServeHTTP(frontCoder{w}, r)
+	}))
+	t.Cleanup(front.Close)
+	s := &stack{up: up, h: h, store: store, front: front, client: front.Client()}
+	first := s.post(t, createBody, withKey("k-front"), withHeader("Accept-Encoding", "gzip"))
+	wantForwarded(t, first, http.StatusOK)
+	rec, ok := getRecord(t, store, s.host(), "", "k-front")
+	if !ok || rec.State != StateCompleted || rec.Response.NotStored || rec.Response.Header.Get("Content-Encoding") != "" {
+		t.Fatalf("record %+v (found %v), want the stream kept with the upstream's own header", rec, ok)
+	}
+	if string(rec.Response.Body) != "data: 0\n\ndata: 1\n\ndata: 2\n\n" {
+		t.Fatalf("stored %q, want the whole stream", rec.Response.Body)
+	}
+	retry := s.post(t, createBody, withKey("k-front"))
+	wantStatus(t, retry, http.StatusOK)
+	if !retry.replayed() || !bytes.Equal(retry.body, first.body) {
+		t.Fatalf("replay %q, want %q", retry.body, first.body)
+	}
+	up.wantCalls(t, 1)
 }

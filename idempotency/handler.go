@@ -229,7 +229,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 		h.release(storeCtx, rk, owner, log, "not stored: status "+strconv.Itoa(rec.status))
 		return nil
 	}
-	header := storedHeader(w.Header(), f.site)
+	header := storedHeader(rec.header(), f.site)
 	body, ok := identityBody(header, buf.Bytes(), h.cfg.MaxResponse)
 	if !ok {
 		f.completeUnkept("content coding that cannot be stored as identity")

@@ -24,6 +24,9 @@ type recorder struct {
 	overflow    bool // a 2xx outgrew limit: its copy is dropped
 	clientGone  bool // a write to the client failed while a stream was kept
 	body        *bytes.Buffer
+	// sentHeader is the upstream's header of a 2xx as it was when it went
+	// out early: handlers in front (encode) may change the shared map then.
+	sentHeader http.Header
 	// onSend runs once, before the header of a response that has not ended
 	// goes to the client (rec.overflow tells whether its copy survives).
 	onSend func()
@@ -111,6 +114,9 @@ func (rec *recorder) send() {
 	if rec.onSend != nil {
 		rec.onSend()
 	}
+	if rec.succeeded() {
+		rec.sentHeader = rec.w.Header().Clone()
+	}
 	rec.w.WriteHeader(rec.status)
 	if rec.body.Len() > 0 {
 		_, _ = rec.w.Write(rec.body.Bytes())
@@ -124,6 +130,15 @@ func (rec *recorder) send() {
 // must never make it act again.
 func (rec *recorder) succeeded() bool {
 	return rec.wroteHeader && rec.status >= 200 && rec.status <= 299
+}
+
+// header is the upstream's response header: as it went out, for a response
+// already sent.
+func (rec *recorder) header() http.Header {
+	if rec.sentHeader != nil {
+		return rec.sentHeader
+	}
+	return rec.w.Header()
 }
 
 // kept reports whether the recorder holds the whole 2xx response it saw so far.
