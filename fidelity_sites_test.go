@@ -78,3 +78,41 @@ func TestFidelitySites(t *testing.T) {
 		})
 	}
 }
+
+// A site is where Caddy routed the request, not what its Host header says:
+// a request sent to one port with another port's Host, or with a trailing
+// dot Caddy's host matcher keeps, never replays the other site's record.
+func TestFidelitySitesByListener(t *testing.T) {
+	port2 := freePort()
+	a, b := batchesbackend.New(), batchesbackend.New()
+	site := func(address string, backend *batchesbackend.Server) string {
+		return fidSite(address, "idempotency /v1/batches", "reverse_proxy "+newFidBatches(t, backend))
+	}
+	named := fmt.Sprintf("a.localhost:%d", httpPort)
+	fidLoad(t, site(fmt.Sprintf("http://:%d", httpPort), a), site(fmt.Sprintf("http://:%d", port2), b))
+	c := fidClient(t, "")
+	fidWarmUp(t, c, fmt.Sprintf("http://127.0.0.1:%d%s", port2, fidWarmUpPath), "", fidGeneration)
+	body := []byte(createBody(t, nil, ""))
+	key := fidKey("by-port")
+	spoofed := fmt.Sprintf("127.0.0.1:%d", port2)
+	onB := fidSend(t, c, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/v1/batches", port2), body, "Idempotency-Key", key)
+	fidFresh(t, onB)
+	onA := fidSend(t, c, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/v1/batches", httpPort), body, "Host", spoofed, "Idempotency-Key", key)
+	fidFresh(t, onA)
+	if onA.batch(t).ID == onB.batch(t).ID || a.Creates() != 1 || b.Creates() != 1 {
+		t.Fatalf("the port-%d site answered with the other site's batch: creates %d and %d", httpPort, a.Creates(), b.Creates())
+	}
+
+	a, b = batchesbackend.New(), batchesbackend.New()
+	fidLoad(t, site("http://"+named, a), site(fmt.Sprintf("http://:%d", httpPort), b))
+	c = fidClient(t, named)
+	key = fidKey("trailing-dot")
+	url := fmt.Sprintf("http://127.0.0.1:%d/v1/batches", httpPort)
+	first := fidSend(t, c, http.MethodPost, url, body, "Host", named, "Idempotency-Key", key)
+	fidFresh(t, first)
+	dotted := fidSend(t, c, http.MethodPost, url, body, "Host", fmt.Sprintf("a.localhost.:%d", httpPort), "Idempotency-Key", key)
+	fidFresh(t, dotted) // the catch-all site, with its own backend
+	if a.Creates() != 1 || b.Creates() != 1 {
+		t.Fatalf("creates %d and %d, want one on each site", a.Creates(), b.Creates())
+	}
+}

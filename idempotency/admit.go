@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"mime"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -121,7 +122,9 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		}
 	case media == "multipart/form-data":
 		var boundary string
-		if _, params, err := mime.ParseMediaType(contentType); err == nil {
+		if _, params, err := mime.ParseMediaType(contentType); err == nil && !strings.Contains(strings.ToLower(contentType), "boundary*") {
+			// boundary* (RFC 2231) is read by Go and ignored by other parsers:
+			// two framings of one body would mean two requests.
 			boundary = params["boundary"]
 		}
 		c, err := canonicalMultipart((*bufp)[:0], content, boundary)
@@ -130,7 +133,7 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		}
 		*bufp = c[:0]
 		kind, canonical = bodyMultipart, c
-	case media == "application/x-www-form-urlencoded":
+	case media == "application/x-www-form-urlencoded" && isSerializedForm(content):
 		c, err := canonicalURLEncoded((*bufp)[:0], content)
 		if err != nil {
 			return admission{}, &refusal{http.StatusBadRequest, CodeInvalidForm, "The request body could not be read as a form: " + err.Error(), &retryNo}
@@ -207,17 +210,36 @@ func (h *Handler) missingKey() *refusal {
 	return &refusal{http.StatusBadRequest, CodeKeyRequired, "An idempotency key is required for this request. Send it in " + where + ".", nil}
 }
 
-// RequestHost is the host a request was sent to, the default namespace of
-// its records: lower-cased, without a trailing dot, and without the port
-// when it is the scheme's default (80, or 443 over TLS).
+// RequestHost is the site a request was sent to, the default namespace of
+// its records: the host name it names, lower-cased as host matching is
+// (a trailing dot is kept: Caddy routes "a.test." apart from "a.test"), and
+// the port it arrived on, "host:port". The port is the listener's, not the
+// one in the Host header, which a client may set to anything: two sites on
+// two ports stay apart whatever Host they are sent. Without a listener (a
+// request made in a test), it is the Host header's port, else 80, or 443
+// over TLS.
 func RequestHost(r *http.Request) string {
-	host := strings.ToLower(r.Host)
-	if r.TLS != nil {
-		host = strings.TrimSuffix(host, ":443")
-	} else {
-		host = strings.TrimSuffix(host, ":80")
+	hostname, port := splitHostPort(strings.ToLower(r.Host))
+	if addr, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if _, p, err := net.SplitHostPort(addr.String()); err == nil {
+			port = p
+		}
 	}
-	return strings.TrimSuffix(host, ".")
+	if port == "" {
+		port = "80"
+		if r.TLS != nil {
+			port = "443"
+		}
+	}
+	return net.JoinHostPort(hostname, port)
+}
+
+// splitHostPort splits a Host header value; port is "" when it has none.
+func splitHostPort(host string) (hostname, port string) {
+	if h, p, err := net.SplitHostPort(host); err == nil {
+		return h, p
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), ""
 }
 
 // mediaType is the lower-cased media type of a Content-Type, without its

@@ -5,9 +5,11 @@ import (
 	"compress/flate"
 	"compress/gzip"
 	"compress/zlib"
+	"context"
 	"crypto/tls"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -20,6 +22,7 @@ import (
 type admitReq struct {
 	method, target, host string
 	tls                  bool
+	listener             string   // the local address the request arrived on; "" for none
 	header               []string // name, value pairs
 	body                 []byte
 	keyless              bool // no Idempotency-Key header is added
@@ -40,6 +43,13 @@ func (a admitReq) build() *http.Request {
 	}
 	if a.tls {
 		r.TLS = &tls.ConnectionState{}
+	}
+	if a.listener != "" {
+		addr, err := net.ResolveTCPAddr("tcp", a.listener)
+		if err != nil {
+			panic(err)
+		}
+		r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, addr))
 	}
 	for i := 0; i+1 < len(a.header); i += 2 {
 		r.Header.Add(a.header[i], a.header[i+1])
@@ -129,7 +139,8 @@ func TestAdmitFingerprintPairs(t *testing.T) {
 		{"host case", jsonReq(batch).on("API.Example.COM"), jsonReq(batch).on("api.example.com")},
 		{"default http port", jsonReq(batch).on("api.example.com:80"), jsonReq(batch).on("api.example.com")},
 		{"default https port", jsonReq(batch).on("api.example.com:443").overTLS(), jsonReq(batch).on("api.example.com").overTLS()},
-		{"trailing dot", jsonReq(batch).on("api.example.com."), jsonReq(batch).on("api.example.com")},
+		{"Host port on one listener", jsonReq(batch).on("api.example.com:9999").via("127.0.0.1:8080"), jsonReq(batch).on("api.example.com").via("10.0.0.1:8080")},
+		{"zstd body with a large window", jsonReq(batch).withBody(zstdFrame(22, []byte(batch))).with("Content-Encoding", "zstd"), jsonReq(batch)},
 		{"gzip body", jsonReq(batch).coded("gzip"), jsonReq(batch)},
 		{"x-gzip body", jsonReq(batch).coded("gzip").with("Content-Encoding", "x-gzip"), jsonReq(batch)},
 		{"deflate (zlib) body", jsonReq(batch).coded("deflate"), jsonReq(batch)},
@@ -167,12 +178,17 @@ func TestAdmitFingerprintPairs(t *testing.T) {
 		{"query repeated pair", jsonReq(batch).at("/v1/x?a=1&a=1"), jsonReq(batch).at("/v1/x?a=1"), false},
 		{"query escape is not decoded", jsonReq(batch).at("/v1/x?a=%41"), jsonReq(batch).at("/v1/x?a=A"), false},
 		{"query empty pair", jsonReq(batch).at("/v1/x?a=1&"), jsonReq(batch).at("/v1/x?a=1"), false},
+		{"query repeated name order", jsonReq(batch).at("/v1/x?model=a&model=b"), jsonReq(batch).at("/v1/x?model=b&model=a"), false},
+		{"query interleaved repeated names", jsonReq(batch).at("/v1/x?i=1&n=x&i=2&n=y"), jsonReq(batch).at("/v1/x?i=1&n=y&i=2&n=x"), false},
 		{"query + and %20", jsonReq(batch).at("/v1/x?q=a+b"), jsonReq(batch).at("/v1/x?q=a%20b"), false},
 		{"escaped slash", jsonReq(batch).at("/v1/a%2Fb"), jsonReq(batch).at("/v1/a/b"), false},
 		{"escaped percent", jsonReq(batch).at("/v1/a%2541"), jsonReq(batch).at("/v1/aA"), false},
 		{"another host", jsonReq(batch).on("openai.gw.example"), jsonReq(batch).on("selfhosted.gw.example"), true},
 		{"another port", jsonReq(batch).on("gw.example:8443"), jsonReq(batch).on("gw.example"), true},
 		{"https port without TLS", jsonReq(batch).on("gw.example:443"), jsonReq(batch).on("gw.example"), true},
+		{"trailing dot", jsonReq(batch).on("api.example.com."), jsonReq(batch).on("api.example.com"), true},
+		{"another listener, same Host", jsonReq(batch).on("127.0.0.1:18083").via("127.0.0.1:18080"), jsonReq(batch).on("127.0.0.1:18083").via("127.0.0.1:18083"), true},
+		{"too many codings", jsonReq(batch).coded("gzip").coded("gzip").coded("gzip").coded("gzip"), jsonReq(batch), false},
 		{"gzip of other content", jsonReq(batch).coded("gzip"), jsonReq(`{"a":1}`), false},
 		{"unknown coding named", admitReq{body: []byte("abc"), header: []string{"Content-Encoding", "br"}}, admitReq{body: []byte("abc")}, false},
 		{"unknown coding differs", admitReq{body: []byte("abc"), header: []string{"Content-Encoding", "br"}},
@@ -191,6 +207,9 @@ func TestAdmitFingerprintPairs(t *testing.T) {
 		{"form name without =", formReq("a"), formReq("a="), false},
 		{"form repeated pair", formReq("a=1&a=1"), formReq("a=1"), false},
 		{"form and JSON", formReq(`{"a":1}`), jsonReq(`{"a":1}`), false},
+		{"form repeated name order", formReq("model=a&model=b"), formReq("model=b&model=a"), false},
+		{"JSON sent as a form: +", formReq(`{"input":"2+2"}`), formReq(`{"input":"2 2"}`), false},
+		{"JSON sent as a form: &", formReq(`{"input":"say &yes&no& now"}`), formReq(`{"input":"say &no&yes& now"}`), false},
 		{"method", jsonReq(batch), func() admitReq { r := jsonReq(batch); r.method = http.MethodPut; return r }(), false},
 	}
 	hPut, _ := newHandler(t, Config{Methods: []string{http.MethodPost, http.MethodPut}})
@@ -217,9 +236,20 @@ func TestAdmitFingerprintPairs(t *testing.T) {
 	}
 }
 
-func (a admitReq) at(target string) admitReq { a.target = target; return a }
-func (a admitReq) on(host string) admitReq   { a.host = host; return a }
-func (a admitReq) overTLS() admitReq         { a.tls = true; return a }
+func (a admitReq) at(target string) admitReq    { a.target = target; return a }
+func (a admitReq) on(host string) admitReq      { a.host = host; return a }
+func (a admitReq) overTLS() admitReq            { a.tls = true; return a }
+func (a admitReq) via(listener string) admitReq { a.listener = listener; return a }
+
+// zstdFrame is b as one raw block in a zstd frame that declares a window of
+// 1<<windowLog bytes (RFC 8878 §3.1.1), as streaming encoders such as the
+// zstd CLI declare one much larger than a small body.
+func zstdFrame(windowLog byte, b []byte) []byte {
+	frame := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, (windowLog - 10) << 3}
+	size := len(b)<<3 | 1 // Last_Block, a raw block of len(b) bytes
+	frame = append(frame, byte(size), byte(size>>8), byte(size>>16))
+	return append(frame, b...)
+}
 func (a admitReq) with(name, value string) admitReq {
 	h := append([]string(nil), a.header...)
 	for i := 0; i+1 < len(h); i += 2 {
@@ -270,6 +300,8 @@ func TestAdmitRefusals(t *testing.T) {
 		{"truncated gzip", jsonReq("").with("Content-Encoding", "gzip").withBody(encoded("gzip", []byte(`{"a":1}`))[:12]), http.StatusBadRequest, CodeInvalidEncoding},
 		{"gzip of bad JSON", jsonReq(`{"a":`).coded("gzip"), http.StatusBadRequest, CodeInvalidJSON},
 		{"multipart without boundary", admitReq{body: []byte("--x\r\n\r\n--x--"), header: []string{"Content-Type", "multipart/form-data"}}, http.StatusBadRequest, CodeInvalidMultipart},
+		{"multipart with boundary*", admitReq{body: []byte("--x\r\n\r\n--x--"), header: []string{"Content-Type", "multipart/form-data; boundary*=UTF-8''x; boundary=abc"}}, http.StatusBadRequest, CodeInvalidMultipart},
+		{"zstd window over 8 MiB", jsonReq("").with("Content-Encoding", "zstd").withBody(zstdFrame(26, []byte(`{"a":1}`))), http.StatusBadRequest, CodeInvalidEncoding},
 		{"truncated multipart", func() admitReq {
 			r := multipartReq("b", [3]string{"file", "f", "content"})
 			r.body = r.body[:len(r.body)-8]

@@ -27,7 +27,7 @@ import (
 // type and transfer encoding, and its content bytes exactly as sent (the
 // upstream receives the raw bytes, so no transfer decoding is applied) — and
 // drops the framing: the boundary, the preamble and epilogue, header-name
-// case, whitespace, parameter quoting and order, and unrelated part headers.
+// case, whitespace, and parameter quoting and order.
 //
 // An application/x-www-form-urlencoded body is reduced to its decoded
 // name/value pairs, sorted, following the WHATWG URL standard's
@@ -70,6 +70,8 @@ func (e *FormError) Unwrap() error { return e.Err }
 //	    'p' field(mime.FormatMediaType of the parsed value)   lower-cased type, sorted canonically quoted parameters
 //	    'r' field(value, trimmed)                             unparsable
 //	  uvarint count of Content-Transfer-Encoding headers, then each field(lower-cased, trimmed)
+//	  uvarint count of other header names, then by lower-cased name:
+//	    field(lower-cased name) uvarint(value count) field(value, trimmed)...
 //	  field(SHA-256 of the part's content bytes as sent)
 //	'E' uvarint(number of parts)
 //
@@ -78,12 +80,10 @@ func (e *FormError) Unwrap() error { return e.Err }
 // and `filename=""` (browsers' empty file input) from no filename. A
 // disposition other than form-data is kept, type and all, rather than
 // rejected. Other disposition parameters are ignored (RFC 7578 defines only
-// name and filename; `filename*` arrives decoded as filename), as are all
-// other part headers. Content-Transfer-Encoding is kept because readers that
-// decode it (Go's Reader.NextPart) give the upstream different data for the
-// same raw bytes. Header names match as textproto canonicalizes them: one it
-// leaves alone (a space before the colon) is unrelated, as it is to Go's
-// Part.FormName.
+// name and filename; `filename*` arrives decoded as filename). Every other
+// part header follows, by lower-cased name (see appendOtherPartHeaders).
+// Content-Transfer-Encoding is kept because readers that decode it (Go's
+// Reader.NextPart) give the upstream different data for the same raw bytes.
 //
 // Accepted syntax is what multipart.Reader accepts, with one exception: the
 // closing delimiter `--boundary--` is required. multipart.Reader reports a
@@ -200,8 +200,34 @@ func appendPartHeaders(dst []byte, h textproto.MIMEHeader) []byte {
 	for _, v := range cte {
 		dst = canonField(dst, strings.ToLower(strings.TrimSpace(v)))
 	}
+	return appendOtherPartHeaders(dst, h)
+}
+
+// appendOtherPartHeaders appends every other part header, by lower-cased
+// name, values trimmed and in order: an upstream may read any of them, and
+// one a parser reads under another name than Go does ("Content-Disposition :
+// ...", with a space) must not go unseen. An SDK that rebuilds its form for
+// a retry writes the same part headers again.
+func appendOtherPartHeaders(dst []byte, h textproto.MIMEHeader) []byte {
+	var names []string
+	for name := range h {
+		if !knownPartHeader[name] {
+			names = append(names, name)
+		}
+	}
+	slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
+	dst = binary.AppendUvarint(dst, uint64(len(names)))
+	for _, name := range names {
+		dst = canonField(dst, strings.ToLower(name))
+		dst = binary.AppendUvarint(dst, uint64(len(h[name])))
+		for _, v := range h[name] {
+			dst = canonField(dst, strings.TrimSpace(v))
+		}
+	}
 	return dst
 }
+
+var knownPartHeader = map[string]bool{"Content-Disposition": true, "Content-Type": true, "Content-Transfer-Encoding": true}
 
 func appendDisposition(dst []byte, v string) []byte {
 	v = strings.TrimSpace(v)
@@ -263,8 +289,10 @@ func printableASCII(s string, limit int) string {
 
 // canonicalURLEncoded appends to dst a canonical encoding of an
 // application/x-www-form-urlencoded body: its name/value pairs, decoded and
-// sorted. The error is always nil today (every byte string parses, as in the
-// WHATWG parser); it is there so callers treat both form kinds alike.
+// ordered by name. The error is always nil today (every byte string parses,
+// as in the WHATWG parser); it is there so callers treat both form kinds
+// alike. Only a body that a form serializer could have written is read this
+// way (see isSerializedForm); the handler hashes any other as raw bytes.
 //
 // Parsing follows the WHATWG URL standard (application/x-www-form-urlencoded
 // parsing): split on '&' only (';' is data), skip empty segments, split each
@@ -273,18 +301,21 @@ func printableASCII(s string, limit int) string {
 // on, where WHATWG would merge it: a segment without '=' differs from
 // "name=", and a segment with an invalid escape (%zz, %4), which WHATWG keeps
 // literally and Go's url.ParseQuery drops, is kept as its raw text, tagged so
-// it equals no decoded pair. Duplicates are kept; pair order is not, since
-// form handlers look pairs up by name.
+// it equals no decoded pair. Duplicates are kept. Pairs are ordered by their
+// encoded names, and pairs of one name keep their order: form handlers look
+// pairs up by name, and one that reads the first of a repeated name tells
+// model=a&model=b from model=b&model=a.
 //
-// Layout: field("form/v1"), uvarint(number of pairs), then the pairs sorted
-// by their encodings, each one of
+// Layout: field("form/v1"), uvarint(number of pairs), then the pairs, each
+// one of
 //
 //	'd' field(name) 0                 no '='
 //	'd' field(name) 1 field(value)
 //	'r' field(segment)                invalid escape
 //
-// The pair encodings are prefix-free, so the order is total and two bodies
-// share an encoding exactly when they have the same multiset of pairs.
+// The name encodings ('d' field(name), or the whole 'r' pair) are
+// prefix-free, so two bodies share an encoding exactly when they have the
+// same pairs in the same order within each name.
 func canonicalURLEncoded(dst, body []byte) ([]byte, error) {
 	s := formScratchPool.Get().(*formScratch)
 	defer s.release()
@@ -293,8 +324,8 @@ func canonicalURLEncoded(dst, body []byte) ([]byte, error) {
 			s.add(seg)
 		}
 	}
-	slices.SortFunc(s.spans, func(a, b formSpan) int {
-		return bytes.Compare(s.enc[a.start:a.end], s.enc[b.start:b.end])
+	slices.SortStableFunc(s.spans, func(a, b formSpan) int {
+		return bytes.Compare(s.enc[a.start:a.nameEnd], s.enc[b.start:b.nameEnd])
 	})
 	dst = canonField(dst, formCanonVersion)
 	dst = binary.AppendUvarint(dst, uint64(len(s.spans)))
@@ -310,7 +341,7 @@ type formScratch struct {
 	spans []formSpan
 }
 
-type formSpan struct{ start, end int }
+type formSpan struct{ start, nameEnd, end int }
 
 var formScratchPool = sync.Pool{New: func() any { return new(formScratch) }}
 
@@ -324,24 +355,52 @@ func (s *formScratch) release() {
 
 func (s *formScratch) add(seg []byte) {
 	start := len(s.enc)
-	s.enc = appendFormPair(s.enc, seg)
-	s.spans = append(s.spans, formSpan{start, len(s.enc)})
+	var nameEnd int
+	s.enc, nameEnd = appendFormPair(s.enc, seg)
+	s.spans = append(s.spans, formSpan{start, nameEnd, len(s.enc)})
 }
 
-func appendFormPair(dst, seg []byte) []byte {
+// appendFormPair appends the pair's encoding and returns where its name's
+// encoding ends.
+func appendFormPair(dst, seg []byte) (_ []byte, nameEnd int) {
 	start := len(dst)
 	name, value, hasValue := bytes.Cut(seg, []byte{'='})
 	dst, ok := appendUnescaped(append(dst, 'd'), name)
+	nameEnd = len(dst)
 	if ok && !hasValue {
-		return append(dst, 0)
+		return append(dst, 0), nameEnd
 	}
 	if ok {
 		if dst, ok = appendUnescaped(append(dst, 1), value); ok {
-			return dst
+			return dst, nameEnd
 		}
 	}
-	return canonFieldBytes(append(dst[:start], 'r'), seg)
+	dst = canonFieldBytes(append(dst[:start], 'r'), seg)
+	return dst, len(dst)
 }
+
+// isSerializedForm reports whether body could have come from a form
+// serializer (the WHATWG urlencoded serializer, JavaScript's
+// encodeURIComponent, Go's url.Values.Encode, Python's urlencode): only
+// letters, digits, percent-escapes, '+', '=', '&' and -._~*!'(). Any other
+// byte (a JSON body sent with curl's default Content-Type, say) means the
+// body is not a form to the client that wrote it, so it is hashed as raw
+// bytes: decoding it as a form would merge "2+2" with "2 2".
+func isSerializedForm(body []byte) bool {
+	for _, c := range body {
+		if !formByte[c] {
+			return false
+		}
+	}
+	return true
+}
+
+var formByte = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("%+=&-._~*!'()", byte(c)) >= 0
+	}
+	return t
+}()
 
 // appendUnescaped appends the decoded form of one name or value as a field;
 // ok is false when its escapes are invalid.

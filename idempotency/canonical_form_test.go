@@ -113,9 +113,9 @@ func TestCanonicalMultipartCollide(t *testing.T) {
 		{"filename* decoded",
 			mpInput{mpHandBody("b", "Content-Disposition: form-data; name=f; filename=\"\xe2\x82\xac.txt\"\r\n\r\nv"), "b"},
 			mpInput{mpHandBody("b", "Content-Disposition: form-data; name=f; filename*=UTF-8''%E2%82%AC.txt\r\n\r\nv"), "b"}},
-		{"extra part headers",
-			mpInput{mpHandBody("b", cd), "b"},
-			mpInput{mpHandBody("b", "Content-Length: 1\r\n"+"X-Foo: bar\r\n"+cd), "b"}},
+		{"other part header spelling",
+			mpInput{mpHandBody("b", "X-Foo: bar\r\nContent-Disposition: form-data; name=a\r\n\r\nv"), "b"},
+			mpInput{mpHandBody("b", "Content-Disposition: form-data; name=a\r\nx-foo:  bar \r\n\r\nv"), "b"}},
 		{"content type spelling",
 			mpInput{mpHandBody("b", "Content-Disposition: form-data; name=a\r\nContent-Type: text/plain; charset=utf-8; format=flowed\r\n\r\nv"), "b"},
 			mpInput{mpHandBody("b", "content-type: Text/Plain ; Format=\"flowed\";CHARSET=\"utf-8\"\r\nContent-Disposition: form-data; name=a\r\n\r\nv"), "b"}},
@@ -157,6 +157,12 @@ func TestCanonicalMultipartDistinct(t *testing.T) {
 		a, b mpInput
 	}{
 		{"content by one byte", wr(mpField("a", "hello")), wr(mpField("a", "hellp"))},
+		// An upstream may read any part header; one Go files under another
+		// name (a space before the colon) still counts.
+		{"extra part header", hand(cdA + "\r\nv"), hand("X-Foo: bar\r\n" + cdA + "\r\nv")},
+		{"part header value", hand("X-Foo: bar\r\n" + cdA + "\r\nv"), hand("X-Foo: baz\r\n" + cdA + "\r\nv")},
+		{"disposition under a misspelt name", hand("Content-Disposition : form-data; name=\"purpose\"\r\n\r\nv"),
+			hand("Content-Disposition : form-data; name=\"model\"\r\n\r\nv")},
 		{"content length", wr(mpField("a", "hello")), wr(mpField("a", "hello\r\n"))},
 		{"part order", wr(mpField("a", "1"), mpField("b", "2")), wr(mpField("b", "2"), mpField("a", "1"))},
 		{"name", wr(mpField("a", "1")), wr(mpField("b", "1"))},
@@ -197,6 +203,7 @@ func TestCanonicalMultipartLayout(t *testing.T) {
 		"P" + "\x01" + "d\x09form-data" + "\x01\x01a" + "\x01\x00" + // disposition: name "a", filename ""
 		"\x01" + "p\x0atext/plain" + // one Content-Type
 		"\x00" + // no Content-Transfer-Encoding
+		"\x00" + // no other headers
 		"\x20" + emptySHA +
 		"E\x01"
 	if string(got) != want {
@@ -346,7 +353,6 @@ func TestCanonicalFormCollide(t *testing.T) {
 		{"a==", "a=%3D"},
 		{"a=%zz&b=1", "b=1&a=%zz"},
 		{"a=1&a=2&b=3", "b=3&a=1&a=2"},
-		{"a=2&a=1", "a=1&a=2"}, // pair order is not kept, even within a name
 		{"n+m=v", "n%20m=v"},
 		{"a=%2b", "a=%2B"},
 	}
@@ -359,6 +365,8 @@ func TestCanonicalFormCollide(t *testing.T) {
 
 func TestCanonicalFormDistinct(t *testing.T) {
 	cases := [][2]string{
+		{"a=2&a=1", "a=1&a=2"}, // a repeated name keeps its order: the first value is not the same
+		{"items%5B%5D=1&x=a&items%5B%5D=2", "items%5B%5D=2&x=a&items%5B%5D=1"},
 		{"a", "a="},
 		{"a=1&a=1", "a=1"},
 		{"a=%zz", "a=zz"},
@@ -385,10 +393,10 @@ func TestCanonicalFormDistinct(t *testing.T) {
 }
 
 func TestCanonicalFormLayout(t *testing.T) {
-	got := formCanon(t, "b=%zz&a&a=x+y")
+	got := formCanon(t, "b=%zz&a=x+y&a")
 	want := "\x07form/v1" + "\x03" +
+		"d\x01a\x01\x03x y" + // a=x y, first of its name
 		"d\x01a\x00" + // a
-		"d\x01a\x01\x03x y" + // a=x y
 		"r\x05b=%zz" // raw segment
 	if string(got) != want {
 		t.Errorf("got  %q\nwant %q", got, want)

@@ -45,12 +45,23 @@ func contentCodings(h http.Header) []string {
 	return codings
 }
 
+// maxCodings bounds the codings undone for one body: each pass costs CPU,
+// and no client stacks more (a deeper stack is taken as unknown).
+const maxCodings = 3
+
+// zstdMaxWindow is the largest window a zstd body may ask for: RFC 9659 §3
+// caps it at 8 MiB for the zstd content coding.
+const zstdMaxWindow = 8 << 20
+
 // decodeContent undoes codings (gzip, x-gzip, deflate, zstd; the last applied
 // is undone first) and returns at most limit decoded bytes. A larger result is
 // an *http.MaxBytesError, so a small compressed body cannot expand past the
 // limit; a body that does not decode is a *ContentCodingError, and a coding
-// not in the list is errUnknownCoding.
+// not in the list, or more than maxCodings, is errUnknownCoding.
 func decodeContent(codings []string, body []byte, limit int64) ([]byte, error) {
+	if len(codings) > maxCodings {
+		return nil, errUnknownCoding
+	}
 	for _, c := range codings {
 		if !knownCoding(c) {
 			return nil, errUnknownCoding
@@ -87,7 +98,7 @@ func decodeOne(coding string, body []byte, limit int64) ([]byte, error) {
 	case "zstd":
 		var d *zstd.Decoder
 		d, err = zstd.NewReader(bytes.NewReader(body), zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(uint64(limit)+1))
+			zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(zstdMaxWindow))
 		if err == nil {
 			r = d.IOReadCloser()
 		}
@@ -98,9 +109,6 @@ func decodeOne(coding string, body []byte, limit int64) ([]byte, error) {
 	defer r.Close()
 	out := bytes.NewBuffer(make([]byte, 0, min(int64(4*len(body))+512, limit+1)))
 	if _, err := out.ReadFrom(io.LimitReader(r, limit+1)); err != nil {
-		if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {
-			return nil, &http.MaxBytesError{Limit: limit}
-		}
 		return nil, &ContentCodingError{Coding: coding, Err: err}
 	}
 	if int64(out.Len()) > limit {
@@ -111,18 +119,23 @@ func decodeOne(coding string, body []byte, limit int64) ([]byte, error) {
 
 // identityBody is a 2xx response's body as the record keeps it: in the
 // identity coding, whatever coding the upstream chose, since a replay goes
-// to clients that may accept no other. A body it decodes loses the header's
-// Content-Encoding. ok is false when the body cannot be kept: an unknown
-// coding, a broken one, or more than limit bytes decoded.
-func identityBody(header http.Header, body []byte, limit int64) (_ []byte, ok bool) {
+// to clients that may accept no other. A body it decodes (decoded), or an
+// empty one, loses the header's Content-Encoding. ok is false when the body
+// cannot be kept: an unknown coding, a broken one, or more than limit bytes
+// decoded.
+func identityBody(header http.Header, body []byte, limit int64) (_ []byte, decoded, ok bool) {
 	codings := contentCodings(header)
-	if len(codings) == 0 {
-		return body, true
+	switch {
+	case len(codings) == 0:
+		return body, false, true
+	case len(body) == 0: // a 204, say: nothing to decode
+		header.Del("Content-Encoding")
+		return body, true, true
 	}
-	decoded, err := decodeContent(codings, body, limit)
+	out, err := decodeContent(codings, body, limit)
 	if err != nil {
-		return nil, false
+		return nil, false, false
 	}
 	header.Del("Content-Encoding")
-	return decoded, true
+	return out, true, true
 }

@@ -29,15 +29,9 @@ const (
 )
 
 // NewFingerprint hashes the request as the upstream receives it: method, the
-// escaped path (see canonicalPath), the raw query with its pairs sorted (see
-// the query fields below), and the body in its canonical form for kind.
-// Every field is length-prefixed, so no two tuples share an encoding.
-//
-// The query is split on '&' only and its pairs are sorted as raw strings,
-// none dropped or decoded: a proxy forwards the raw query, and a parser such
-// as url.ParseQuery drops pairs it cannot parse (';', a bad escape), which
-// would let two requests that reach the upstream differently share a
-// fingerprint. Requests that differ only in pair order share one.
+// escaped path (see appendCanonicalPath), the raw query with its pairs in a
+// canonical order (see queryFields), and the body in its canonical form for
+// kind. Every field is length-prefixed, so no two tuples share an encoding.
 func NewFingerprint(method, escapedPath, rawQuery string, kind bodyKind, body []byte) Fingerprint {
 	d := hashPool.Get().(*tupleHash)
 	defer hashPool.Put(d)
@@ -101,8 +95,15 @@ func (d *tupleHash) field(s string) {
 	}
 }
 
-// queryFields writes the query's pair count, then its pairs sorted as raw
-// strings. The pairs are substrings of rawQuery: nothing is copied.
+// queryFields writes the query's pair count, then its pairs: split on '&'
+// only, none dropped or decoded, since a proxy forwards the raw query and a
+// parser such as url.ParseQuery drops pairs it cannot parse (';', a bad
+// escape), which would let two requests that reach the upstream differently
+// share a fingerprint. The pairs are ordered by their raw names, and pairs
+// of one name keep their order (?model=a&model=b is not ?model=b&model=a to
+// a server that reads the first): requests that differ only in the order of
+// different names share a fingerprint. The pairs are substrings of
+// rawQuery: nothing is copied.
 func (d *tupleHash) queryFields(rawQuery string) {
 	pairs := d.pairs[:0]
 	for rest, more := rawQuery, rawQuery != ""; more; {
@@ -110,7 +111,7 @@ func (d *tupleHash) queryFields(rawQuery string) {
 		pair, rest, more = strings.Cut(rest, "&")
 		pairs = append(pairs, pair) // empty pairs too: "a&" reaches the upstream as sent
 	}
-	slices.Sort(pairs)
+	slices.SortStableFunc(pairs, func(a, b string) int { return strings.Compare(pairName(a), pairName(b)) })
 	d.h.Write(binary.AppendUvarint(d.length[:0], uint64(len(pairs))))
 	for _, p := range pairs {
 		d.field(p)
@@ -120,6 +121,12 @@ func (d *tupleHash) queryFields(rawQuery string) {
 		pairs = nil // a huge query is not kept pooled
 	}
 	d.pairs = pairs[:0]
+}
+
+// pairName is the raw name of a query pair: what comes before its first '='.
+func pairName(pair string) string {
+	name, _, _ := strings.Cut(pair, "=")
+	return name
 }
 
 func (d *tupleHash) fieldBytes(b []byte) {

@@ -94,6 +94,12 @@ func TestStoredResponseIsIdentity(t *testing.T) {
 		case "/broken":
 			w.Header().Set("Content-Encoding", "gzip")
 			_, _ = w.Write([]byte("not gzip"))
+		case "/empty":
+			w.Header().Set("Content-Encoding", "gzip")
+			w.WriteHeader(http.StatusNoContent)
+		case "/same-length":
+			w.Header().Set("Content-Encoding", "gzip")
+			_, _ = w.Write(encoded("gzip", sameLength))
 		}
 	})
 	identity := withHeader("Accept-Encoding", "identity")
@@ -109,6 +115,15 @@ func TestStoredResponseIsIdentity(t *testing.T) {
 			t.Fatalf("replay to Accept-Encoding %q has Content-Encoding %q", accept, r.header.Get("Content-Encoding"))
 		}
 	}
+	// Decoded to as many bytes as it had: still no Content-Encoding for the first client.
+	r := s.post(t, createBody, withKey("k-same"), withPath("/same-length"), withHeader("Accept-Encoding", "gzip"))
+	if !bytes.Equal(r.body, sameLength) || r.header.Get("Content-Encoding") != "" {
+		t.Fatalf("first client got %d bytes with Content-Encoding %q, want the %d decoded bytes", len(r.body), r.header.Get("Content-Encoding"), len(sameLength))
+	}
+	// An empty 2xx has nothing to decode: it is kept and replays.
+	empty := s.post(t, createBody, withKey("k-empty"), withPath("/empty"), identity)
+	wantForwarded(t, empty, http.StatusNoContent)
+	wantReplayOf(t, s.post(t, createBody, withKey("k-empty"), withPath("/empty"), identity), empty)
 	for _, path := range []string{"/br", "/broken"} {
 		r := s.post(t, createBody, withKey("k"+path), withPath(path), identity)
 		wantForwarded(t, r, http.StatusOK)
@@ -117,8 +132,23 @@ func TestStoredResponseIsIdentity(t *testing.T) {
 		}
 		wantError(t, s.post(t, createBody, withKey("k"+path), withPath(path), identity), http.StatusConflict, CodeResponseNotStored)
 	}
-	s.up.wantCalls(t, 3)
+	s.up.wantCalls(t, 5)
 }
+
+// sameLength is a body whose gzip form is exactly as long as itself.
+var sameLength = func() []byte {
+	b := make([]byte, 0, 512)
+	for i := range 100 {
+		b = append(b, byte(i*151+7)) // no repeats to compress
+	}
+	for len(encoded("gzip", b)) != len(b) {
+		b = append(b, 0)
+		if len(b) > 400 {
+			panic("no body with a gzip form of its own length")
+		}
+	}
+	return b
+}()
 
 // A flushed response reaches the client as it comes; when it ends, the
 // record is completed with the whole stream if it fits max_response, and

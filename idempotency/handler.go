@@ -230,7 +230,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 		return nil
 	}
 	header := storedHeader(rec.header(), f.site)
-	body, ok := identityBody(header, buf.Bytes(), h.cfg.MaxResponse)
+	body, decoded, ok := identityBody(header, buf.Bytes(), h.cfg.MaxResponse)
 	if !ok {
 		f.completeUnkept("content coding that cannot be stored as identity")
 		if !rec.sending {
@@ -242,7 +242,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 	if rec.sending {
 		return nil // a stream: the client has it all already
 	}
-	if len(body) != buf.Len() {
+	if decoded {
 		w.Header().Del("Content-Encoding") // the first client gets what retries get
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))

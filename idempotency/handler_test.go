@@ -185,7 +185,7 @@ func withPath(p string) reqOpt {
 func (s *stack) host() string { return strings.TrimPrefix(s.front.URL, "http://") }
 
 // newRequestHost is the host of httptest.NewRequest's requests.
-const newRequestHost = "example.com"
+const newRequestHost = "example.com:80"
 
 func (s *stack) send(ctx context.Context, body any, opts ...reqOpt) result {
 	var rd io.Reader
