@@ -153,14 +153,16 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		return admission{}, &refusal{http.StatusBadRequest, CodeScopeRequired,
 			"A request with an idempotency key must identify its caller (for example with an Authorization header).", &retryNo}
 	}
-	namespace := h.cfg.Namespace
-	if namespace == "" {
-		namespace = RequestHost(r)
+	var rk RecordKey
+	if h.cfg.Namespace != "" {
+		rk = NewRecordKey(h.cfg.Namespace, scope, key)
+	} else {
+		rk = newRequestRecordKey(r, scope, key)
 	}
 	return admission{
 		keyed:    true,
 		key:      key,
-		rk:       NewRecordKey(namespace, scope, key),
+		rk:       rk,
 		fp:       NewFingerprint(r.Method, r.URL.EscapedPath(), r.URL.RawQuery, kind, canonical),
 		upstream: upstream,
 		decoded:  decoded,
@@ -218,28 +220,61 @@ func (h *Handler) missingKey() *refusal {
 // two ports stay apart whatever Host they are sent. Without a listener (a
 // request made in a test), it is the Host header's port, else 80, or 443
 // over TLS.
-func RequestHost(r *http.Request) string {
-	hostname, port := splitHostPort(strings.ToLower(r.Host))
-	if addr, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+func RequestHost(r *http.Request) string { return string(appendRequestHost(nil, r)) }
+
+// appendRequestHost appends RequestHost(r) to dst, allocating nothing when
+// dst has room: it runs for every keyed request.
+func appendRequestHost(dst []byte, r *http.Request) []byte {
+	hostname, port := splitHostPort(r.Host)
+	ipv6 := strings.IndexByte(hostname, ':') >= 0
+	if ipv6 {
+		dst = append(dst, '[') // as net.JoinHostPort writes it
+	}
+	for i := 0; i < len(hostname); i++ {
+		c := hostname[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	if ipv6 {
+		dst = append(dst, ']')
+	}
+	dst = append(dst, ':')
+	switch addr := r.Context().Value(http.LocalAddrContextKey).(type) {
+	case *net.TCPAddr:
+		return strconv.AppendInt(dst, int64(addr.Port), 10)
+	case net.Addr:
 		if _, p, err := net.SplitHostPort(addr.String()); err == nil {
-			port = p
+			return append(dst, p...)
 		}
 	}
-	if port == "" {
-		port = "80"
-		if r.TLS != nil {
-			port = "443"
-		}
+	switch {
+	case port != "":
+		return append(dst, port...)
+	case r.TLS != nil:
+		return append(dst, "443"...)
 	}
-	return net.JoinHostPort(hostname, port)
+	return append(dst, "80"...)
 }
 
-// splitHostPort splits a Host header value; port is "" when it has none.
+// splitHostPort splits a Host header value ("host", "host:port", "[v6]",
+// "[v6]:port"); port is "" when it has none. Unlike net.SplitHostPort it
+// allocates nothing for a value without a port.
 func splitHostPort(host string) (hostname, port string) {
-	if h, p, err := net.SplitHostPort(host); err == nil {
-		return h, p
+	if strings.HasPrefix(host, "[") {
+		end := strings.IndexByte(host, ']')
+		if end < 0 {
+			return host, ""
+		}
+		hostname, rest := host[1:end], host[end+1:]
+		port, _ = strings.CutPrefix(rest, ":")
+		return hostname, port
 	}
-	return strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), ""
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && strings.IndexByte(host, ':') == i {
+		return host[:i], host[i+1:]
+	}
+	return host, ""
 }
 
 // mediaType is the lower-cased media type of a Content-Type, without its

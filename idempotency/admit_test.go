@@ -329,3 +329,47 @@ func TestAdmitRefusals(t *testing.T) {
 
 func (a admitReq) withBody(b []byte) admitReq { a.body = b; return a }
 func (a admitReq) withoutKey() admitReq       { a.keyless = true; return a }
+
+// The record key of a request with the default namespace is that of its
+// RequestHost: what the admin API is given to find it.
+func TestRequestHost(t *testing.T) {
+	for _, tc := range []struct {
+		req  admitReq
+		want string
+	}{
+		{jsonReq("").on("API.Example.com"), "api.example.com:80"},
+		{jsonReq("").on("api.example.com").overTLS(), "api.example.com:443"},
+		{jsonReq("").on("api.example.com:8443"), "api.example.com:8443"},
+		{jsonReq("").on("api.example.com:8443").via("127.0.0.1:9000"), "api.example.com:9000"},
+		{jsonReq("").on("a.test."), "a.test.:80"},
+		{jsonReq("").on("[::1]:8080"), "[::1]:8080"},
+		{jsonReq("").on("[::1]").via("[::1]:443"), "[::1]:443"},
+	} {
+		r := tc.req.build()
+		if got := RequestHost(r); got != tc.want {
+			t.Errorf("RequestHost(Host %q) = %q, want %q", tc.req.host, got, tc.want)
+		}
+		if got, want := newRequestRecordKey(r, "s", "k"), NewRecordKey(tc.want, "s", "k"); got != want {
+			t.Errorf("Host %q: the record key is not that of %q", tc.req.host, tc.want)
+		}
+	}
+}
+
+func TestSplitHostPort(t *testing.T) {
+	for in, want := range map[string][2]string{
+		"a.test":        {"a.test", ""},
+		"a.test:8080":   {"a.test", "8080"},
+		"a.test:":       {"a.test", ""},
+		"[::1]":         {"::1", ""},
+		"[::1]:443":     {"::1", "443"},
+		"::1":           {"::1", ""},
+		"[::1":          {"[::1", ""},
+		"":              {"", ""},
+		"127.0.0.1:80":  {"127.0.0.1", "80"},
+		"xn--bcher-kva": {"xn--bcher-kva", ""},
+	} {
+		if h, p := splitHostPort(in); h != want[0] || p != want[1] {
+			t.Errorf("splitHostPort(%q) = %q, %q; want %q, %q", in, h, p, want[0], want[1])
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"hash"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -59,6 +60,20 @@ func NewRecordKey(namespace, scope, key string) RecordKey {
 	d.reset()
 	d.field(recordKeyVersion)
 	d.field(namespace)
+	d.field(scope)
+	d.field(key)
+	return RecordKey(d.sum())
+}
+
+// newRequestRecordKey is NewRecordKey(RequestHost(r), scope, key), with the
+// host written into a pooled buffer instead of a new string.
+func newRequestRecordKey(r *http.Request, scope, key string) RecordKey {
+	d := hashPool.Get().(*tupleHash)
+	defer hashPool.Put(d)
+	d.reset()
+	d.field(recordKeyVersion)
+	d.path = appendRequestHost(d.path[:0], r)
+	d.fieldBytes(d.path)
 	d.field(scope)
 	d.field(key)
 	return RecordKey(d.sum())

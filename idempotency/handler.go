@@ -108,7 +108,7 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, log key
 			writeError(w, h.cfg.ConflictStatus, CodeKeyReused, reuseMessage(a.key), &retryNo)
 			return nil
 		case rec.State == StateCompleted:
-			h.decide(r, log, OutcomeReplayed, zap.Int("status", rec.Response.Status), zap.Bool("body_stored", !rec.Response.NotStored))
+			h.decide(r, log, OutcomeReplayed, zap.Int("status", rec.Response.Status))
 			writeReplay(w, rec.Response)
 			return nil
 		}
