@@ -103,6 +103,8 @@ func fidClient(t *testing.T, host string) *http.Client {
 	c := &http.Client{Timeout: 20 * time.Second, Transport: tr}
 	if host == "" {
 		host = siteHost()
+		// fidURL's requests go to localhost, a connection pool of its own.
+		fidWarmUp(t, c, fidURL(fidWarmUpPath), host, fidGeneration)
 	}
 	fidWarmUp(t, c, fmt.Sprintf("http://127.0.0.1:%d%s", httpPort, fidWarmUpPath), host, fidGeneration)
 	return c
