@@ -207,7 +207,7 @@ func adminRecordKey(w http.ResponseWriter, r *http.Request, path string) (idempo
 		return key, adminError(http.StatusBadRequest, "key is required: the client's idempotency key, or use %srecords/<key hash>", adminBase)
 	}
 	if in.Namespace == nil {
-		return key, adminError(http.StatusBadRequest, "namespace is required: the handler's namespace, by default the site's host as requested (lower-case, without a default port)")
+		return key, adminError(http.StatusBadRequest, "namespace is required: the handler's namespace, by default the request's site as host@listen: its host name, lower-cased, and its server's listen address, such as api.example.com@:443")
 	}
 	if in.Scope == nil {
 		return key, adminError(http.StatusBadRequest, "scope is required: what the handler's scope gives for the client (by default its Authorization header value); it may be empty")

@@ -103,7 +103,7 @@ type adminStatsJSON struct {
 // byScopeAndKey is the records path with the test site's namespace, scope
 // and key in the query.
 func byScopeAndKey(scope, key string, more ...string) string {
-	q := url.Values{"namespace": {siteHost()}, "scope": {scope}, "key": {key}}
+	q := url.Values{"namespace": {siteNamespace()}, "scope": {scope}, "key": {key}}
 	for i := 0; i+1 < len(more); i += 2 {
 		q.Set(more[i], more[i+1])
 	}
@@ -153,7 +153,7 @@ func TestAdminInspectAndPurgeCompleted(t *testing.T) {
 
 	var rec adminRecordJSON
 	admin(t, http.MethodGet, byScopeAndKey(adminScope, "adm-1"), "").json(t, http.StatusOK, &rec)
-	wantHash := idempotency.NewRecordKey(siteHost(), adminScope, "adm-1").String()
+	wantHash := idempotency.NewRecordKey(siteNamespace(), adminScope, "adm-1").String()
 	switch {
 	case rec.State != "completed" || rec.Status != http.StatusOK || rec.KeyHash != wantHash:
 		t.Fatalf("record %+v, want completed 200 with key hash %s", rec, wantHash)
@@ -192,7 +192,7 @@ func TestAdminInspectAndPurgeCompleted(t *testing.T) {
 
 	// Scope and key in a JSON body, which Caddy does not log as it logs URIs.
 	var viaBody adminRecordJSON
-	admin(t, http.MethodGet, "/idempotency/records", `{"namespace":"`+siteHost()+`","scope":"`+adminScope+`","key":"adm-1"}`).json(t, http.StatusOK, &viaBody)
+	admin(t, http.MethodGet, "/idempotency/records", `{"namespace":"`+siteNamespace()+`","scope":"`+adminScope+`","key":"adm-1"}`).json(t, http.StatusOK, &viaBody)
 	if viaBody.KeyHash != wantHash {
 		t.Fatalf("by JSON body: key hash %s, want %s", viaBody.KeyHash, wantHash)
 	}
@@ -379,7 +379,7 @@ func TestAdminSeveralStores(t *testing.T) {
 	if st := adminStats(t, inRedis); st.Store != redisName || st.Total != 1 || st.Completed != 1 {
 		t.Fatalf("redis stats %+v", st)
 	}
-	hash := idempotency.NewRecordKey(siteHost(), adminScope, "multi").String()
+	hash := idempotency.NewRecordKey(siteNamespace(), adminScope, "multi").String()
 	var rec adminRecordJSON
 	admin(t, http.MethodGet, "/idempotency/records/"+hash+inRedis, "").json(t, http.StatusOK, &rec)
 	if rec.State != "completed" || rec.Store != redisName {
@@ -411,7 +411,7 @@ func TestAdminSeveralStores(t *testing.T) {
 // Bad requests get Caddy's admin error answer, {"error": "..."}, with a 4xx.
 func TestAdminBadInput(t *testing.T) {
 	newStack(t, "\t\tstore badger "+storeDir(t))
-	hash := idempotency.NewRecordKey(siteHost(), adminScope, "k").String()
+	hash := idempotency.NewRecordKey(siteNamespace(), adminScope, "k").String()
 	for _, tc := range []struct {
 		method, path, body string
 		status             int

@@ -80,8 +80,9 @@ func TestFidelitySites(t *testing.T) {
 }
 
 // A site is where Caddy routed the request, not what its Host header says:
-// a request sent to one port with another port's Host, or with a trailing
-// dot Caddy's host matcher keeps, never replays the other site's record.
+// a request sent to one port with another port's Host, to one of two
+// servers bound to two addresses on one port, or with a trailing dot
+// Caddy's host matcher keeps, never replays the other site's record.
 func TestFidelitySitesByListener(t *testing.T) {
 	port2 := freePort()
 	a, b := batchesbackend.New(), batchesbackend.New()
@@ -101,6 +102,23 @@ func TestFidelitySitesByListener(t *testing.T) {
 	fidFresh(t, onA)
 	if onA.batch(t).ID == onB.batch(t).ID || a.Creates() != 1 || b.Creates() != 1 {
 		t.Fatalf("the port-%d site answered with the other site's batch: creates %d and %d", httpPort, a.Creates(), b.Creates())
+	}
+
+	// Two servers on one port, bound to two addresses.
+	a, b = batchesbackend.New(), batchesbackend.New()
+	bound := func(ip string, backend *batchesbackend.Server) string {
+		return fidSite(fmt.Sprintf("http://:%d", port2), "bind "+ip, "idempotency /v1/batches", "reverse_proxy "+newFidBatches(t, backend))
+	}
+	fidLoad(t, site(fmt.Sprintf("http://:%d", httpPort), batchesbackend.New()), bound("127.0.0.1", a), bound("127.0.0.2", b))
+	for _, ip := range []string{"127.0.0.1", "127.0.0.2"} {
+		fidWarmUp(t, c, fmt.Sprintf("http://%s:%d%s", ip, port2, fidWarmUpPath), "", fidGeneration)
+	}
+	key = fidKey("by-bind")
+	for _, ip := range []string{"127.0.0.1", "127.0.0.2"} {
+		fidFresh(t, fidSend(t, c, http.MethodPost, fmt.Sprintf("http://%s:%d/v1/batches", ip, port2), body, "Host", "api.localhost", "Idempotency-Key", key))
+	}
+	if a.Creates() != 1 || b.Creates() != 1 {
+		t.Fatalf("creates %d and %d, want one behind each bound server", a.Creates(), b.Creates())
 	}
 
 	a, b = batchesbackend.New(), batchesbackend.New()

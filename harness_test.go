@@ -44,9 +44,12 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// siteHost is the host the test site's requests name: the namespace of
-// their records.
+// siteHost is the host the test site's requests name.
 func siteHost() string { return fmt.Sprintf("localhost:%d", httpPort) }
+
+// siteNamespace is the namespace of the test site's records: its host name
+// and the listen address of its server.
+func siteNamespace() string { return fmt.Sprintf("localhost@:%d", httpPort) }
 
 func newTester(t *testing.T) *caddytest.Tester {
 	return caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})

@@ -123,7 +123,7 @@ func TestOutcomePlaceholdersAndAccessLog(t *testing.T) {
 	auth := []string{"Authorization", "Bearer sk-placeholder", "Idempotency-Key", key}
 	first := s.send(http.MethodPost, "/v1/batches", body, auth...)
 	replay := s.send(http.MethodPost, "/v1/batches", body, auth...)
-	wantHash := idempotency.NewRecordKey(siteHost(), "Bearer sk-placeholder", key).String()
+	wantHash := idempotency.NewRecordKey(siteNamespace(), "Bearer sk-placeholder", key).String()
 	for name, r := range map[string]reply{"stored": first, "replayed": replay} {
 		if got := r.Header.Get("X-Idempotency-Outcome"); got != name {
 			t.Errorf("%s: X-Idempotency-Outcome %q", name, got)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -42,8 +43,9 @@ type Handler struct {
 	// empty, instead of giving all such requests one shared scope.
 	RequireScope bool `json:"require_scope,omitempty"`
 	// The records of the handlers with the same namespace may meet, whatever
-	// host a request names. Default: the request's host (lower-cased, without
-	// a default port), so two sites on one store never share a record.
+	// host a request names. Default: the request's site, "host@listen": its
+	// host name, lower-cased, and its server's listen address (":443"), so
+	// two sites on one store never share a record.
 	Namespace string `json:"namespace,omitempty"`
 	// The covered methods. Default: POST.
 	Methods []string `json:"methods,omitempty"`
@@ -123,6 +125,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		LockTimeout:    time.Duration(h.LockTimeout),
 		Wait:           h.wait(),
 		Namespace:      h.Namespace,
+		Listener:       serverListener,
 		MaxBody:        h.MaxBody,
 		MaxResponse:    h.MaxResponse,
 		ConflictStatus: h.ConflictStatus,
@@ -132,6 +135,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Observe:        h.observe,
 	})
 	return err
+}
+
+// serverListener names the Caddy server a request arrived on by its listen
+// addresses as configured (":443", "127.0.0.2:8480", "unix//run/api.sock"):
+// the same across reloads, and different for two servers, whatever their
+// connections' local addresses (a PROXY header sets those) say.
+func serverListener(r *http.Request) string {
+	srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	switch {
+	case !ok || len(srv.Listen) == 0:
+		return ""
+	case len(srv.Listen) == 1:
+		return srv.Listen[0]
+	}
+	return strings.Join(srv.Listen, ",")
 }
 
 // wait is the engine's Wait: unset takes its default, 0 means none.

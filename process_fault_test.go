@@ -151,7 +151,7 @@ func TestKillWithRequestInFlight(t *testing.T) {
 	}
 	defer store.Close()
 	for key, want := range map[string][]byte{"k-done-7": created[7], "k-in-flight": r.Body} {
-		rec, ok, err := store.Get(context.Background(), idempotency.NewRecordKey(fmt.Sprintf("127.0.0.1:%d", port), "Bearer sk-tenant-a", key))
+		rec, ok, err := store.Get(context.Background(), idempotency.NewRecordKey(fmt.Sprintf("127.0.0.1@:%d", port), "Bearer sk-tenant-a", key))
 		if err != nil || !ok || rec.State != idempotency.StateCompleted || !bytes.Equal(rec.Response.Body, want) {
 			t.Fatalf("record %s after the second kill: ok %v, err %v, state %v", key, ok, err, rec.State)
 		}

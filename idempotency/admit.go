@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"mime"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -153,16 +152,10 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		return admission{}, &refusal{http.StatusBadRequest, CodeScopeRequired,
 			"A request with an idempotency key must identify its caller (for example with an Authorization header).", &retryNo}
 	}
-	var rk RecordKey
-	if h.cfg.Namespace != "" {
-		rk = NewRecordKey(h.cfg.Namespace, scope, key)
-	} else {
-		rk = newRequestRecordKey(r, scope, key)
-	}
 	return admission{
 		keyed:    true,
 		key:      key,
-		rk:       rk,
+		rk:       h.recordKey(r, scope, key),
 		fp:       NewFingerprint(r.Method, r.URL.EscapedPath(), r.URL.RawQuery, kind, canonical),
 		upstream: upstream,
 		decoded:  decoded,
@@ -210,71 +203,6 @@ func (h *Handler) missingKey() *refusal {
 		where += " or the " + h.cfg.KeyField + " field of a JSON body"
 	}
 	return &refusal{http.StatusBadRequest, CodeKeyRequired, "An idempotency key is required for this request. Send it in " + where + ".", nil}
-}
-
-// RequestHost is the site a request was sent to, the default namespace of
-// its records: the host name it names, lower-cased as host matching is
-// (a trailing dot is kept: Caddy routes "a.test." apart from "a.test"), and
-// the port it arrived on, "host:port". The port is the listener's, not the
-// one in the Host header, which a client may set to anything: two sites on
-// two ports stay apart whatever Host they are sent. Without a listener (a
-// request made in a test), it is the Host header's port, else 80, or 443
-// over TLS.
-func RequestHost(r *http.Request) string { return string(appendRequestHost(nil, r)) }
-
-// appendRequestHost appends RequestHost(r) to dst, allocating nothing when
-// dst has room: it runs for every keyed request.
-func appendRequestHost(dst []byte, r *http.Request) []byte {
-	hostname, port := splitHostPort(r.Host)
-	ipv6 := strings.IndexByte(hostname, ':') >= 0
-	if ipv6 {
-		dst = append(dst, '[') // as net.JoinHostPort writes it
-	}
-	for i := 0; i < len(hostname); i++ {
-		c := hostname[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		dst = append(dst, c)
-	}
-	if ipv6 {
-		dst = append(dst, ']')
-	}
-	dst = append(dst, ':')
-	switch addr := r.Context().Value(http.LocalAddrContextKey).(type) {
-	case *net.TCPAddr:
-		return strconv.AppendInt(dst, int64(addr.Port), 10)
-	case net.Addr:
-		if _, p, err := net.SplitHostPort(addr.String()); err == nil {
-			return append(dst, p...)
-		}
-	}
-	switch {
-	case port != "":
-		return append(dst, port...)
-	case r.TLS != nil:
-		return append(dst, "443"...)
-	}
-	return append(dst, "80"...)
-}
-
-// splitHostPort splits a Host header value ("host", "host:port", "[v6]",
-// "[v6]:port"); port is "" when it has none. Unlike net.SplitHostPort it
-// allocates nothing for a value without a port.
-func splitHostPort(host string) (hostname, port string) {
-	if strings.HasPrefix(host, "[") {
-		end := strings.IndexByte(host, ']')
-		if end < 0 {
-			return host, ""
-		}
-		hostname, rest := host[1:end], host[end+1:]
-		port, _ = strings.CutPrefix(rest, ":")
-		return hostname, port
-	}
-	if i := strings.LastIndexByte(host, ':'); i >= 0 && strings.IndexByte(host, ':') == i {
-		return host[:i], host[i+1:]
-	}
-	return host, ""
 }
 
 // mediaType is the lower-cased media type of a Content-Type, without its

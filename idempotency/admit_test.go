@@ -331,45 +331,58 @@ func (a admitReq) withBody(b []byte) admitReq { a.body = b; return a }
 func (a admitReq) withoutKey() admitReq       { a.keyless = true; return a }
 
 // The record key of a request with the default namespace is that of its
-// RequestHost: what the admin API is given to find it.
-func TestRequestHost(t *testing.T) {
+// DefaultNamespace: what the admin API is given to find it.
+func TestDefaultNamespace(t *testing.T) {
 	for _, tc := range []struct {
-		req  admitReq
-		want string
+		req      admitReq
+		listener string
+		want     string
 	}{
-		{jsonReq("").on("API.Example.com"), "api.example.com:80"},
-		{jsonReq("").on("api.example.com").overTLS(), "api.example.com:443"},
-		{jsonReq("").on("api.example.com:8443"), "api.example.com:8443"},
-		{jsonReq("").on("api.example.com:8443").via("127.0.0.1:9000"), "api.example.com:9000"},
-		{jsonReq("").on("a.test."), "a.test.:80"},
-		{jsonReq("").on("[::1]:8080"), "[::1]:8080"},
-		{jsonReq("").on("[::1]").via("[::1]:443"), "[::1]:443"},
+		{jsonReq("").on("API.Example.com"), "", "api.example.com@:80"},
+		{jsonReq("").on("api.example.com").overTLS(), "", "api.example.com@:443"},
+		{jsonReq("").on("api.example.com:8443"), "", "api.example.com@:8443"},
+		{jsonReq("").on("api.example.com:8443").via("127.0.0.1:9000"), "", "api.example.com@:9000"},
+		{jsonReq("").on("api.example.com:8443").via("127.0.0.1:9000"), "127.0.0.2:8480", "api.example.com@127.0.0.2:8480"},
+		{jsonReq("").on("a.test."), "", "a.test.@:80"},
+		{jsonReq("").on("[::1]:8080"), "", "::1@:8080"},
+		{jsonReq("").on("[::1]").via("[::1]:443"), "", "::1@:443"},
+		{jsonReq("").on("[a.test]]"), "", "a.test]@:80"},
 	} {
 		r := tc.req.build()
-		if got := RequestHost(r); got != tc.want {
-			t.Errorf("RequestHost(Host %q) = %q, want %q", tc.req.host, got, tc.want)
+		if got := DefaultNamespace(r, tc.listener); got != tc.want {
+			t.Errorf("DefaultNamespace(Host %q, %q) = %q, want %q", tc.req.host, tc.listener, got, tc.want)
 		}
-		if got, want := newRequestRecordKey(r, "s", "k"), NewRecordKey(tc.want, "s", "k"); got != want {
+		h, _ := newHandler(t, Config{Listener: func(*http.Request) string { return tc.listener }})
+		if got, want := h.recordKey(r, "s", "k"), NewRecordKey(tc.want, "s", "k"); got != want {
 			t.Errorf("Host %q: the record key is not that of %q", tc.req.host, tc.want)
 		}
 	}
+	h, _ := newHandler(t, Config{Namespace: "gw"})
+	if h.recordKey(jsonReq("").build(), "s", "k") != NewRecordKey("gw", "s", "k") {
+		t.Error("a configured namespace is not the record key's")
+	}
 }
 
-func TestSplitHostPort(t *testing.T) {
+// Host values are read as Caddy's host matcher reads them (MatchHost), so a
+// namespace never joins two hosts Caddy routes apart.
+func TestSplitHost(t *testing.T) {
 	for in, want := range map[string][2]string{
 		"a.test":        {"a.test", ""},
 		"a.test:8080":   {"a.test", "8080"},
 		"a.test:":       {"a.test", ""},
 		"[::1]":         {"::1", ""},
 		"[::1]:443":     {"::1", "443"},
-		"::1":           {"::1", ""},
-		"[::1":          {"[::1", ""},
+		"[a.test]":      {"a.test", ""},
+		"[a.test]]":     {"a.test]", ""},
+		"[a.test]x":     {"a.test]x", ""},
+		"[a.test]:x:y":  {"a.test]:x:y", ""},
+		"[::1":          {"::1", ""},
 		"":              {"", ""},
 		"127.0.0.1:80":  {"127.0.0.1", "80"},
 		"xn--bcher-kva": {"xn--bcher-kva", ""},
 	} {
-		if h, p := splitHostPort(in); h != want[0] || p != want[1] {
-			t.Errorf("splitHostPort(%q) = %q, %q; want %q, %q", in, h, p, want[0], want[1])
+		if h, p := splitHost(in); h != want[0] || p != want[1] {
+			t.Errorf("splitHost(%q) = %q, %q; want %q, %q", in, h, p, want[0], want[1])
 		}
 	}
 }

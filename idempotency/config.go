@@ -46,10 +46,15 @@ type Config struct {
 	// requests one shared scope.
 	RequireScope bool
 	// Namespace is shared by the requests whose records may meet. Default
-	// (""): the request's host (see RequestHost), so two sites on one store
-	// never replay each other's responses.
+	// (""): the request's site, its host and listener (see
+	// DefaultNamespace), so two sites on one store never replay each
+	// other's responses.
 	Namespace string
-	Methods   []string // covered methods; default POST
+	// Listener names the listener a request arrived on, for the default
+	// namespace: the Caddy adapter gives the server's listen addresses.
+	// Default (nil, or ""): ":" and the port of the request's local address.
+	Listener func(*http.Request) string
+	Methods  []string // covered methods; default POST
 
 	TTL         time.Duration // how long a completed record replays
 	LockTimeout time.Duration // lease of an in-flight record, renewed by a live owner

@@ -51,7 +51,7 @@ func NewFingerprint(method, escapedPath, rawQuery string, kind bodyKind, body []
 }
 
 // NewRecordKey derives the store key from the namespace (by default the
-// request's host, see RequestHost), the scope (by default the caller's
+// request's site, see DefaultNamespace), the scope (by default the caller's
 // credential) and the client's key, so sites and tenants never share a
 // record and none of the values is stored in the clear.
 func NewRecordKey(namespace, scope, key string) RecordKey {
@@ -65,14 +65,14 @@ func NewRecordKey(namespace, scope, key string) RecordKey {
 	return RecordKey(d.sum())
 }
 
-// newRequestRecordKey is NewRecordKey(RequestHost(r), scope, key), with the
-// host written into a pooled buffer instead of a new string.
-func newRequestRecordKey(r *http.Request, scope, key string) RecordKey {
+// recordKey is NewRecordKey(the request's namespace, scope, key), with the
+// namespace written into a pooled buffer instead of a new string.
+func (h *Handler) recordKey(r *http.Request, scope, key string) RecordKey {
 	d := hashPool.Get().(*tupleHash)
 	defer hashPool.Put(d)
 	d.reset()
 	d.field(recordKeyVersion)
-	d.path = appendRequestHost(d.path[:0], r)
+	d.path = h.appendNamespace(d.path[:0], r)
 	d.fieldBytes(d.path)
 	d.field(scope)
 	d.field(key)

@@ -207,8 +207,8 @@ func TestStreamedResponse(t *testing.T) {
 			}
 			_, _ = io.Copy(io.Discard, rd)
 			resp.Body.Close()
-			waitFor(t, func() bool { _, ok := getRecord(t, s.store, s.host(), "", "k-stream"); return ok })
-			rec, _ := getRecord(t, s.store, s.host(), "", "k-stream")
+			waitFor(t, func() bool { _, ok := getRecord(t, s.store, s.ns(), "", "k-stream"); return ok })
+			rec, _ := getRecord(t, s.store, s.ns(), "", "k-stream")
 			if rec.State != StateCompleted || rec.Response.NotStored == tc.kept {
 				t.Fatalf("record %+v, want completed, kept %v", rec, tc.kept)
 			}
@@ -259,7 +259,7 @@ func TestStreamClientLeaves(t *testing.T) {
 	resp.Body.Close()
 	close(first)
 	waitFor(t, func() bool {
-		rec, ok := getRecord(t, s.store, s.host(), "", "k-left")
+		rec, ok := getRecord(t, s.store, s.ns(), "", "k-left")
 		return ok && rec.State == StateCompleted
 	})
 	retry := s.post(t, createBody, withKey("k-left"))
@@ -301,7 +301,7 @@ func TestStreamBehindFrontCoder(t *testing.T) {
 	s := &stack{up: up, h: h, store: store, front: front, client: front.Client()}
 	first := s.post(t, createBody, withKey("k-front"), withHeader("Accept-Encoding", "gzip"))
 	wantForwarded(t, first, http.StatusOK)
-	rec, ok := getRecord(t, store, s.host(), "", "k-front")
+	rec, ok := getRecord(t, store, s.ns(), "", "k-front")
 	if !ok || rec.State != StateCompleted || rec.Response.NotStored || rec.Response.Header.Get("Content-Encoding") != "" {
 		t.Fatalf("record %+v (found %v), want the stream kept with the upstream's own header", rec, ok)
 	}

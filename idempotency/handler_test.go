@@ -181,11 +181,16 @@ func withPath(p string) reqOpt {
 // send sends body (a string, or an io.Reader for a body of unknown length)
 // as a JSON POST to /v1/batches unless opts say otherwise; it never fails
 // the test, so goroutines may call it.
-// host is what the stack's requests name as their host: their namespace.
-func (s *stack) host() string { return strings.TrimPrefix(s.front.URL, "http://") }
+// ns is the namespace of the stack's requests: their host and the front
+// server's port.
+func (s *stack) ns() string {
+	host := strings.TrimPrefix(s.front.URL, "http://")
+	name, port, _ := strings.Cut(host, ":")
+	return name + "@:" + port
+}
 
-// newRequestHost is the host of httptest.NewRequest's requests.
-const newRequestHost = "example.com:80"
+// newRequestNS is the namespace of httptest.NewRequest's requests.
+const newRequestNS = "example.com@:80"
 
 func (s *stack) send(ctx context.Context, body any, opts ...reqOpt) result {
 	var rd io.Reader
@@ -368,7 +373,7 @@ func TestFirstForwardedSecondReplayed(t *testing.T) {
 		t.Fatalf("X-Request-Id %q, want req_1", first.header.Get("X-Request-Id"))
 	}
 
-	rec, ok := getRecord(t, s.store, s.host(), "", "k-1")
+	rec, ok := getRecord(t, s.store, s.ns(), "", "k-1")
 	if !ok || rec.State != StateCompleted || rec.Response == nil {
 		t.Fatalf("after a 2xx the record is %+v (found %v), want completed", rec, ok)
 	}
@@ -728,7 +733,7 @@ func TestUncoveredMethodsPassThroughUnread(t *testing.T) {
 			t.Fatalf("%s: ServeHTTP = %v, next called %d times, status %d; want passthrough", method, err, calls, w.Code)
 		}
 	}
-	if _, ok, _ := store.Get(t.Context(), NewRecordKey(newRequestHost, "", "k")); ok {
+	if _, ok, _ := store.Get(t.Context(), NewRecordKey(newRequestNS, "", "k")); ok {
 		t.Fatal("an uncovered method created a record")
 	}
 
@@ -815,7 +820,7 @@ func TestBodyReadFailure(t *testing.T) {
 	res := result{status: w.Code, header: w.Header(), body: w.Body.Bytes()}
 	wantError(t, res, http.StatusBadRequest, CodeBodyUnreadable)
 	wantHeader(t, res, "x-should-retry", "true")
-	if _, ok := getRecord(t, store, newRequestHost, "", "k-cut"); ok {
+	if _, ok := getRecord(t, store, newRequestNS, "", "k-cut"); ok {
 		t.Fatal("a request whose body could not be read claimed its key")
 	}
 }
@@ -873,7 +878,7 @@ func TestUpstreamFailureReleases(t *testing.T) {
 			if string(r.body) != "failure 1" {
 				t.Fatalf("client got %q, want the upstream's body", r.body)
 			}
-			if _, ok := getRecord(t, s.store, s.host(), "", "k-fail"); ok {
+			if _, ok := getRecord(t, s.store, s.ns(), "", "k-fail"); ok {
 				t.Fatal("the record was kept after a non-2xx")
 			}
 			retry := s.post(t, createBody, withKey("k-fail"))
@@ -921,7 +926,7 @@ func TestStoredResponseFraming(t *testing.T) {
 	if w.Code != http.StatusCreated || w.Body.String() != want || w.Header().Get("Content-Length") != strconv.Itoa(len(want)) {
 		t.Fatalf("client got %d %q with Content-Length %q, want 201 %s with its length", w.Code, w.Body, w.Header().Get("Content-Length"), want)
 	}
-	rec, ok := getRecord(t, store, newRequestHost, "", "k-frame")
+	rec, ok := getRecord(t, store, newRequestNS, "", "k-frame")
 	if !ok || rec.State != StateCompleted || rec.Response.Status != http.StatusCreated || string(rec.Response.Body) != want {
 		t.Fatalf("stored %+v (found %v), want the 201", rec, ok)
 	}
@@ -989,7 +994,7 @@ func TestNextErrorOrPanic(t *testing.T) {
 			if tc.status >= 200 && tc.status <= 299 && w.Body.Len() != 0 {
 				t.Fatalf("the held 2xx leaked to the client: %q", w.Body)
 			}
-			rec, ok := getRecord(t, store, newRequestHost, "", "k-fail")
+			rec, ok := getRecord(t, store, newRequestNS, "", "k-fail")
 			calls := 0
 			retry := httptest.NewRecorder()
 			if err := h.ServeHTTP(retry, jsonRequest("k-fail", createBody), okNext(&calls, "ok")); err != nil {
@@ -1094,7 +1099,7 @@ func TestResponseOverMaxResponse(t *testing.T) {
 		t.Errorf("message %q does not say the first request succeeded", msg)
 	}
 	s.up.wantCalls(t, 1)
-	rec, ok := getRecord(t, s.store, s.host(), "", "k-large")
+	rec, ok := getRecord(t, s.store, s.ns(), "", "k-large")
 	if !ok || rec.State != StateCompleted || !rec.Response.NotStored || len(rec.Response.Body) != 0 {
 		t.Fatalf("record %+v (found %v), want completed without a body", rec, ok)
 	}
@@ -1149,7 +1154,7 @@ func TestInUseWhileOwnerUpstream(t *testing.T) {
 	owner := make(chan result, 1)
 	go func() { owner <- s.send(context.Background(), createBody, withKey("k-busy")) }()
 	waitClosed(t, g.entered, "the owner to reach upstream")
-	woken, unsubscribe := s.h.waiters.subscribe(NewRecordKey(s.host(), "", "k-busy"))
+	woken, unsubscribe := s.h.waiters.subscribe(NewRecordKey(s.ns(), "", "k-busy"))
 	defer unsubscribe()
 
 	dup := s.post(t, createBody, withKey("k-busy"))
@@ -1356,7 +1361,7 @@ func TestLeaseRenewal(t *testing.T) {
 
 	for _, at := range []time.Duration{2 * lease, 3 * lease} { // upstream held about 1s
 		time.Sleep(time.Until(start.Add(at))) // lease expiry is the point: real time must pass
-		rec, ok := getRecord(t, s.store, s.host(), "", "k-long")
+		rec, ok := getRecord(t, s.store, s.ns(), "", "k-long")
 		if !ok || rec.State != StateInFlight || !rec.LeaseUntil.After(time.Now()) {
 			t.Fatalf("%v after begin: record %+v (live %v), want a renewed in-flight lease", at, rec, ok)
 		}
@@ -1384,7 +1389,7 @@ func TestLeaseTakeover(t *testing.T) {
 				t.Fatal(err)
 			}
 			fp := NewFingerprint(http.MethodPost, batchesPath, "", bodyJSON, parsed.Canonical)
-			rk := NewRecordKey(s.host(), "Bearer sk-dead", "k-orphan")
+			rk := NewRecordKey(s.ns(), "Bearer sk-dead", "k-orphan")
 			dead := NewToken()
 			rec, owned, err := s.store.Begin(t.Context(), rk, fp, dead, lease)
 			if err != nil || !owned {
@@ -1476,7 +1481,7 @@ func TestClientDisconnectDoesNotCancelUpstream(t *testing.T) {
 	if upstreamCanceled.Load() {
 		t.Fatal("the upstream saw its request canceled")
 	}
-	rec, ok := getRecord(t, m, s.host(), "", "k-gone")
+	rec, ok := getRecord(t, m, s.ns(), "", "k-gone")
 	if !ok || rec.State != StateCompleted || !bytes.Contains(rec.Response.Body, []byte(`"call":1`)) {
 		t.Fatalf("record after the owner finished: %+v (found %v), want the completed response", rec, ok)
 	}

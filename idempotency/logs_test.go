@@ -50,7 +50,7 @@ func TestLogsCarryNoKeyOrCredential(t *testing.T) {
 		t.Fatalf("only %d log entries: the paths above were not logged", logs.Len())
 	}
 	// The control: decisions name the key by its hash.
-	wantHash := NewRecordKey("example.com:80", "Bearer "+credential, key).String()
+	wantHash := NewRecordKey("example.com@:80", "Bearer "+credential, key).String()
 	if n := logs.FilterField(zap.String("key_hash", wantHash)).Len(); n < 3 {
 		t.Fatalf("%d log entries carry key_hash %s, want the stored, replayed and reused decisions", n, wantHash)
 	}

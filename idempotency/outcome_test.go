@@ -45,7 +45,7 @@ func TestEveryRequestGetsOneDecision(t *testing.T) {
 		}
 		writeBatch(w, http.StatusOK, n)
 	})
-	keyOf := func(k string) RecordKey { return NewRecordKey(s.host(), "Bearer t", k) }
+	keyOf := func(k string) RecordKey { return NewRecordKey(s.ns(), "Bearer t", k) }
 	auth := withAuth("Bearer t")
 	fail.Store("1", true)
 
@@ -96,7 +96,7 @@ func TestDecisionsInFlightAndStoreError(t *testing.T) {
 	first := make(chan result)
 	go func() { first <- s.post(t, createBody, withKey("f-1")) }()
 	waitFor(t, func() bool {
-		_, ok, _ := s.store.Get(context.Background(), NewRecordKey(s.host(), "", "f-1"))
+		_, ok, _ := s.store.Get(context.Background(), NewRecordKey(s.ns(), "", "f-1"))
 		return ok
 	})
 	if res := s.post(t, createBody, withKey("f-1")); res.status != http.StatusConflict {

@@ -232,7 +232,7 @@ func (sr scaleRun) fill(s *scaleStore, rep *scaleReport) error {
 	defer st.Close()
 	ctx := context.Background()
 	// Created over HTTP: the namespace is the host the loader sent it to.
-	rec, ok, err := st.Get(ctx, idempotency.NewRecordKey(fmt.Sprintf("127.0.0.1:%d", s.port), "", hotKey(1)))
+	rec, ok, err := st.Get(ctx, idempotency.NewRecordKey(fmt.Sprintf("127.0.0.1@:%d", s.port), "", hotKey(1)))
 	if err != nil || !ok || rec.Response == nil {
 		return fmt.Errorf("reading the record of %s: found %v, %v", hotKey(1), ok, err)
 	}
