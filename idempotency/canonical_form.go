@@ -302,9 +302,10 @@ func printableASCII(s string, limit int) string {
 // "name=", and a segment with an invalid escape (%zz, %4), which WHATWG keeps
 // literally and Go's url.ParseQuery drops, is kept as its raw text, tagged so
 // it equals no decoded pair. Duplicates are kept. Pairs are ordered by their
-// encoded names, and pairs of one name keep their order: form handlers look
-// pairs up by name, and one that reads the first of a repeated name tells
-// model=a&model=b from model=b&model=a.
+// names, decoded as the WHATWG parser decodes them (invalid escapes kept, so
+// a raw pair sorts with the others of its name), and pairs of one name keep
+// their order: form handlers look pairs up by name, and one that reads the
+// first of a repeated name tells model=a&model=b from model=b&model=a.
 //
 // Layout: field("form/v1"), uvarint(number of pairs), then the pairs, each
 // one of
@@ -313,9 +314,8 @@ func printableASCII(s string, limit int) string {
 //	'd' field(name) 1 field(value)
 //	'r' field(segment)                invalid escape
 //
-// The name encodings ('d' field(name), or the whole 'r' pair) are
-// prefix-free, so two bodies share an encoding exactly when they have the
-// same pairs in the same order within each name.
+// Two bodies share an encoding exactly when they have the same pairs in the
+// same order within each name.
 func canonicalURLEncoded(dst, body []byte) ([]byte, error) {
 	s := formScratchPool.Get().(*formScratch)
 	defer s.release()
@@ -325,7 +325,7 @@ func canonicalURLEncoded(dst, body []byte) ([]byte, error) {
 		}
 	}
 	slices.SortStableFunc(s.spans, func(a, b formSpan) int {
-		return bytes.Compare(s.enc[a.start:a.nameEnd], s.enc[b.start:b.nameEnd])
+		return bytes.Compare(s.names[a.nameStart:a.nameEnd], s.names[b.nameStart:b.nameEnd])
 	})
 	dst = canonField(dst, formCanonVersion)
 	dst = binary.AppendUvarint(dst, uint64(len(s.spans)))
@@ -338,10 +338,11 @@ func canonicalURLEncoded(dst, body []byte) ([]byte, error) {
 // formScratch holds the pair encodings of one body until they are sorted.
 type formScratch struct {
 	enc   []byte
+	names []byte // each pair's name, decoded leniently: its sort key
 	spans []formSpan
 }
 
-type formSpan struct{ start, nameEnd, end int }
+type formSpan struct{ start, end, nameStart, nameEnd int }
 
 var formScratchPool = sync.Pool{New: func() any { return new(formScratch) }}
 
@@ -349,34 +350,49 @@ func (s *formScratch) release() {
 	if cap(s.enc) > 64<<10 || cap(s.spans) > 4<<10 {
 		return // a large body's buffers are not kept pooled
 	}
-	s.enc, s.spans = s.enc[:0], s.spans[:0]
+	s.enc, s.names, s.spans = s.enc[:0], s.names[:0], s.spans[:0]
 	formScratchPool.Put(s)
 }
 
 func (s *formScratch) add(seg []byte) {
-	start := len(s.enc)
-	var nameEnd int
-	s.enc, nameEnd = appendFormPair(s.enc, seg)
-	s.spans = append(s.spans, formSpan{start, nameEnd, len(s.enc)})
+	start, nameStart := len(s.enc), len(s.names)
+	s.enc = appendFormPair(s.enc, seg)
+	name, _, _ := bytes.Cut(seg, []byte{'='})
+	s.names = appendLenientUnescape(s.names, name)
+	s.spans = append(s.spans, formSpan{start, len(s.enc), nameStart, len(s.names)})
 }
 
-// appendFormPair appends the pair's encoding and returns where its name's
-// encoding ends.
-func appendFormPair(dst, seg []byte) (_ []byte, nameEnd int) {
+func appendFormPair(dst, seg []byte) []byte {
 	start := len(dst)
 	name, value, hasValue := bytes.Cut(seg, []byte{'='})
 	dst, ok := appendUnescaped(append(dst, 'd'), name)
-	nameEnd = len(dst)
 	if ok && !hasValue {
-		return append(dst, 0), nameEnd
+		return append(dst, 0)
 	}
 	if ok {
 		if dst, ok = appendUnescaped(append(dst, 1), value); ok {
-			return dst, nameEnd
+			return dst
 		}
 	}
-	dst = canonFieldBytes(append(dst[:start], 'r'), seg)
-	return dst, len(dst)
+	return canonFieldBytes(append(dst[:start], 'r'), seg)
+}
+
+// appendLenientUnescape appends raw decoded as the WHATWG urlencoded parser
+// decodes it: '+' is a space, a valid %XX its byte, and an invalid escape
+// stays as it is. It is how servers find the name a pair belongs to.
+func appendLenientUnescape(dst, raw []byte) []byte {
+	for i := 0; i < len(raw); i++ {
+		switch c := raw[i]; {
+		case c == '+':
+			dst = append(dst, ' ')
+		case c == '%' && i+2 < len(raw) && isHex(raw[i+1]) && isHex(raw[i+2]):
+			dst = append(dst, unhex(raw[i+1])<<4|unhex(raw[i+2]))
+			i += 2
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
 }
 
 // isSerializedForm reports whether body could have come from a form

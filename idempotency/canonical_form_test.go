@@ -366,6 +366,8 @@ func TestCanonicalFormCollide(t *testing.T) {
 func TestCanonicalFormDistinct(t *testing.T) {
 	cases := [][2]string{
 		{"a=2&a=1", "a=1&a=2"}, // a repeated name keeps its order: the first value is not the same
+		{"a=%zz&a=1", "a=1&a=%zz"}, // a raw pair is ordered with the other pairs of its name
+		{"a%zz=1&a%25zz=2", "a%25zz=2&a%zz=1"},
 		{"items%5B%5D=1&x=a&items%5B%5D=2", "items%5B%5D=2&x=a&items%5B%5D=1"},
 		{"a", "a="},
 		{"a=1&a=1", "a=1"},

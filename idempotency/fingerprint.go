@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"hash"
@@ -82,10 +83,14 @@ func (h *Handler) recordKey(r *http.Request, scope, key string) RecordKey {
 // tupleHash hashes length-prefixed fields. Pooled: sha256.New allocates, and
 // every keyed request hashes twice.
 type tupleHash struct {
-	h      hash.Hash
-	buf    []byte // staging for short fields, so each is one Write without a conversion
-	path   []byte // the canonical path
-	pairs  []string
+	h     hash.Hash
+	buf   []byte // staging for short fields, so each is one Write without a conversion
+	path  []byte // the canonical path
+	pairs []string
+	// sortByDecodedName's scratch
+	names  [][2]int
+	order  []int
+	sorted []string
 	length [binary.MaxVarintLen64]byte
 }
 
@@ -114,9 +119,10 @@ func (d *tupleHash) field(s string) {
 // only, none dropped or decoded, since a proxy forwards the raw query and a
 // parser such as url.ParseQuery drops pairs it cannot parse (';', a bad
 // escape), which would let two requests that reach the upstream differently
-// share a fingerprint. The pairs are ordered by their raw names, and pairs
-// of one name keep their order (?model=a&model=b is not ?model=b&model=a to
-// a server that reads the first): requests that differ only in the order of
+// share a fingerprint. The pairs are ordered by their names, decoded as
+// servers decode them (?a=1&%61=2 is a repeated name), and pairs of one name
+// keep their order (?model=a&model=b is not ?model=b&model=a to a server
+// that reads the first): requests that differ only in the order of
 // different names share a fingerprint. The pairs are substrings of
 // rawQuery: nothing is copied.
 func (d *tupleHash) queryFields(rawQuery string) {
@@ -126,7 +132,11 @@ func (d *tupleHash) queryFields(rawQuery string) {
 		pair, rest, more = strings.Cut(rest, "&")
 		pairs = append(pairs, pair) // empty pairs too: "a&" reaches the upstream as sent
 	}
-	slices.SortStableFunc(pairs, func(a, b string) int { return strings.Compare(pairName(a), pairName(b)) })
+	if strings.ContainsAny(rawQuery, "%+") {
+		d.sortByDecodedName(pairs)
+	} else {
+		slices.SortStableFunc(pairs, func(a, b string) int { return strings.Compare(pairName(a), pairName(b)) })
+	}
 	d.h.Write(binary.AppendUvarint(d.length[:0], uint64(len(pairs))))
 	for _, p := range pairs {
 		d.field(p)
@@ -136,6 +146,32 @@ func (d *tupleHash) queryFields(rawQuery string) {
 		pairs = nil // a huge query is not kept pooled
 	}
 	d.pairs = pairs[:0]
+}
+
+// sortByDecodedName sorts pairs stably by their names decoded leniently (see
+// appendLenientUnescape), written once each into d.buf.
+func (d *tupleHash) sortByDecodedName(pairs []string) {
+	names := d.names[:0]
+	d.buf = d.buf[:0]
+	for _, p := range pairs {
+		start := len(d.buf)
+		d.buf = appendLenientUnescape(d.buf, []byte(pairName(p)))
+		names = append(names, [2]int{start, len(d.buf)})
+	}
+	order := d.order[:0]
+	for i := range pairs {
+		order = append(order, i)
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		return bytes.Compare(d.buf[names[a][0]:names[a][1]], d.buf[names[b][0]:names[b][1]])
+	})
+	sorted := d.sorted[:0]
+	for _, i := range order {
+		sorted = append(sorted, pairs[i])
+	}
+	copy(pairs, sorted)
+	clear(sorted)
+	d.names, d.order, d.sorted = names[:0], order[:0], sorted[:0]
 }
 
 // pairName is the raw name of a query pair: what comes before its first '='.
