@@ -121,9 +121,11 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		}
 	case media == "multipart/form-data":
 		var boundary string
-		if _, params, err := mime.ParseMediaType(contentType); err == nil && !strings.Contains(strings.ToLower(contentType), "boundary*") {
-			// boundary* (RFC 2231) is read by Go and ignored by other parsers:
-			// two framings of one body would mean two requests.
+		if _, params, err := mime.ParseMediaType(contentType); err == nil && oneBoundaryParam(contentType) {
+			// One plain boundary parameter, or none: boundary* (RFC 2231) is
+			// read by Go and not by others, and a parser that looks for
+			// "boundary=" may find it in xboundary=. Two framings of one body
+			// would be two requests under one fingerprint.
 			boundary = params["boundary"]
 		}
 		c, err := canonicalMultipart((*bufp)[:0], content, boundary)
@@ -170,6 +172,23 @@ func appendEncoded(dst []byte, codings []string, body []byte) []byte {
 		dst = append(dst, c...)
 	}
 	return append(dst, body...)
+}
+
+// oneBoundaryParam reports whether the only parameter of a multipart
+// Content-Type whose name speaks of a boundary is the plain "boundary".
+func oneBoundaryParam(contentType string) bool {
+	n := 0
+	for _, param := range strings.Split(contentType, ";")[1:] {
+		name, _, _ := strings.Cut(param, "=")
+		name = strings.ToLower(strings.TrimSpace(name))
+		if strings.Contains(name, "boundary") {
+			if name != "boundary" {
+				return false
+			}
+			n++
+		}
+	}
+	return n == 1
 }
 
 // keyless is the answer to a request that has no key, unread.

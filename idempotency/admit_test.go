@@ -304,6 +304,7 @@ func TestAdmitRefusals(t *testing.T) {
 		{"truncated gzip", jsonReq("").with("Content-Encoding", "gzip").withBody(encoded("gzip", []byte(`{"a":1}`))[:12]), http.StatusBadRequest, CodeInvalidEncoding},
 		{"gzip of bad JSON", jsonReq(`{"a":`).coded("gzip"), http.StatusBadRequest, CodeInvalidJSON},
 		{"multipart without boundary", admitReq{body: []byte("--x\r\n\r\n--x--"), header: []string{"Content-Type", "multipart/form-data"}}, http.StatusBadRequest, CodeInvalidMultipart},
+		{"multipart with xboundary", admitReq{body: []byte("--x\r\n\r\n--x--"), header: []string{"Content-Type", "multipart/form-data; xboundary=AAA; boundary=x"}}, http.StatusBadRequest, CodeInvalidMultipart},
 		{"multipart with boundary*", admitReq{body: []byte("--x\r\n\r\n--x--"), header: []string{"Content-Type", "multipart/form-data; boundary*=UTF-8''x; boundary=abc"}}, http.StatusBadRequest, CodeInvalidMultipart},
 		{"zstd window over 8 MiB", jsonReq("").with("Content-Encoding", "zstd").withBody(zstdFrame(26, []byte(`{"a":1}`))), http.StatusBadRequest, CodeInvalidEncoding},
 		{"truncated multipart", func() admitReq {

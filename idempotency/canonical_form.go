@@ -65,7 +65,7 @@ func (e *FormError) Unwrap() error { return e.Err }
 //	  'P'
 //	  uvarint count of Content-Disposition headers, then each as
 //	    'd' field(lower-cased type) opt(name) opt(filename)   parsed by mime.ParseMediaType
-//	    'r' field(value, trimmed)                             unparsable
+//	    'r' field(value, trimmed)                             unparsable, or with an extended (*=) parameter
 //	  uvarint count of Content-Type headers, then each as
 //	    'p' field(mime.FormatMediaType of the parsed value)   lower-cased type, sorted canonically quoted parameters
 //	    'r' field(value, trimmed)                             unparsable
@@ -80,7 +80,9 @@ func (e *FormError) Unwrap() error { return e.Err }
 // and `filename=""` (browsers' empty file input) from no filename. A
 // disposition other than form-data is kept, type and all, rather than
 // rejected. Other disposition parameters are ignored (RFC 7578 defines only
-// name and filename; `filename*` arrives decoded as filename). Every other
+// name and filename). A disposition with an extended parameter (RFC 2231
+// filename*, name*) counts as written, since parsers disagree on whether it
+// overrides the plain one. Every other
 // part header follows, by lower-cased name (see appendOtherPartHeaders).
 // Content-Transfer-Encoding is kept because readers that decode it (Go's
 // Reader.NextPart) give the upstream different data for the same raw bytes.
@@ -215,7 +217,14 @@ func appendOtherPartHeaders(dst []byte, h textproto.MIMEHeader) []byte {
 			names = append(names, name)
 		}
 	}
-	slices.SortFunc(names, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
+	// A total order: textproto keeps a name it cannot canonicalize ("X Foo")
+	// as sent, so two names may differ only in case.
+	slices.SortFunc(names, func(a, b string) int {
+		if c := strings.Compare(strings.ToLower(a), strings.ToLower(b)); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
 	dst = binary.AppendUvarint(dst, uint64(len(names)))
 	for _, name := range names {
 		dst = canonField(dst, strings.ToLower(name))
@@ -232,7 +241,9 @@ var knownPartHeader = map[string]bool{"Content-Disposition": true, "Content-Type
 func appendDisposition(dst []byte, v string) []byte {
 	v = strings.TrimSpace(v)
 	typ, params, err := mime.ParseMediaType(v)
-	if err != nil {
+	// An extended parameter (RFC 2231 filename*, name*) overrides the plain
+	// one for Go and not for every parser: such a value counts as written.
+	if err != nil || strings.Contains(v, "*=") {
 		return canonField(append(dst, 'r'), v)
 	}
 	dst = canonField(append(dst, 'd'), typ)

@@ -110,9 +110,6 @@ func TestCanonicalMultipartCollide(t *testing.T) {
 		{"unknown disposition params",
 			mpInput{mpHandBody("b", cd), "b"},
 			mpInput{mpHandBody("b", "Content-Disposition: form-data; name=\"a\"; size=1\r\n\r\nv"), "b"}},
-		{"filename* decoded",
-			mpInput{mpHandBody("b", "Content-Disposition: form-data; name=f; filename=\"\xe2\x82\xac.txt\"\r\n\r\nv"), "b"},
-			mpInput{mpHandBody("b", "Content-Disposition: form-data; name=f; filename*=UTF-8''%E2%82%AC.txt\r\n\r\nv"), "b"}},
 		{"other part header spelling",
 			mpInput{mpHandBody("b", "X-Foo: bar\r\nContent-Disposition: form-data; name=a\r\n\r\nv"), "b"},
 			mpInput{mpHandBody("b", "Content-Disposition: form-data; name=a\r\nx-foo:  bar \r\n\r\nv"), "b"}},
@@ -161,6 +158,9 @@ func TestCanonicalMultipartDistinct(t *testing.T) {
 		// name (a space before the colon) still counts.
 		{"extra part header", hand(cdA + "\r\nv"), hand("X-Foo: bar\r\n" + cdA + "\r\nv")},
 		{"part header value", hand("X-Foo: bar\r\n" + cdA + "\r\nv"), hand("X-Foo: baz\r\n" + cdA + "\r\nv")},
+		{"extended filename", hand("Content-Disposition: form-data; name=f; filename=\"evil.sh\"; filename*=UTF-8''ok.txt\r\n\r\nv"),
+			hand("Content-Disposition: form-data; name=f; filename=\"other.sh\"; filename*=UTF-8''ok.txt\r\n\r\nv")},
+		{"header names differing in case only", hand("X Foo: 1\r\nx foo: 2\r\n" + cdA + "\r\nv"), hand("X Foo: 2\r\nx foo: 1\r\n" + cdA + "\r\nv")},
 		{"disposition under a misspelt name", hand("Content-Disposition : form-data; name=\"purpose\"\r\n\r\nv"),
 			hand("Content-Disposition : form-data; name=\"model\"\r\n\r\nv")},
 		{"content length", wr(mpField("a", "hello")), wr(mpField("a", "hello\r\n"))},
@@ -365,7 +365,7 @@ func TestCanonicalFormCollide(t *testing.T) {
 
 func TestCanonicalFormDistinct(t *testing.T) {
 	cases := [][2]string{
-		{"a=2&a=1", "a=1&a=2"}, // a repeated name keeps its order: the first value is not the same
+		{"a=2&a=1", "a=1&a=2"},     // a repeated name keeps its order: the first value is not the same
 		{"a=%zz&a=1", "a=1&a=%zz"}, // a raw pair is ordered with the other pairs of its name
 		{"a%zz=1&a%25zz=2", "a%25zz=2&a%zz=1"},
 		{"items%5B%5D=1&x=a&items%5B%5D=2", "items%5B%5D=2&x=a&items%5B%5D=1"},

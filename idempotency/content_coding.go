@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -50,8 +51,44 @@ func contentCodings(h http.Header) []string {
 const maxCodings = 3
 
 // zstdMaxWindow is the largest window a zstd body may ask for: RFC 9659 §3
-// caps it at 8 MiB for the zstd content coding.
+// caps it at 8 MiB for the zstd content coding, and encoders that stream
+// (the zstd CLI, Go's zstd.Writer) declare such windows for small bodies.
 const zstdMaxWindow = 8 << 20
+
+// zstd decoders keep their window between bodies, so they are pooled, and at
+// most zstdDecodes run at once: a flood of tiny bodies that declare 8 MiB
+// windows then costs a few windows of memory, not one per request.
+var (
+	zstdDecoders = sync.Pool{New: func() any {
+		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(zstdMaxWindow))
+		if err != nil {
+			panic(err) // only options can fail, and these are fixed
+		}
+		return d
+	}}
+	zstdDecodes = make(chan struct{}, 4)
+)
+
+// decodeZstd returns at most limit+1 bytes of body decoded.
+func decodeZstd(body []byte, limit int64) ([]byte, error) {
+	zstdDecodes <- struct{}{}
+	defer func() { <-zstdDecodes }()
+	d := zstdDecoders.Get().(*zstd.Decoder)
+	defer zstdDecoders.Put(d)
+	if err := d.Reset(bytes.NewReader(body)); err != nil {
+		return nil, err
+	}
+	defer d.Reset(nil)
+	return readLimited(d, len(body), limit)
+}
+
+// readLimited reads r up to limit+1 bytes (so the caller sees it went past).
+func readLimited(r io.Reader, inLen int, limit int64) ([]byte, error) {
+	out := bytes.NewBuffer(make([]byte, 0, min(int64(4*inLen)+512, limit+1)))
+	_, err := out.ReadFrom(io.LimitReader(r, limit+1))
+	return out.Bytes(), err
+}
 
 // decodeContent undoes codings (gzip, x-gzip, deflate, zstd; the last applied
 // is undone first) and returns at most limit decoded bytes. A larger result is
@@ -83,6 +120,7 @@ func knownCoding(c string) bool {
 func decodeOne(coding string, body []byte, limit int64) ([]byte, error) {
 	var (
 		r   io.ReadCloser
+		out []byte
 		err error
 	)
 	switch coding {
@@ -96,25 +134,19 @@ func decodeOne(coding string, body []byte, limit int64) ([]byte, error) {
 			r, err = flate.NewReader(bytes.NewReader(body)), nil
 		}
 	case "zstd":
-		var d *zstd.Decoder
-		d, err = zstd.NewReader(bytes.NewReader(body), zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(zstdMaxWindow))
-		if err == nil {
-			r = d.IOReadCloser()
-		}
+		out, err = decodeZstd(body, limit)
+	}
+	if err == nil && r != nil {
+		out, err = readLimited(r, len(body), limit)
+		r.Close()
 	}
 	if err != nil {
 		return nil, &ContentCodingError{Coding: coding, Err: err}
 	}
-	defer r.Close()
-	out := bytes.NewBuffer(make([]byte, 0, min(int64(4*len(body))+512, limit+1)))
-	if _, err := out.ReadFrom(io.LimitReader(r, limit+1)); err != nil {
-		return nil, &ContentCodingError{Coding: coding, Err: err}
-	}
-	if int64(out.Len()) > limit {
+	if int64(len(out)) > limit {
 		return nil, &http.MaxBytesError{Limit: limit}
 	}
-	return out.Bytes(), nil
+	return out, nil
 }
 
 // identityBody is a 2xx response's body as the record keeps it: in the
