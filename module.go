@@ -61,7 +61,9 @@ type Handler struct {
 	Wait *caddy.Duration `json:"wait,omitempty"`
 	// Covered requests with a larger body get 413. Default: 1 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
-	// Larger responses pass through and are not stored. Default: 1 MiB.
+	// The largest 2xx body kept, in bytes. A larger one reaches its client
+	// whole and completes the record without it: retries get 409
+	// idempotency_response_not_stored. Default: 1 MiB.
 	MaxResponse int64 `json:"max_response,omitempty"`
 	// The status of a key reused with other parameters: 409 or 422. Default: 409.
 	ConflictStatus int `json:"conflict_status,omitempty"`

@@ -63,9 +63,12 @@ type Config struct {
 	// negative value) answers 409 idempotency_key_in_use at once.
 	Wait time.Duration
 
-	MaxBody        int64 // larger covered requests get 413
-	MaxResponse    int64 // larger responses pass through and are not stored
-	ConflictStatus int   // 409 or 422, for a key reused with other parameters
+	MaxBody int64 // larger covered requests get 413
+	// MaxResponse is the largest 2xx body kept, in bytes (identity-coded).
+	// A larger one still reaches its client whole, and completes the record
+	// without it: retries get 409 idempotency_response_not_stored.
+	MaxResponse    int64
+	ConflictStatus int // 409 or 422, for a key reused with other parameters
 
 	// FailOpen forwards a keyed request unprotected, with a warning, when the
 	// store cannot begin it. The default answers 503 and forwards nothing: a

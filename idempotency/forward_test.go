@@ -12,6 +12,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func withHeader(name, value string) reqOpt {
@@ -314,4 +318,77 @@ func TestStreamBehindFrontCoder(t *testing.T) {
 		t.Fatalf("replay %q, want %q", retry.body, first.body)
 	}
 	up.wantCalls(t, 1)
+}
+
+// A handler that acts and writes nothing has answered 200 with no body, as
+// net/http sends it: that is a success, kept like any other.
+func TestNothingWrittenIsStored(t *testing.T) {
+	h, store := newHandler(t, Config{})
+	calls := 0
+	next := func(w http.ResponseWriter, r *http.Request) error { calls++; return nil }
+	for range 2 {
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, jsonRequest("k-silent", createBody), next); err != nil {
+			t.Fatal(err)
+		}
+		if w.Code != http.StatusOK || w.Body.Len() != 0 {
+			t.Fatalf("answer %d %q, want 200 with no body", w.Code, w.Body)
+		}
+	}
+	if calls != 1 {
+		t.Fatalf("next ran %d times, want once", calls)
+	}
+	if rec, ok := getRecord(t, store, newRequestNS, "", "k-silent"); !ok || rec.State != StateCompleted || rec.Response.Status != http.StatusOK {
+		t.Fatalf("record %+v (found %v), want a completed 200", rec, ok)
+	}
+}
+
+// A connection taken over (an upgrade) is not the recorder's to keep: the
+// record is released, never stored as the empty 200 nothing was written as.
+func TestHijackedIsReleased(t *testing.T) {
+	obs := &observed{}
+	s := newStack(t, Config{Observe: obs.observe}, nil)
+	h := s.h
+	front := httptest.NewServer(h.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("Hijack through the recorder: %v", err)
+			return
+		}
+		defer conn.Close()
+		_, _ = rw.WriteString("HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+		_ = rw.Flush()
+	})))
+	t.Cleanup(front.Close)
+	s.front, s.client = front, front.Client()
+	r := s.post(t, createBody, withKey("k-hijack"))
+	if r.status != http.StatusCreated || string(r.body) != "ok" {
+		t.Fatalf("answer %d %q, want the hijacked 201", r.status, r.body)
+	}
+	if _, ok := getRecord(t, s.store, s.ns(), "", "k-hijack"); ok {
+		t.Fatal("a hijacked response left a record")
+	}
+	if d := obs.take(); len(d) != 1 || d[0].Outcome != OutcomeReleased {
+		t.Fatalf("decisions %+v, want one released", d)
+	}
+}
+
+// A stream completed early (it outgrew max_response) stops renewing its
+// lease: no "lease lost" warning while the rest of it goes out.
+func TestCompletedStreamStopsRenewing(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	s := newStack(t, Config{MaxResponse: 10, LockTimeout: 150 * time.Millisecond, Logger: zap.New(core)},
+		func(w http.ResponseWriter, r *http.Request, n int64) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			for i := range 8 {
+				fmt.Fprintf(w, "data: %d, more than ten bytes\n\n", i)
+				http.NewResponseController(w).Flush()
+				time.Sleep(60 * time.Millisecond) // the stream outlives several renewals
+			}
+		})
+	wantStatus(t, s.post(t, createBody, withKey("k-long-stream")), http.StatusOK)
+	for _, e := range logs.All() {
+		t.Errorf("logged %s %q %v", e.Level, e.Message, e.ContextMap())
+	}
+	wantError(t, s.post(t, createBody, withKey("k-long-stream")), http.StatusConflict, CodeResponseNotStored)
 }

@@ -191,6 +191,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 	rec.onOverflow = func() { f.completeUnkept("stream larger than max_response") }
 
 	stopRenewing := h.keepLease(storeCtx, rk, owner, log)
+	f.stopRenewing = stopRenewing // a record completed while its stream goes on needs no lease
 	finished := false
 	defer func() {
 		if finished {
@@ -212,10 +213,19 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk 
 	err := next(rec, r)
 	finished = true
 	stopRenewing()
+	if err == nil && !rec.wroteHeader && !rec.hijacked {
+		rec.WriteHeader(http.StatusOK) // what net/http sends for a handler that wrote nothing
+	}
 
 	switch {
 	case f.completed:
 		return err // completed without a body when it went out
+	case rec.hijacked:
+		// The connection was taken over (an upgrade): what went over it is
+		// not the recorder's to keep.
+		f.decide(OutcomeReleased, zap.String("reason", "hijacked"), zap.Int("status", rec.status))
+		h.release(storeCtx, rk, owner, log, "hijacked")
+		return err
 	case rec.succeeded() && err != nil:
 		// The upstream acted but its response broke off: never run it again.
 		f.completeUnkept("error after a 2xx")
@@ -264,6 +274,8 @@ type forwarding struct {
 	site      http.Header
 	decided   bool
 	completed bool
+	// stopRenewing ends the lease renewal; it may be called more than once.
+	stopRenewing func()
 }
 
 // decide reports the outcome, once: a stream is decided when it starts.
@@ -277,6 +289,7 @@ func (f *forwarding) decide(o Outcome, fields ...zap.Field) {
 // complete turns the record into a completed one holding resp.
 func (f *forwarding) complete(resp Response, fields ...zap.Field) {
 	f.completed = true
+	f.stopRenewing()
 	outcome := OutcomeStored
 	if resp.NotStored {
 		outcome = OutcomeNotStored

@@ -1,7 +1,9 @@
 package idempotency
 
 import (
+	"bufio"
 	"bytes"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -23,6 +25,7 @@ type recorder struct {
 	sending     bool // the header has gone to the client: what follows goes too
 	overflow    bool // a 2xx outgrew limit: its copy is dropped
 	clientGone  bool // a write to the client failed while a stream was kept
+	hijacked    bool // the connection was taken over (Hijack)
 	body        *bytes.Buffer
 	// sentHeader is the upstream's header of a 2xx as it was when it went
 	// out early: handlers in front (encode) may change the shared map then.
@@ -103,6 +106,16 @@ func (rec *recorder) Flush() {
 
 // Unwrap lets http.ResponseController reach the connection for deadlines.
 func (rec *recorder) Unwrap() http.ResponseWriter { return rec.w }
+
+// Hijack hands the connection over, as reverse_proxy does for an upgrade,
+// and marks the response as one the recorder never sees: it is not kept.
+func (rec *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(rec.w).Hijack()
+	if err == nil {
+		rec.hijacked = true
+	}
+	return conn, rw, err
+}
 
 // send writes the header and what is held so far to the client; from then on
 // every write goes through. The held copy stays unless it has overflowed.
