@@ -154,9 +154,6 @@ func (rec *recorder) header() http.Header {
 	return rec.w.Header()
 }
 
-// kept reports whether the recorder holds the whole 2xx response it saw so far.
-func (rec *recorder) kept() bool { return rec.succeeded() && !rec.overflow }
-
 func isEventStream(h http.Header) bool {
 	media, _, _ := strings.Cut(h.Get("Content-Type"), ";")
 	return strings.EqualFold(strings.TrimSpace(media), "text/event-stream")

@@ -50,7 +50,7 @@ func TestRecorderHoldsStorable2xx(t *testing.T) {
 			_, _ = rec.Write([]byte("56789")) // exactly the limit
 
 			wantEvents(t, client)
-			if !rec.kept() || rec.sending {
+			if !kept(rec) || rec.sending {
 				t.Fatal("a 2xx within the limit is not storable")
 			}
 			if rec.status != status || buf.String() != "0123456789" {
@@ -68,18 +68,18 @@ func TestRecorderImplicit200(t *testing.T) {
 	rec := newRecorder(client, 100, buf)
 	_, _ = rec.Write([]byte("hi"))
 	wantEvents(t, client)
-	if !rec.kept() || rec.status != http.StatusOK || buf.String() != "hi" {
-		t.Fatalf("kept=%v status=%d body=%q, want true 200 \"hi\"", rec.kept(), rec.status, buf)
+	if !kept(rec) || rec.status != http.StatusOK || buf.String() != "hi" {
+		t.Fatalf("kept=%v status=%d body=%q, want true 200 \"hi\"", kept(rec), rec.status, buf)
 	}
 	rec.WriteHeader(http.StatusInternalServerError) // superfluous: ignored
-	if rec.status != http.StatusOK || !rec.kept() {
+	if rec.status != http.StatusOK || !kept(rec) {
 		t.Fatalf("a second WriteHeader changed the response: status %d", rec.status)
 	}
 }
 
 func TestRecorderNothingWritten(t *testing.T) {
 	rec := newRecorder(newClientWriter(), 100, new(bytes.Buffer))
-	if rec.kept() {
+	if kept(rec) {
 		t.Fatal("a response that was never written is storable")
 	}
 }
@@ -108,7 +108,7 @@ func TestRecorderOverLimitPassesThrough(t *testing.T) {
 	rec.Flush()
 	_, _ = rec.Write([]byte("klm"))
 	wantEvents(t, client, "header 200", "write abcdefg", "write hij", "flush", "write klm")
-	if rec.kept() {
+	if kept(rec) {
 		t.Fatal("a response over the limit is storable")
 	}
 	if client.body.String() != "abcdefghijklm" {
@@ -121,7 +121,7 @@ func TestRecorderFirstWriteOverLimit(t *testing.T) {
 	rec := newRecorder(client, 4, new(bytes.Buffer))
 	_, _ = rec.Write([]byte("12345"))
 	wantEvents(t, client, "header 200", "write 12345")
-	if rec.kept() {
+	if kept(rec) {
 		t.Fatal("a response over the limit is storable")
 	}
 }
@@ -136,8 +136,8 @@ func TestRecorderNon2xxPassesThroughAtOnce(t *testing.T) {
 			_, _ = rec.Write([]byte("oops"))
 			rec.Flush()
 			wantEvents(t, client, fmt.Sprintf("header %d", status), "write oops", "flush")
-			if rec.kept() || buf.Len() != 0 {
-				t.Fatalf("a %d is storable (%v) or held (%q)", status, rec.kept(), buf)
+			if kept(rec) || buf.Len() != 0 {
+				t.Fatalf("a %d is storable (%v) or held (%q)", status, kept(rec), buf)
 			}
 		})
 	}
@@ -155,8 +155,8 @@ func TestRecorderInformationalForwarded(t *testing.T) {
 	rec.WriteHeader(http.StatusCreated)
 	_, _ = rec.Write([]byte("done"))
 	wantEvents(t, client, "header 103")
-	if !rec.kept() || rec.status != http.StatusCreated || buf.String() != "done" {
-		t.Fatalf("after a 103: kept=%v status=%d body=%q, want true 201 \"done\"", rec.kept(), rec.status, buf)
+	if !kept(rec) || rec.status != http.StatusCreated || buf.String() != "done" {
+		t.Fatalf("after a 103: kept=%v status=%d body=%q, want true 201 \"done\"", kept(rec), rec.status, buf)
 	}
 }
 
@@ -176,14 +176,14 @@ func TestRecorderFlushStreams(t *testing.T) {
 	_, _ = rec.Write([]byte("cdefgh"))
 	rec.Flush()
 	wantEvents(t, client, "header 200", "write ab", "flush", "write cdefgh", "flush")
-	if !rec.kept() || buf.String() != "abcdefgh" || sends != 1 || overflows != 0 {
-		t.Fatalf("kept=%v copy=%q sends=%d overflows=%d; want the whole stream kept, one send", rec.kept(), buf, sends, overflows)
+	if !kept(rec) || buf.String() != "abcdefgh" || sends != 1 || overflows != 0 {
+		t.Fatalf("kept=%v copy=%q sends=%d overflows=%d; want the whole stream kept, one send", kept(rec), buf, sends, overflows)
 	}
 	_, _ = rec.Write([]byte("ijk")) // 11 bytes: the copy is dropped, the stream goes on
 	_, _ = rec.Write([]byte("lm"))
 	wantEvents(t, client, "header 200", "write ab", "flush", "write cdefgh", "flush", "write ijk", "write lm")
-	if rec.kept() || buf.Len() != 0 || overflows != 1 || sends != 1 {
-		t.Fatalf("kept=%v copy=%q sends=%d overflows=%d; want the copy dropped once", rec.kept(), buf, sends, overflows)
+	if kept(rec) || buf.Len() != 0 || overflows != 1 || sends != 1 {
+		t.Fatalf("kept=%v copy=%q sends=%d overflows=%d; want the copy dropped once", kept(rec), buf, sends, overflows)
 	}
 }
 
@@ -196,8 +196,8 @@ func TestRecorderEventStreamSentAtOnce(t *testing.T) {
 	wantEvents(t, client, "header 200")
 	_, _ = rec.Write([]byte("data: 1\n\n"))
 	wantEvents(t, client, "header 200", "write data: 1\n\n")
-	if !rec.kept() || buf.String() != "data: 1\n\n" {
-		t.Fatalf("kept=%v copy=%q; want the event kept", rec.kept(), buf)
+	if !kept(rec) || buf.String() != "data: 1\n\n" {
+		t.Fatalf("kept=%v copy=%q; want the event kept", kept(rec), buf)
 	}
 }
 
@@ -267,3 +267,6 @@ func TestStoredHeader(t *testing.T) {
 		}
 	}
 }
+
+// kept reports whether rec holds the whole 2xx response it saw so far.
+func kept(rec *recorder) bool { return rec.succeeded() && !rec.overflow }
