@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/redisstore"
 )
 
 func init() {
@@ -281,7 +282,7 @@ func pooledStores() []namedStore {
 	stores := []namedStore{}
 	badgerPool.Range(func(key, val any) bool {
 		if b, ok := val.(pooledBadger); ok {
-			stores = append(stores, namedStore{"badger:" + key.(string), "badger", b.BadgerStore})
+			stores = append(stores, namedStore{"badger:" + key.(string), "badger", b.Store})
 		}
 		return true
 	})
@@ -304,7 +305,7 @@ func pooledStores() []namedStore {
 	})
 	for _, e := range redisEntries {
 		name, prefix := redisStoreName(e.setup)
-		store := idempotency.NewRedisStore(e.client.UniversalClient, idempotency.RedisOptions{Prefix: prefix})
+		store := redisstore.New(e.client.UniversalClient, redisstore.Options{Prefix: prefix})
 		stores = append(stores, namedStore{name, "redis", store})
 	}
 	slices.SortFunc(stores, func(a, b namedStore) int { return strings.Compare(a.Name, b.Name) })
@@ -320,7 +321,7 @@ func redisStoreName(setup string) (name, prefix string) {
 	if err := json.Unmarshal([]byte(setup), &cfg); err != nil {
 		return "redis:?", ""
 	}
-	prefix = cmp.Or(cfg.KeyPrefix, idempotency.DefaultRedisPrefix)
+	prefix = cmp.Or(cfg.KeyPrefix, redisstore.DefaultPrefix)
 	opts, err := cfg.clientOptions(caddy.NewReplacer())
 	if err != nil {
 		return "redis:?/" + prefix, prefix

@@ -23,7 +23,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/badgerstore"
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 )
 
@@ -179,7 +179,7 @@ http://127.0.0.1:%d {
 // flock conflicts within one process too, across two opens.
 var lockHolder struct {
 	sync.Mutex
-	store *idempotency.BadgerStore
+	store *badgerstore.Store
 }
 
 func init() { caddy.RegisterModule(releaseLockHandler{}) }
@@ -212,7 +212,7 @@ func (releaseLockHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next
 
 func holdBadger(t *testing.T, dir string) {
 	t.Helper()
-	s, err := idempotency.OpenBadger(idempotency.BadgerOptions{Dir: dir})
+	s, err := badgerstore.Open(badgerstore.Options{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

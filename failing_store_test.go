@@ -43,21 +43,21 @@ type switchedStore struct{ idempotency.Store }
 
 var errUnreachable = errors.New("test store: unreachable")
 
-func (s switchedStore) Begin(ctx context.Context, k idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.Token, lease time.Duration) (idempotency.Record, bool, error) {
+func (s switchedStore) Begin(ctx context.Context, k idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.OwnerToken, lease time.Duration) (idempotency.Record, bool, error) {
 	if storeDown.Load() {
 		return idempotency.Record{}, false, errUnreachable
 	}
 	return s.Store.Begin(ctx, k, fp, owner, lease)
 }
 
-func (s switchedStore) Complete(ctx context.Context, k idempotency.RecordKey, owner idempotency.Token, resp idempotency.Response, ttl time.Duration) error {
+func (s switchedStore) Complete(ctx context.Context, k idempotency.RecordKey, owner idempotency.OwnerToken, resp idempotency.Response, ttl time.Duration) error {
 	if storeDown.Load() {
 		return errUnreachable
 	}
 	return s.Store.Complete(ctx, k, owner, resp, ttl)
 }
 
-func (s switchedStore) Release(ctx context.Context, k idempotency.RecordKey, owner idempotency.Token) error {
+func (s switchedStore) Release(ctx context.Context, k idempotency.RecordKey, owner idempotency.OwnerToken) error {
 	if storeDown.Load() {
 		return errUnreachable
 	}

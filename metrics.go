@@ -90,7 +90,7 @@ func (s observedStore) observe(op string, start time.Time, err error) {
 	s.m.storeOps.WithLabelValues(op, result).Observe(time.Since(start).Seconds())
 }
 
-func (s observedStore) Begin(ctx context.Context, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.Token, lease time.Duration) (idempotency.Record, bool, error) {
+func (s observedStore) Begin(ctx context.Context, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.OwnerToken, lease time.Duration) (idempotency.Record, bool, error) {
 	start := time.Now()
 	rec, owned, err := s.Store.Begin(ctx, key, fp, owner, lease)
 	s.observe("begin", start, err)
@@ -100,14 +100,14 @@ func (s observedStore) Begin(ctx context.Context, key idempotency.RecordKey, fp 
 	return rec, owned, err
 }
 
-func (s observedStore) Renew(ctx context.Context, key idempotency.RecordKey, owner idempotency.Token, lease time.Duration) error {
+func (s observedStore) Renew(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken, lease time.Duration) error {
 	start := time.Now()
 	err := s.Store.Renew(ctx, key, owner, lease)
 	s.observe("renew", start, err)
 	return err
 }
 
-func (s observedStore) Complete(ctx context.Context, key idempotency.RecordKey, owner idempotency.Token, resp idempotency.Response, ttl time.Duration) error {
+func (s observedStore) Complete(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken, resp idempotency.Response, ttl time.Duration) error {
 	start := time.Now()
 	err := s.Store.Complete(ctx, key, owner, resp, ttl)
 	s.observe("complete", start, err)
@@ -115,7 +115,7 @@ func (s observedStore) Complete(ctx context.Context, key idempotency.RecordKey, 
 	return err
 }
 
-func (s observedStore) Release(ctx context.Context, key idempotency.RecordKey, owner idempotency.Token) error {
+func (s observedStore) Release(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken) error {
 	start := time.Now()
 	err := s.Store.Release(ctx, key, owner)
 	s.observe("release", start, err)

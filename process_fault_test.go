@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/badgerstore"
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 )
 
@@ -145,7 +146,7 @@ func TestKillWithRequestInFlight(t *testing.T) {
 		restart.Round(time.Millisecond), checkAt.Round(time.Millisecond), freedAfter.Round(time.Millisecond), lockTimeout)
 
 	second.kill()
-	store, err := idempotency.OpenBadger(idempotency.BadgerOptions{Dir: dir})
+	store, err := badgerstore.Open(badgerstore.Options{Dir: dir})
 	if err != nil {
 		t.Fatalf("opening the store after kill -9: %v", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/badgerstore"
 )
 
 func init() {
@@ -34,11 +35,11 @@ type BadgerStore struct {
 	Path string `json:"path,omitempty"`
 
 	poolKey  string // set only once this config holds a reference
-	store    *idempotency.BadgerStore
+	store    *badgerstore.Store
 	deferred *deferredBadger // set when the open waits for the config's start
 }
 
-type pooledBadger struct{ *idempotency.BadgerStore }
+type pooledBadger struct{ *badgerstore.Store }
 
 // closeTimeout bounds how long a reload waits for Badger to close. Badger
 // retries a failing memtable flush forever (its directory deleted, the disk
@@ -90,14 +91,14 @@ func (b *BadgerStore) Provision(ctx caddy.Context) error {
 
 // openPooledBadger opens dir, or takes another reference to its open
 // database.
-func openPooledBadger(dir string) (*idempotency.BadgerStore, error) {
+func openPooledBadger(dir string) (*badgerstore.Store, error) {
 	val, _, err := badgerPool.LoadOrNew(dir, func() (caddy.Destructor, error) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
 		}
 		// The pooled database outlives this config, so it logs to Caddy's
 		// process logger rather than one that a reload may close.
-		s, err := idempotency.OpenBadger(idempotency.BadgerOptions{
+		s, err := badgerstore.Open(badgerstore.Options{
 			Dir:    dir,
 			Logger: caddy.Log().Named("idempotency.badger"),
 		})
@@ -109,7 +110,7 @@ func openPooledBadger(dir string) (*idempotency.BadgerStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	return val.(pooledBadger).BadgerStore, nil
+	return val.(pooledBadger).Store, nil
 }
 
 // badgerLocked reports whether Badger refused a directory because another
@@ -223,18 +224,18 @@ type deferredBadger struct {
 	dir   string
 	ready chan struct{} // closed once store or err is set
 	once  sync.Once
-	store *idempotency.BadgerStore
+	store *badgerstore.Store
 	err   error
 }
 
-func (d *deferredBadger) finish(store *idempotency.BadgerStore, err error) {
+func (d *deferredBadger) finish(store *badgerstore.Store, err error) {
 	d.once.Do(func() {
 		d.store, d.err = store, err
 		close(d.ready)
 	})
 }
 
-func (d *deferredBadger) open(ctx context.Context) (*idempotency.BadgerStore, error) {
+func (d *deferredBadger) open(ctx context.Context) (*badgerstore.Store, error) {
 	select {
 	case <-d.ready:
 		return d.store, d.err
@@ -243,7 +244,7 @@ func (d *deferredBadger) open(ctx context.Context) (*idempotency.BadgerStore, er
 	}
 }
 
-func (d *deferredBadger) Begin(ctx context.Context, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.Token, lease time.Duration) (idempotency.Record, bool, error) {
+func (d *deferredBadger) Begin(ctx context.Context, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.OwnerToken, lease time.Duration) (idempotency.Record, bool, error) {
 	s, err := d.open(ctx)
 	if err != nil {
 		return idempotency.Record{}, false, err
@@ -251,7 +252,7 @@ func (d *deferredBadger) Begin(ctx context.Context, key idempotency.RecordKey, f
 	return s.Begin(ctx, key, fp, owner, lease)
 }
 
-func (d *deferredBadger) Renew(ctx context.Context, key idempotency.RecordKey, owner idempotency.Token, lease time.Duration) error {
+func (d *deferredBadger) Renew(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken, lease time.Duration) error {
 	s, err := d.open(ctx)
 	if err != nil {
 		return err
@@ -259,7 +260,7 @@ func (d *deferredBadger) Renew(ctx context.Context, key idempotency.RecordKey, o
 	return s.Renew(ctx, key, owner, lease)
 }
 
-func (d *deferredBadger) Complete(ctx context.Context, key idempotency.RecordKey, owner idempotency.Token, resp idempotency.Response, ttl time.Duration) error {
+func (d *deferredBadger) Complete(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken, resp idempotency.Response, ttl time.Duration) error {
 	s, err := d.open(ctx)
 	if err != nil {
 		return err
@@ -267,7 +268,7 @@ func (d *deferredBadger) Complete(ctx context.Context, key idempotency.RecordKey
 	return s.Complete(ctx, key, owner, resp, ttl)
 }
 
-func (d *deferredBadger) Release(ctx context.Context, key idempotency.RecordKey, owner idempotency.Token) error {
+func (d *deferredBadger) Release(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken) error {
 	s, err := d.open(ctx)
 	if err != nil {
 		return err

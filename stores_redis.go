@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/redisstore"
 )
 
 func init() {
@@ -81,7 +82,7 @@ type RedisStore struct {
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	poolKey string // set only once Provision holds a reference
-	store   *idempotency.RedisStore
+	store   *redisstore.Store
 }
 
 type pooledRedis struct{ redis.UniversalClient }
@@ -128,7 +129,7 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 		return err
 	}
 	r.poolKey = string(key)
-	r.store = idempotency.NewRedisStore(val.(pooledRedis).UniversalClient, idempotency.RedisOptions{
+	r.store = redisstore.New(val.(pooledRedis).UniversalClient, redisstore.Options{
 		Prefix: r.KeyPrefix,
 		Logger: ctx.Logger(),
 	})

@@ -91,7 +91,7 @@ func TestRedisStoreSharedAcrossConfigs(t *testing.T) {
 		t.Fatalf("%d references to the client, want 2 (one shared client)", n)
 	}
 	store := oldCfg.Store()
-	key, token := idempotency.NewRecordKey("", "scope", "k-redis"), idempotency.NewToken()
+	key, token := idempotency.NewRecordKey("", "scope", "k-redis"), idempotency.NewOwnerToken()
 	if _, owned, err := store.Begin(ctx, key, idempotency.Fingerprint{}, token, time.Minute); err != nil || !owned {
 		t.Fatalf("begin: owned %v, %v", owned, err)
 	}

@@ -39,7 +39,7 @@ func TestBadgerStoreSharedAcrossConfigs(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := newCfg.Store()
-	key, token := idempotency.NewRecordKey("", "scope", "k"), idempotency.NewToken()
+	key, token := idempotency.NewRecordKey("", "scope", "k"), idempotency.NewOwnerToken()
 	if _, owned, err := store.Begin(context.Background(), key, idempotency.Fingerprint{}, token, time.Minute); err != nil || !owned {
 		t.Fatalf("store closed by the old config's cleanup: owned %v, %v", owned, err)
 	}
@@ -104,7 +104,7 @@ func TestMemoryStoreSharedAcrossConfigs(t *testing.T) {
 	if store != newCfg.Store() {
 		t.Fatal("two configs got two memory stores")
 	}
-	key, token := idempotency.NewRecordKey("", "scope", "k-mem"), idempotency.NewToken()
+	key, token := idempotency.NewRecordKey("", "scope", "k-mem"), idempotency.NewOwnerToken()
 	if _, owned, err := store.Begin(ctx, key, idempotency.Fingerprint{}, token, time.Minute); err != nil || !owned {
 		t.Fatalf("begin: owned %v, %v", owned, err)
 	}

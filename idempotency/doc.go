@@ -24,7 +24,7 @@
 // Errors are written in OpenAI's error envelope, so every SDK surfaces them.
 // As net/http middleware in front of a reverse proxy:
 //
-//	store, err := idempotency.OpenBadger(idempotency.BadgerOptions{Dir: dir})
+//	store, err := badgerstore.Open(badgerstore.Options{Dir: dir})
 //	if err != nil { ... }
 //	defer store.Close()
 //	h, err := idempotency.New(idempotency.Config{Store: store})

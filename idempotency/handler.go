@@ -80,7 +80,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) e
 // request goes upstream.
 func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, log keyLogger, a *admission) error {
 	rk, fp := a.rk, a.fp
-	owner := NewToken()
+	owner := NewOwnerToken()
 	deadline := time.Now().Add(max(h.cfg.Wait, 0)) // negative: no wait
 	pause := 5 * time.Millisecond
 	for {
@@ -165,7 +165,7 @@ func (h *Handler) waitForChange(ctx context.Context, rk RecordKey, d time.Durati
 // when it had to go out early (a stream, or larger than max_response),
 // stored when it ends if its copy fits, else completed without a body. Any
 // other answer releases the record.
-func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk RecordKey, owner Token, log keyLogger) error {
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, rk RecordKey, owner OwnerToken, log keyLogger) error {
 	storeCtx := r.Context() // already free of the client's cancellation
 	defer h.waiters.wake(rk)
 
@@ -268,7 +268,7 @@ type forwarding struct {
 	r         *http.Request
 	rec       *recorder
 	rk        RecordKey
-	owner     Token
+	owner     OwnerToken
 	log       keyLogger
 	ctx       context.Context
 	site      http.Header
@@ -322,7 +322,7 @@ func (f *forwarding) completeUnkept(reason string) {
 	f.complete(Response{Status: f.rec.status, NotStored: true}, zap.String("reason", reason))
 }
 
-func (h *Handler) release(ctx context.Context, rk RecordKey, owner Token, log keyLogger, why string) {
+func (h *Handler) release(ctx context.Context, rk RecordKey, owner OwnerToken, log keyLogger, why string) {
 	if err := h.cfg.Store.Release(ctx, rk, owner); err != nil {
 		log.Warn("idempotency store failed to release the record", zap.String("reason", why), zap.Error(err))
 	}
@@ -332,7 +332,7 @@ func (h *Handler) release(ctx context.Context, rk RecordKey, owner Token, log ke
 // dead owner's lease ever runs out. The returned func stops it and waits for
 // a renewal under way. A timer rather than a goroutine per request: most
 // requests finish long before the first renewal.
-func (h *Handler) keepLease(ctx context.Context, rk RecordKey, owner Token, log keyLogger) (stop func()) {
+func (h *Handler) keepLease(ctx context.Context, rk RecordKey, owner OwnerToken, log keyLogger) (stop func()) {
 	var (
 		mu      sync.Mutex
 		stopped bool

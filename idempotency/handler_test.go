@@ -138,13 +138,17 @@ type stack struct {
 	client *http.Client
 }
 
+func openMemoryStore(t *testing.T) Store {
+	m := NewMemoryStore()
+	t.Cleanup(func() { _ = m.Close() })
+	return m
+}
+
 // newStack builds a stack; cfg.Store defaults to a fresh memory store.
 func newStack(t *testing.T, cfg Config, respond func(w http.ResponseWriter, r *http.Request, n int64)) *stack {
 	t.Helper()
 	if cfg.Store == nil {
-		m := NewMemoryStore()
-		t.Cleanup(func() { _ = m.Close() })
-		cfg.Store = m
+		cfg.Store = openMemoryStore(t)
 	}
 	h, err := New(cfg)
 	if err != nil {
@@ -1179,35 +1183,21 @@ func TestInUseWhileOwnerUpstream(t *testing.T) {
 	s.up.wantCalls(t, 1)
 }
 
-func openBadgerStore(t *testing.T) Store {
-	t.Helper()
-	b, err := OpenBadger(BadgerOptions{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("OpenBadger: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := b.Close(); err != nil {
-			t.Errorf("badger Close: %v", err)
-		}
-	})
-	return b
-}
-
 // observedStore is a real store that reports when want distinct requests
 // (owner tokens) have found the key in flight.
 type observedStore struct {
 	Store
 	want    int
 	mu      sync.Mutex
-	seen    map[Token]bool
+	seen    map[OwnerToken]bool
 	reached chan struct{}
 }
 
 func observe(s Store, want int) *observedStore {
-	return &observedStore{Store: s, want: want, seen: map[Token]bool{}, reached: make(chan struct{})}
+	return &observedStore{Store: s, want: want, seen: map[OwnerToken]bool{}, reached: make(chan struct{})}
 }
 
-func (o *observedStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner Token, lease time.Duration) (Record, bool, error) {
+func (o *observedStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner OwnerToken, lease time.Duration) (Record, bool, error) {
 	rec, owned, err := o.Store.Begin(ctx, key, fp, owner, lease)
 	if err == nil && !owned && rec.State == StateInFlight {
 		o.mu.Lock()
@@ -1225,7 +1215,7 @@ func (o *observedStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint
 const concurrent = 50
 
 func TestConcurrentDuplicatesWait(t *testing.T) {
-	testConcurrentDuplicatesWait(t, openBadgerStore(t))
+	testConcurrentDuplicatesWait(t, openMemoryStore(t))
 }
 
 // testConcurrentDuplicatesWait sends concurrent duplicates with Wait on
@@ -1310,7 +1300,7 @@ func TestWaitList(t *testing.T) {
 
 func TestConcurrentDuplicatesNoWait(t *testing.T) {
 	g := newGate()
-	s := newStack(t, Config{Store: openBadgerStore(t), Wait: NoWait}, g.respond)
+	s := newStack(t, Config{Store: openMemoryStore(t), Wait: NoWait}, g.respond)
 	t.Cleanup(g.open)
 	results := make(chan result, concurrent)
 	for range concurrent {
@@ -1390,7 +1380,7 @@ func TestLeaseTakeover(t *testing.T) {
 			}
 			fp := NewFingerprint(http.MethodPost, batchesPath, "", bodyJSON, parsed.Canonical)
 			rk := NewRecordKey(s.ns(), "Bearer sk-dead", "k-orphan")
-			dead := NewToken()
+			dead := NewOwnerToken()
 			rec, owned, err := s.store.Begin(t.Context(), rk, fp, dead, lease)
 			if err != nil || !owned {
 				t.Fatalf("Begin for the dead owner = %v, %v", owned, err)

@@ -168,7 +168,7 @@ func TestDecisionLogLines(t *testing.T) {
 // upstream, as an operator can do through the admin API.
 type purgedStore struct{ Store }
 
-func (s purgedStore) Complete(ctx context.Context, key RecordKey, owner Token, _ Response, _ time.Duration) error {
+func (s purgedStore) Complete(ctx context.Context, key RecordKey, owner OwnerToken, _ Response, _ time.Duration) error {
 	if _, err := s.Store.(AdminStore).Purge(ctx, key); err != nil {
 		return err
 	}

@@ -278,3 +278,39 @@ func (d *decoder) response() *Response {
 	}
 	return resp
 }
+
+// ReadRecordState reads only the part of an encoded record (MarshalBinary's
+// format) before its response: its state, and whether it is live at now.
+// Admin walks over many records use it to count them without decoding bodies.
+func ReadRecordState(data []byte, now time.Time) (state State, live bool, err error) {
+	d := decoder{buf: data}
+	rec, _, err := decodeHeader(&d)
+	if err != nil {
+		return 0, false, err
+	}
+	if rec.State != StateInFlight && rec.State != StateCompleted {
+		return 0, false, fmt.Errorf("idempotency: record in unknown state %d", rec.State)
+	}
+	return rec.State, rec.Live(now), nil
+}
+
+// AppendResponse appends resp in the response part of MarshalBinary's format
+// (status, headers, body; not NotStored, which the record's flags carry), for
+// stores with a record layout of their own. ReadResponse reads it back.
+func AppendResponse(buf []byte, resp *Response) ([]byte, error) {
+	if !validStatus(int64(resp.Status)) {
+		return nil, fmt.Errorf("idempotency: cannot encode response status %d", resp.Status)
+	}
+	return appendResponse(buf, resp), nil
+}
+
+// ReadResponse decodes a response written by AppendResponse at the start of
+// data and returns the bytes after it.
+func ReadResponse(data []byte) (resp *Response, rest []byte, err error) {
+	d := decoder{buf: data}
+	resp = d.response()
+	if d.err != nil {
+		return nil, nil, d.err
+	}
+	return resp, d.buf, nil
+}

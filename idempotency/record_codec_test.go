@@ -13,7 +13,7 @@ import (
 func codecSamples() map[string]Record {
 	at := time.UnixMilli(1_760_000_000_123)
 	var fp Fingerprint
-	var owner Token
+	var owner OwnerToken
 	for i := range fp {
 		fp[i] = byte(i)
 	}

@@ -21,13 +21,13 @@ func (k RecordKey) String() string { return hex.EncodeToString(k[:]) }
 // body (see NewFingerprint).
 type Fingerprint [32]byte
 
-// Token identifies the owner of an in-flight record, so only the request that
+// OwnerToken identifies the owner of an in-flight record, so only the request that
 // began a record can complete, renew or release it.
-type Token [16]byte
+type OwnerToken [16]byte
 
-// NewToken returns a random owner token.
-func NewToken() Token {
-	var t Token
+// NewOwnerToken returns a random owner token.
+func NewOwnerToken() OwnerToken {
+	var t OwnerToken
 	_, _ = rand.Read(t[:]) // crypto/rand.Read never fails on supported platforms
 	return t
 }
@@ -56,11 +56,11 @@ func (s State) String() string {
 type Record struct {
 	State       State
 	Fingerprint Fingerprint
-	Owner       Token     // in-flight only
-	LeaseUntil  time.Time // in-flight only: after this the owner is presumed dead
-	CreatedAt   time.Time // when the first owner began
-	ExpiresAt   time.Time // completed only: replays end here
-	Response    *Response // completed only
+	Owner       OwnerToken // in-flight only
+	LeaseUntil  time.Time  // in-flight only: after this the owner is presumed dead
+	CreatedAt   time.Time  // when the first owner began
+	ExpiresAt   time.Time  // completed only: replays end here
+	Response    *Response  // completed only
 }
 
 // Response is a stored upstream response.
@@ -80,6 +80,8 @@ var (
 	// ErrNotOwner: the record is gone, completed, or owned by another token
 	// (the caller's lease expired and another request took the key over).
 	ErrNotOwner = errors.New("idempotency: record not owned by this token")
+	// ErrStoreClosed: the store was closed; every call after Close returns it.
+	ErrStoreClosed = errors.New("idempotency: store is closed")
 )
 
 // Store keeps records. Implementations must make Begin atomic: of any number of
@@ -88,25 +90,89 @@ type Store interface {
 	// Begin claims key for owner with a lease, when there is no live record or the
 	// existing in-flight record's lease has expired. Otherwise it returns the
 	// existing record (in-flight or completed) with owned false.
-	Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner Token, lease time.Duration) (rec Record, owned bool, err error)
+	Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner OwnerToken, lease time.Duration) (rec Record, owned bool, err error)
 	// Renew extends the lease of owner's in-flight record; ErrNotOwner if it has none.
-	Renew(ctx context.Context, key RecordKey, owner Token, lease time.Duration) error
+	Renew(ctx context.Context, key RecordKey, owner OwnerToken, lease time.Duration) error
 	// Complete turns owner's in-flight record into a completed one holding resp
 	// for ttl; ErrNotOwner if the owner lost the record.
-	Complete(ctx context.Context, key RecordKey, owner Token, resp Response, ttl time.Duration) error
+	Complete(ctx context.Context, key RecordKey, owner OwnerToken, resp Response, ttl time.Duration) error
 	// Release deletes owner's in-flight record so the key can run again;
 	// ErrNotOwner if the owner lost it (then nothing is deleted).
-	Release(ctx context.Context, key RecordKey, owner Token) error
+	Release(ctx context.Context, key RecordKey, owner OwnerToken) error
 	// Get returns the live record for key; ok is false when there is none
 	// (never stored, released, or expired).
 	Get(ctx context.Context, key RecordKey) (rec Record, ok bool, err error)
 }
 
-// live reports whether rec still counts at now: an in-flight record until its
-// lease ends, a completed one until it expires.
-func (rec *Record) live(now time.Time) bool {
+// The rules every Store shares, which the stores in this module follow.
+
+// InFlightRetention is how long a store keeps an in-flight record after its
+// lease has passed. Until someone takes the key over, the original owner may
+// still Complete, Renew or Release it: nothing conflicts, and storing the
+// response it did get is the honest outcome (the upstream did act on it).
+// Once another Begin takes the key over, the old owner gets ErrNotOwner.
+const InFlightRetention = time.Minute
+
+// Live reports whether rec still counts at now: an in-flight record until its
+// lease ends, a completed one until it expires. Begin claims a key whose
+// record is not live; Get returns only live records.
+func (rec *Record) Live(now time.Time) bool {
 	if rec.State == StateInFlight {
 		return now.Before(rec.LeaseUntil)
 	}
 	return now.Before(rec.ExpiresAt)
 }
+
+// Retained reports whether a store still keeps rec at now: completed records
+// until they expire, in-flight ones for InFlightRetention past their lease.
+func (rec *Record) Retained(now time.Time) bool {
+	if rec.State == StateInFlight {
+		return now.Before(rec.LeaseUntil.Add(InFlightRetention))
+	}
+	return rec.Live(now)
+}
+
+// OwnedBy reports whether rec is in flight under owner.
+func (rec *Record) OwnedBy(owner OwnerToken) bool {
+	return rec.State == StateInFlight && rec.Owner == owner
+}
+
+// Completed is rec, an in-flight record, in its completed form holding resp
+// until now+ttl; it keeps rec's fingerprint and creation time.
+func (rec *Record) Completed(resp *Response, now time.Time, ttl time.Duration) Record {
+	return Record{
+		State:       StateCompleted,
+		Fingerprint: rec.Fingerprint,
+		CreatedAt:   rec.CreatedAt,
+		ExpiresAt:   now.Add(ttl),
+		Response:    resp,
+	}
+}
+
+// RecordMap holds records in memory under the shared rules: the memory
+// store's records, the Badger store's in-flight claims. It is not safe for
+// concurrent use; its store locks around it.
+type RecordMap map[RecordKey]Record
+
+// Owned returns key's record if it is in flight under owner and still
+// retained (its lease may have passed; see InFlightRetention).
+func (m RecordMap) Owned(key RecordKey, owner OwnerToken, now time.Time) (Record, bool) {
+	rec, ok := m[key]
+	if !ok || !rec.OwnedBy(owner) || !rec.Retained(now) {
+		return Record{}, false
+	}
+	return rec, true
+}
+
+// Sweep drops the records no longer retained at now. It walks every record:
+// a store calls it at most once per SweepInterval, so it costs O(1) amortised.
+func (m RecordMap) Sweep(now time.Time) {
+	for key, rec := range m {
+		if !rec.Retained(now) {
+			delete(m, key)
+		}
+	}
+}
+
+// SweepInterval is how often a store with a RecordMap sweeps it.
+const SweepInterval = 30 * time.Second

@@ -1,14 +1,11 @@
 package idempotency
 
-import (
-	"context"
-	"fmt"
-	"time"
-)
+import "context"
 
 // AdminStore is the optional part of a Store that operators use to fix a
-// stuck key and watch the store: MemoryStore, BadgerStore and RedisStore
-// implement it.
+// stuck key and watch the store: MemoryStore, badgerstore.Store and
+// redisstore.Store implement it. A wrapper around a Store (one that times
+// its calls, say) hides it unless the wrapper implements it too.
 type AdminStore interface {
 	// Purge deletes key's record in whatever state it is. found reports
 	// whether there was a live record (one Get would have returned). The owner
@@ -31,8 +28,8 @@ type Stats struct {
 // Total is the number of live records.
 func (s Stats) Total() int64 { return s.InFlight + s.Completed }
 
-// add counts a record in state that is live or not.
-func (s *Stats) add(state State, live bool) {
+// Add counts a record in state that is live or not.
+func (s *Stats) Add(state State, live bool) {
 	switch {
 	case !live:
 	case state == StateInFlight:
@@ -40,18 +37,4 @@ func (s *Stats) add(state State, live bool) {
 	case state == StateCompleted:
 		s.Completed++
 	}
-}
-
-// encodedLiveness reads only the part of a record in record_codec.go's
-// format before its response: its state, and whether it is live at now.
-func encodedLiveness(data []byte, now time.Time) (State, bool, error) {
-	d := decoder{buf: data}
-	rec, _, err := decodeHeader(&d)
-	if err != nil {
-		return 0, false, err
-	}
-	if rec.State != StateInFlight && rec.State != StateCompleted {
-		return 0, false, fmt.Errorf("idempotency: record in unknown state %d", rec.State)
-	}
-	return rec.State, rec.live(now), nil
 }

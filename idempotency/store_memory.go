@@ -3,28 +3,14 @@ package idempotency
 import (
 	"bytes"
 	"context"
-	"errors"
 	"sync"
 	"time"
 )
 
-// inFlightRetention is how long a store keeps an in-flight record after its
-// lease has passed. Until someone takes the key over, the original owner may
-// still Complete, Renew or Release it: nothing conflicts, and storing the
-// response it did get is the honest outcome (the upstream did act on it).
-// Once another Begin takes the key over, the old owner gets ErrNotOwner.
-const inFlightRetention = time.Minute
-
-// memorySweepInterval bounds how often Begin scans the whole map for dead
-// records, so the sweep costs O(1) amortised while memory stays bounded.
-const memorySweepInterval = 30 * time.Second
-
-var errStoreClosed = errors.New("idempotency: store is closed")
-
 // MemoryStore is a Store for a single process; records vanish on restart.
 type MemoryStore struct {
 	mu        sync.Mutex
-	records   map[RecordKey]Record
+	records   RecordMap
 	lastSweep time.Time
 	closed    bool
 }
@@ -33,7 +19,7 @@ var _ Store = (*MemoryStore)(nil)
 
 // NewMemoryStore returns an empty MemoryStore.
 func NewMemoryStore() *MemoryStore {
-	return &MemoryStore{records: make(map[RecordKey]Record), lastSweep: time.Now()}
+	return &MemoryStore{records: make(RecordMap), lastSweep: time.Now()}
 }
 
 // Close drops every record; later calls return an error.
@@ -54,19 +40,22 @@ func (s *MemoryStore) lock(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return errStoreClosed
+		return ErrStoreClosed
 	}
 	return nil
 }
 
-func (s *MemoryStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner Token, lease time.Duration) (Record, bool, error) {
+func (s *MemoryStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner OwnerToken, lease time.Duration) (Record, bool, error) {
 	if err := s.lock(ctx); err != nil {
 		return Record{}, false, err
 	}
 	defer s.mu.Unlock()
 	now := time.Now()
-	sweepRecords(s.records, &s.lastSweep, now)
-	if rec, ok := s.records[key]; ok && rec.live(now) {
+	if now.Sub(s.lastSweep) >= SweepInterval {
+		s.lastSweep = now
+		s.records.Sweep(now)
+	}
+	if rec, ok := s.records[key]; ok && rec.Live(now) {
 		return copyRecord(rec), false, nil
 	}
 	rec := Record{
@@ -80,13 +69,13 @@ func (s *MemoryStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, 
 	return rec, true, nil
 }
 
-func (s *MemoryStore) Renew(ctx context.Context, key RecordKey, owner Token, lease time.Duration) error {
+func (s *MemoryStore) Renew(ctx context.Context, key RecordKey, owner OwnerToken, lease time.Duration) error {
 	if err := s.lock(ctx); err != nil {
 		return err
 	}
 	defer s.mu.Unlock()
 	now := time.Now()
-	rec, ok := ownedIn(s.records, key, owner, now)
+	rec, ok := s.records.Owned(key, owner, now)
 	if !ok {
 		return ErrNotOwner
 	}
@@ -95,26 +84,26 @@ func (s *MemoryStore) Renew(ctx context.Context, key RecordKey, owner Token, lea
 	return nil
 }
 
-func (s *MemoryStore) Complete(ctx context.Context, key RecordKey, owner Token, resp Response, ttl time.Duration) error {
+func (s *MemoryStore) Complete(ctx context.Context, key RecordKey, owner OwnerToken, resp Response, ttl time.Duration) error {
 	if err := s.lock(ctx); err != nil {
 		return err
 	}
 	defer s.mu.Unlock()
 	now := time.Now()
-	rec, ok := ownedIn(s.records, key, owner, now)
+	rec, ok := s.records.Owned(key, owner, now)
 	if !ok {
 		return ErrNotOwner
 	}
-	s.records[key] = completedRecord(rec, copyResponse(&resp), now, ttl) // the caller's buffers are reused
+	s.records[key] = rec.Completed(copyResponse(&resp), now, ttl) // the caller's buffers are reused
 	return nil
 }
 
-func (s *MemoryStore) Release(ctx context.Context, key RecordKey, owner Token) error {
+func (s *MemoryStore) Release(ctx context.Context, key RecordKey, owner OwnerToken) error {
 	if err := s.lock(ctx); err != nil {
 		return err
 	}
 	defer s.mu.Unlock()
-	if _, ok := ownedIn(s.records, key, owner, time.Now()); !ok {
+	if _, ok := s.records.Owned(key, owner, time.Now()); !ok {
 		return ErrNotOwner
 	}
 	delete(s.records, key)
@@ -127,60 +116,10 @@ func (s *MemoryStore) Get(ctx context.Context, key RecordKey) (Record, bool, err
 	}
 	defer s.mu.Unlock()
 	rec, ok := s.records[key]
-	if !ok || !rec.live(time.Now()) {
+	if !ok || !rec.Live(time.Now()) {
 		return Record{}, false, nil
 	}
 	return copyRecord(rec), true, nil
-}
-
-// ownedIn returns key's record in records if it is in flight under owner and
-// still retained (its lease may have passed; see inFlightRetention).
-func ownedIn(records map[RecordKey]Record, key RecordKey, owner Token, now time.Time) (Record, bool) {
-	rec, ok := records[key]
-	if !ok || !ownedBy(&rec, owner) || !retained(&rec, now) {
-		return Record{}, false
-	}
-	return rec, true
-}
-
-// sweepRecords drops the records no longer retained, at most once per
-// memorySweepInterval since *last, so the sweep costs O(1) amortised.
-func sweepRecords(records map[RecordKey]Record, last *time.Time, now time.Time) {
-	if now.Sub(*last) < memorySweepInterval {
-		return
-	}
-	*last = now
-	for key, rec := range records {
-		if !retained(&rec, now) {
-			delete(records, key)
-		}
-	}
-}
-
-// ownedBy reports whether rec is in flight under owner.
-func ownedBy(rec *Record, owner Token) bool {
-	return rec.State == StateInFlight && rec.Owner == owner
-}
-
-// retained reports whether a store still keeps rec at now: completed records
-// until they expire, in-flight ones for inFlightRetention past their lease.
-func retained(rec *Record, now time.Time) bool {
-	if rec.State == StateInFlight {
-		return now.Before(rec.LeaseUntil.Add(inFlightRetention))
-	}
-	return rec.live(now)
-}
-
-// completedRecord is rec (owner's in-flight record) turned into its completed
-// form holding resp.
-func completedRecord(rec Record, resp *Response, now time.Time, ttl time.Duration) Record {
-	return Record{
-		State:       StateCompleted,
-		Fingerprint: rec.Fingerprint,
-		CreatedAt:   rec.CreatedAt,
-		ExpiresAt:   now.Add(ttl),
-		Response:    resp,
-	}
 }
 
 // copyRecord returns rec with a Response that shares no memory with rec's.
@@ -205,7 +144,7 @@ func (s *MemoryStore) Purge(ctx context.Context, key RecordKey) (bool, error) {
 	defer s.mu.Unlock()
 	rec, ok := s.records[key]
 	delete(s.records, key)
-	return ok && rec.live(time.Now()), nil
+	return ok && rec.Live(time.Now()), nil
 }
 
 // Stats counts the live records; see AdminStore.
@@ -217,7 +156,7 @@ func (s *MemoryStore) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
 	now := time.Now()
 	for _, rec := range s.records {
-		st.add(rec.State, rec.live(now))
+		st.Add(rec.State, rec.Live(now))
 	}
 	return st, nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/badgerstore"
 )
 
 // scaleHot is how many keys are created over HTTP, in both stores, and
@@ -225,7 +226,7 @@ func createHot(s *scaleStore, body []byte, concurrency int) error {
 // its own batch id. Their TTL ends sr.slack after the projected end of the
 // fill, so they are live while Caddy is measured and expired for step 5.
 func (sr scaleRun) fill(s *scaleStore, rep *scaleReport) error {
-	st, err := idempotency.OpenBadger(idempotency.BadgerOptions{Dir: s.dir})
+	st, err := badgerstore.Open(badgerstore.Options{Dir: s.dir})
 	if err != nil {
 		return err
 	}
@@ -315,12 +316,25 @@ func (sr scaleRun) fill(s *scaleStore, rep *scaleReport) error {
 	}
 	rep.fillTime = time.Since(start)
 	rep.expiryMin, rep.expiryMax = expMin, expMax
-	rep.levels = levels(st.DB())
-	return st.Close()
+	if err := st.Close(); err != nil {
+		return err
+	}
+	db, err := openRawBadger(s.dir)
+	if err != nil {
+		return err
+	}
+	rep.levels = levels(db)
+	return db.Close()
+}
+
+// openRawBadger opens dir as a plain Badger database, for the measurements
+// the store does not offer (levels, dead keys, Flatten).
+func openRawBadger(dir string) (*badger.DB, error) {
+	return badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
 }
 
 // fillOne writes bulk record i to expire at until and returns when that is.
-func fillOne(ctx context.Context, st *idempotency.BadgerStore, i int64, tmpl idempotency.Response, idAt int, until time.Time) (time.Time, error) {
+func fillOne(ctx context.Context, st *badgerstore.Store, i int64, tmpl idempotency.Response, idAt int, until time.Time) (time.Time, error) {
 	key := idempotency.NewRecordKey("", "", "scale-fill-"+strconv.FormatInt(i, 10))
 	var fp idempotency.Fingerprint
 	_, _ = rand.Read(fp[:])
@@ -331,7 +345,7 @@ func fillOne(ctx context.Context, st *idempotency.BadgerStore, i int64, tmpl ide
 		_, _ = rand.Read(id[:])
 		hex.Encode(resp.Body[idAt+7:idAt+7+24], id[:])
 	}
-	owner := idempotency.NewToken()
+	owner := idempotency.NewOwnerToken()
 	if _, owned, err := st.Begin(ctx, key, fp, owner, time.Minute); err != nil || !owned {
 		return time.Time{}, fmt.Errorf("begin record %d: owned %v, %v", i, owned, err)
 	}
@@ -451,7 +465,7 @@ func procStatus(pid int) (map[string]int64, error) {
 
 // collect measures what reclaims the disk of the large store once its bulk
 // records expired. Each candidate starts from a copy of the same expired
-// store: the product as it is (OpenBadger: its GC tick and Badger's
+// store: the product as it is (badgerstore.Open: its GC tick and Badger's
 // compactors) open for gcWindow; db.Flatten; deleting the expired keys, open
 // for gcWindow, then db.Flatten.
 func (sr scaleRun) collect(s *scaleStore, rep *scaleReport) error {
@@ -494,7 +508,7 @@ func (sr scaleRun) collect(s *scaleStore, rep *scaleReport) error {
 		if step.product {
 			gcInterval = sr.gcInterval
 		}
-		row, err := sr.gcStep(step.dir, step.step, gcInterval, step.do)
+		row, err := sr.gcStep(step.dir, step.step, step.product, gcInterval, step.do)
 		if err != nil {
 			return fmt.Errorf("%s: %w", step.step, err)
 		}
@@ -511,20 +525,37 @@ func flatten(db *badger.DB) (time.Duration, error) {
 }
 
 // gcStep opens the store in dir as the product does (with a GC period of
-// gcInterval), runs do, measures the disk while open and after closing,
-// and reopens it to count the dead keys still stored.
-func (sr scaleRun) gcStep(dir, step string, gcInterval time.Duration, do func(db *badger.DB) (time.Duration, error)) (gcRow, error) {
+// gcInterval) for the product step, and as a plain Badger database for the
+// others, runs do (given nil for the product), measures the disk while open
+// and after closing, and reopens it to count the dead keys still stored.
+func (sr scaleRun) gcStep(dir, step string, product bool, gcInterval time.Duration, do func(db *badger.DB) (time.Duration, error)) (gcRow, error) {
 	row := gcRow{step: step}
-	st, err := idempotency.OpenBadger(idempotency.BadgerOptions{Dir: dir, GCInterval: gcInterval})
-	if err != nil {
-		return row, err
-	}
-	row.took, err = do(st.DB())
-	if err == nil {
-		row.open, err = du(dir)
-	}
-	if cerr := st.Close(); err == nil {
-		err = cerr
+	var err error
+	if product {
+		// The product as it is: its own store, GC tick and compactors.
+		st, oerr := badgerstore.Open(badgerstore.Options{Dir: dir, GCInterval: gcInterval})
+		if oerr != nil {
+			return row, oerr
+		}
+		row.took, err = do(nil)
+		if err == nil {
+			row.open, err = du(dir)
+		}
+		if cerr := st.Close(); err == nil {
+			err = cerr
+		}
+	} else {
+		db, oerr := openRawBadger(dir)
+		if oerr != nil {
+			return row, oerr
+		}
+		row.took, err = do(db)
+		if err == nil {
+			row.open, err = du(dir)
+		}
+		if cerr := db.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err != nil {
 		return row, err
@@ -532,12 +563,13 @@ func (sr scaleRun) gcStep(dir, step string, gcInterval time.Duration, do func(db
 	if row.disk, err = du(dir); err != nil {
 		return row, err
 	}
-	if st, err = idempotency.OpenBadger(idempotency.BadgerOptions{Dir: dir, GCInterval: time.Hour}); err != nil {
+	db, err := openRawBadger(dir)
+	if err != nil {
 		return row, err
 	}
-	defer st.Close()
-	row.levels = levels(st.DB())
-	row.dead, err = countDead(st.DB())
+	defer db.Close()
+	row.levels = levels(db)
+	row.dead, err = countDead(db)
 	return row, err
 }
 

@@ -60,7 +60,7 @@ func stats(t *testing.T, a idempotency.AdminStore) idempotency.Stats {
 }
 
 func testAdminPurgeCompleted(t *testing.T, a idempotency.AdminStore, s idempotency.Store) {
-	key, owner := newKey(), idempotency.NewToken()
+	key, owner := newKey(), idempotency.NewOwnerToken()
 	mustOwn(t, s, key, newFingerprint(), owner, longLease)
 	if err := s.Complete(ctx(t), key, owner, sampleResponse(), longTTL); err != nil {
 		t.Fatalf("Complete: %v", err)
@@ -72,7 +72,7 @@ func testAdminPurgeCompleted(t *testing.T, a idempotency.AdminStore, s idempoten
 	if purge(t, a, key) {
 		t.Error("second Purge reported a record")
 	}
-	fpB, ownerB := newFingerprint(), idempotency.NewToken()
+	fpB, ownerB := newFingerprint(), idempotency.NewOwnerToken()
 	wantInFlight(t, mustOwn(t, s, key, fpB, ownerB, longLease), ownerB, fpB)
 }
 
@@ -80,7 +80,7 @@ func testAdminPurgeCompleted(t *testing.T, a idempotency.AdminStore, s idempoten
 // another request takes the key, its Renew, Complete and Release are refused
 // and leave the new owner's record alone.
 func testAdminPurgeInFlight(t *testing.T, a idempotency.AdminStore, s idempotency.Store) {
-	key, ownerA := newKey(), idempotency.NewToken()
+	key, ownerA := newKey(), idempotency.NewOwnerToken()
 	mustOwn(t, s, key, newFingerprint(), ownerA, longLease)
 	if !purge(t, a, key) {
 		t.Fatal("Purge of an in-flight record reported none")
@@ -89,13 +89,13 @@ func testAdminPurgeInFlight(t *testing.T, a idempotency.AdminStore, s idempotenc
 	wantOwnerLost(t, s, key, ownerA)
 	wantAbsent(t, s, key)
 
-	fpB, ownerB := newFingerprint(), idempotency.NewToken()
+	fpB, ownerB := newFingerprint(), idempotency.NewOwnerToken()
 	mustOwn(t, s, key, fpB, ownerB, longLease)
 	wantOwnerLost(t, s, key, ownerA)
 	wantInFlight(t, mustGet(t, s, key), ownerB, fpB)
 }
 
-func wantOwnerLost(t *testing.T, s idempotency.Store, key idempotency.RecordKey, owner idempotency.Token) {
+func wantOwnerLost(t *testing.T, s idempotency.Store, key idempotency.RecordKey, owner idempotency.OwnerToken) {
 	t.Helper()
 	if err := s.Renew(ctx(t), key, owner, longLease); !errors.Is(err, idempotency.ErrNotOwner) {
 		t.Errorf("Renew by the purged owner = %v, want ErrNotOwner", err)
@@ -120,12 +120,12 @@ func testAdminPurgeMissing(t *testing.T, a idempotency.AdminStore, s idempotency
 // lease) are not reported, but they are deleted: a late owner can no longer
 // complete.
 func testAdminPurgeDeadRecords(t *testing.T, a idempotency.AdminStore, s idempotency.Store) {
-	expired, owner := newKey(), idempotency.NewToken()
+	expired, owner := newKey(), idempotency.NewOwnerToken()
 	mustOwn(t, s, expired, newFingerprint(), owner, longLease)
 	if err := s.Complete(ctx(t), expired, owner, sampleResponse(), shortLease); err != nil {
 		t.Fatalf("Complete: %v", err)
 	}
-	lapsed, late := newKey(), idempotency.NewToken()
+	lapsed, late := newKey(), idempotency.NewOwnerToken()
 	first := mustOwn(t, s, lapsed, newFingerprint(), late, shortLease)
 	waitFor(t, "both records to lapse", func() bool {
 		_, ok1 := get(t, s, expired)
@@ -150,7 +150,7 @@ func testAdminPurgeDeadRecords(t *testing.T, a idempotency.AdminStore, s idempot
 func testAdminPurgeRacesComplete(t *testing.T, a idempotency.AdminStore, s idempotency.Store) {
 	const keys = 32
 	for range keys {
-		key, owner := newKey(), idempotency.NewToken()
+		key, owner := newKey(), idempotency.NewOwnerToken()
 		mustOwn(t, s, key, newFingerprint(), owner, longLease)
 		var (
 			wg                  sync.WaitGroup
@@ -187,12 +187,12 @@ func testAdminStats(t *testing.T, a idempotency.AdminStore, s idempotency.Store)
 	if st := stats(t, a); st != (idempotency.Stats{}) {
 		t.Fatalf("Stats of an empty store = %+v", st)
 	}
-	own := func(lease time.Duration) (idempotency.RecordKey, idempotency.Token) {
-		key, owner := newKey(), idempotency.NewToken()
+	own := func(lease time.Duration) (idempotency.RecordKey, idempotency.OwnerToken) {
+		key, owner := newKey(), idempotency.NewOwnerToken()
 		mustOwn(t, s, key, newFingerprint(), owner, lease)
 		return key, owner
 	}
-	complete := func(key idempotency.RecordKey, owner idempotency.Token, ttl time.Duration) {
+	complete := func(key idempotency.RecordKey, owner idempotency.OwnerToken, ttl time.Duration) {
 		if err := s.Complete(ctx(t), key, owner, sampleResponse(), ttl); err != nil {
 			t.Fatalf("Complete: %v", err)
 		}
@@ -234,7 +234,7 @@ func testAdminCanceledContext(t *testing.T, a idempotency.AdminStore, s idempote
 	canceled, cancel := context.WithCancel(context.Background())
 	cancel()
 	key := newKey()
-	mustOwn(t, s, key, newFingerprint(), idempotency.NewToken(), longLease)
+	mustOwn(t, s, key, newFingerprint(), idempotency.NewOwnerToken(), longLease)
 	if _, err := a.Purge(canceled, key); !errors.Is(err, context.Canceled) {
 		t.Errorf("Purge with a canceled context = %v, want context.Canceled", err)
 	}

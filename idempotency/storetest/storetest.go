@@ -73,7 +73,7 @@ func Run(t *testing.T, newStore func(t *testing.T) idempotency.Store) {
 }
 
 func testBeginOnEmptyOwns(t *testing.T, s idempotency.Store) {
-	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	start := time.Now()
 	rec, owned := mustBegin(t, s, key, fp, owner, longLease)
 	if !owned {
@@ -89,10 +89,10 @@ func testBeginOnEmptyOwns(t *testing.T, s idempotency.Store) {
 
 func testSecondBeginSeesInFlight(t *testing.T, s idempotency.Store) {
 	key := newKey()
-	fpA, ownerA := newFingerprint(), idempotency.NewToken()
+	fpA, ownerA := newFingerprint(), idempotency.NewOwnerToken()
 	mustOwn(t, s, key, fpA, ownerA, longLease)
 
-	rec, owned := mustBegin(t, s, key, newFingerprint(), idempotency.NewToken(), longLease)
+	rec, owned := mustBegin(t, s, key, newFingerprint(), idempotency.NewOwnerToken(), longLease)
 	if owned {
 		t.Fatal("second Begin on an in-flight key reported owned")
 	}
@@ -101,7 +101,7 @@ func testSecondBeginSeesInFlight(t *testing.T, s idempotency.Store) {
 }
 
 func testCompleteReplays(t *testing.T, s idempotency.Store) {
-	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	mustOwn(t, s, key, fp, owner, longLease)
 	resp := sampleResponse()
 	start := time.Now()
@@ -109,7 +109,7 @@ func testCompleteReplays(t *testing.T, s idempotency.Store) {
 		t.Fatalf("Complete: %v", err)
 	}
 
-	rec, owned := mustBegin(t, s, key, newFingerprint(), idempotency.NewToken(), longLease)
+	rec, owned := mustBegin(t, s, key, newFingerprint(), idempotency.NewOwnerToken(), longLease)
 	if owned {
 		t.Fatal("Begin on a completed key reported owned")
 	}
@@ -124,7 +124,7 @@ func testCompleteReplays(t *testing.T, s idempotency.Store) {
 // A 2xx whose response was not kept completes the record all the same, and
 // the mark survives the store.
 func testCompleteNotStored(t *testing.T, s idempotency.Store) {
-	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	mustOwn(t, s, key, fp, owner, longLease)
 	if err := s.Complete(ctx(t), key, owner, idempotency.Response{Status: 201, NotStored: true}, longTTL); err != nil {
 		t.Fatalf("Complete: %v", err)
@@ -132,7 +132,7 @@ func testCompleteNotStored(t *testing.T, s idempotency.Store) {
 	for name, rec := range map[string]idempotency.Record{
 		"Get": mustGet(t, s, key),
 		"Begin": func() idempotency.Record {
-			r, _ := mustBegin(t, s, key, fp, idempotency.NewToken(), longLease)
+			r, _ := mustBegin(t, s, key, fp, idempotency.NewOwnerToken(), longLease)
 			return r
 		}(),
 	} {
@@ -144,20 +144,20 @@ func testCompleteNotStored(t *testing.T, s idempotency.Store) {
 }
 
 func testReleaseFreesKey(t *testing.T, s idempotency.Store) {
-	key, ownerA := newKey(), idempotency.NewToken()
+	key, ownerA := newKey(), idempotency.NewOwnerToken()
 	mustOwn(t, s, key, newFingerprint(), ownerA, longLease)
 	if err := s.Release(ctx(t), key, ownerA); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
 	wantAbsent(t, s, key)
 
-	fpB, ownerB := newFingerprint(), idempotency.NewToken()
+	fpB, ownerB := newFingerprint(), idempotency.NewOwnerToken()
 	rec := mustOwn(t, s, key, fpB, ownerB, longLease)
 	wantInFlight(t, rec, ownerB, fpB)
 }
 
 func testRenewExtendsLease(t *testing.T, s idempotency.Store) {
-	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	first := mustOwn(t, s, key, fp, owner, shortLease)
 	if err := s.Renew(ctx(t), key, owner, longLease); err != nil {
 		t.Fatalf("Renew: %v", err)
@@ -172,16 +172,16 @@ func testRenewExtendsLease(t *testing.T, s idempotency.Store) {
 	if !rec.LeaseUntil.After(first.LeaseUntil.Add(longLease / 2)) {
 		t.Errorf("LeaseUntil after Renew = %v, want about %v later than %v", rec.LeaseUntil, longLease, first.LeaseUntil)
 	}
-	if _, owned := mustBegin(t, s, key, newFingerprint(), idempotency.NewToken(), longLease); owned {
+	if _, owned := mustBegin(t, s, key, newFingerprint(), idempotency.NewOwnerToken(), longLease); owned {
 		t.Error("Begin took over a renewed lease")
 	}
 }
 
 func testLeaseExpiryTakeover(t *testing.T, s idempotency.Store) {
-	key, fpA, ownerA := newKey(), newFingerprint(), idempotency.NewToken()
+	key, fpA, ownerA := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	recA := mustOwn(t, s, key, fpA, ownerA, shortLease)
 
-	fpB, ownerB := newFingerprint(), idempotency.NewToken()
+	fpB, ownerB := newFingerprint(), idempotency.NewOwnerToken()
 	if _, owned := mustBegin(t, s, key, fpB, ownerB, longLease); owned {
 		t.Fatal("Begin took over a lease that had not expired")
 	}
@@ -224,7 +224,7 @@ func testLeaseExpiryTakeover(t *testing.T, s idempotency.Store) {
 // keep such a record for a while (a minute in this package) past its lease;
 // the test is late by more than any second-granular TTL rounding.
 func testLateOwnerMayComplete(t *testing.T, s idempotency.Store) {
-	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	rec := mustOwn(t, s, key, fp, owner, shortLease)
 	waitFor(t, "lease expiry", func() bool {
 		_, ok := get(t, s, key)
@@ -239,7 +239,7 @@ func testLateOwnerMayComplete(t *testing.T, s idempotency.Store) {
 }
 
 func testMissingKeyNotOwner(t *testing.T, s idempotency.Store) {
-	key, owner := newKey(), idempotency.NewToken()
+	key, owner := newKey(), idempotency.NewOwnerToken()
 	if err := s.Complete(ctx(t), key, owner, sampleResponse(), longTTL); !errors.Is(err, idempotency.ErrNotOwner) {
 		t.Errorf("Complete on a missing key = %v, want ErrNotOwner", err)
 	}
@@ -253,9 +253,9 @@ func testMissingKeyNotOwner(t *testing.T, s idempotency.Store) {
 }
 
 func testOtherTokenNotOwner(t *testing.T, s idempotency.Store) {
-	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	first := mustOwn(t, s, key, fp, owner, longLease)
-	other := idempotency.NewToken()
+	other := idempotency.NewOwnerToken()
 	if err := s.Renew(ctx(t), key, other, 2*longLease); !errors.Is(err, idempotency.ErrNotOwner) {
 		t.Errorf("Renew by another token = %v, want ErrNotOwner", err)
 	}
@@ -271,7 +271,7 @@ func testOtherTokenNotOwner(t *testing.T, s idempotency.Store) {
 }
 
 func testCompletedNotOwner(t *testing.T, s idempotency.Store) {
-	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	mustOwn(t, s, key, fp, owner, longLease)
 	resp := sampleResponse()
 	if err := s.Complete(ctx(t), key, owner, cloneResponse(resp), longTTL); err != nil {
@@ -291,7 +291,7 @@ func testCompletedNotOwner(t *testing.T, s idempotency.Store) {
 }
 
 func testTTLExpiry(t *testing.T, s idempotency.Store) {
-	key, owner := newKey(), idempotency.NewToken()
+	key, owner := newKey(), idempotency.NewOwnerToken()
 	mustOwn(t, s, key, newFingerprint(), owner, longLease)
 	if err := s.Complete(ctx(t), key, owner, sampleResponse(), shortLease); err != nil {
 		t.Fatalf("Complete: %v", err)
@@ -308,7 +308,7 @@ func testTTLExpiry(t *testing.T, s idempotency.Store) {
 		t.Errorf("record vanished at %v, before it expired at %v", now, rec.ExpiresAt)
 	}
 
-	fpB, ownerB := newFingerprint(), idempotency.NewToken()
+	fpB, ownerB := newFingerprint(), idempotency.NewOwnerToken()
 	got := mustOwn(t, s, key, fpB, ownerB, longLease)
 	wantInFlight(t, got, ownerB, fpB)
 	if got.Response != nil {
@@ -317,8 +317,8 @@ func testTTLExpiry(t *testing.T, s idempotency.Store) {
 }
 
 func testDistinctKeysIndependent(t *testing.T, s idempotency.Store) {
-	key1, fp1, owner1 := newKey(), newFingerprint(), idempotency.NewToken()
-	key2, fp2, owner2 := newKey(), newFingerprint(), idempotency.NewToken()
+	key1, fp1, owner1 := newKey(), newFingerprint(), idempotency.NewOwnerToken()
+	key2, fp2, owner2 := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	mustOwn(t, s, key1, fp1, owner1, longLease)
 	mustOwn(t, s, key2, fp2, owner2, longLease)
 
@@ -338,7 +338,7 @@ func testDistinctKeysIndependent(t *testing.T, s idempotency.Store) {
 }
 
 func testFingerprintKept(t *testing.T, s idempotency.Store) {
-	key, owner := newKey(), idempotency.NewToken()
+	key, owner := newKey(), idempotency.NewOwnerToken()
 	var fp idempotency.Fingerprint
 	for i := range fp {
 		fp[i] = byte(i*7 + 1)
@@ -353,7 +353,7 @@ func testFingerprintKept(t *testing.T, s idempotency.Store) {
 	if got := mustGet(t, s, key).Fingerprint; got != fp {
 		t.Errorf("completed Fingerprint = %x, want %x", got, fp)
 	}
-	rec, _ := mustBegin(t, s, key, newFingerprint(), idempotency.NewToken(), longLease)
+	rec, _ := mustBegin(t, s, key, newFingerprint(), idempotency.NewOwnerToken(), longLease)
 	if rec.Fingerprint != fp {
 		t.Errorf("Fingerprint returned by Begin = %x, want %x", rec.Fingerprint, fp)
 	}
@@ -362,7 +362,7 @@ func testFingerprintKept(t *testing.T, s idempotency.Store) {
 func testCanceledContext(t *testing.T, s idempotency.Store) {
 	canceled, cancel := context.WithCancel(context.Background())
 	cancel()
-	key, owner := newKey(), idempotency.NewToken()
+	key, owner := newKey(), idempotency.NewOwnerToken()
 	if _, owned, err := s.Begin(canceled, key, newFingerprint(), owner, longLease); !errors.Is(err, context.Canceled) || owned {
 		t.Errorf("Begin with a canceled context = owned %v, err %v; want context.Canceled", owned, err)
 	}
@@ -384,7 +384,7 @@ func testCanceledContext(t *testing.T, s idempotency.Store) {
 }
 
 func testResponseNotAliased(t *testing.T, s idempotency.Store) {
-	key, fp, owner := newKey(), newFingerprint(), idempotency.NewToken()
+	key, fp, owner := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	mustOwn(t, s, key, fp, owner, longLease)
 	want := sampleResponse()
 	given := cloneResponse(want)
@@ -404,7 +404,7 @@ func testRacingBeginOneOwner(t *testing.T, s idempotency.Store) {
 	const racers = 64
 	key := newKey()
 	type result struct {
-		owner idempotency.Token
+		owner idempotency.OwnerToken
 		fp    idempotency.Fingerprint
 		rec   idempotency.Record
 		owned bool
@@ -414,7 +414,7 @@ func testRacingBeginOneOwner(t *testing.T, s idempotency.Store) {
 	start := make(chan struct{})
 	var wg sync.WaitGroup
 	for i := range results {
-		results[i].owner, results[i].fp = idempotency.NewToken(), newFingerprint()
+		results[i].owner, results[i].fp = idempotency.NewOwnerToken(), newFingerprint()
 		wg.Go(func() {
 			r := &results[i]
 			<-start
@@ -498,7 +498,7 @@ func mixedWorker(c context.Context, s idempotency.Store, keys []idempotency.Reco
 			}
 			continue
 		}
-		owner := idempotency.NewToken()
+		owner := idempotency.NewOwnerToken()
 		rec, owned, err := s.Begin(c, key, newFingerprint(), owner, longLease)
 		if err != nil {
 			return fmt.Errorf("worker %d: Begin: %w", w, err)
@@ -536,7 +536,7 @@ func mixedWorker(c context.Context, s idempotency.Store, keys []idempotency.Reco
 func checkConsistent(rec idempotency.Record) error {
 	switch rec.State {
 	case idempotency.StateInFlight:
-		if rec.Owner == (idempotency.Token{}) {
+		if rec.Owner == (idempotency.OwnerToken{}) {
 			return fmt.Errorf("in-flight record without an owner: %+v", rec)
 		}
 	case idempotency.StateCompleted:
@@ -596,7 +596,7 @@ func scribble(r *idempotency.Response) {
 	r.Header.Set("X-Added", "after")
 }
 
-func mustBegin(t *testing.T, s idempotency.Store, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.Token, lease time.Duration) (idempotency.Record, bool) {
+func mustBegin(t *testing.T, s idempotency.Store, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.OwnerToken, lease time.Duration) (idempotency.Record, bool) {
 	t.Helper()
 	rec, owned, err := s.Begin(ctx(t), key, fp, owner, lease)
 	if err != nil {
@@ -605,7 +605,7 @@ func mustBegin(t *testing.T, s idempotency.Store, key idempotency.RecordKey, fp 
 	return rec, owned
 }
 
-func mustOwn(t *testing.T, s idempotency.Store, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.Token, lease time.Duration) idempotency.Record {
+func mustOwn(t *testing.T, s idempotency.Store, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.OwnerToken, lease time.Duration) idempotency.Record {
 	t.Helper()
 	rec, owned := mustBegin(t, s, key, fp, owner, lease)
 	if !owned {
@@ -639,7 +639,7 @@ func wantAbsent(t *testing.T, s idempotency.Store, key idempotency.RecordKey) {
 	}
 }
 
-func wantInFlight(t *testing.T, rec idempotency.Record, owner idempotency.Token, fp idempotency.Fingerprint) {
+func wantInFlight(t *testing.T, rec idempotency.Record, owner idempotency.OwnerToken, fp idempotency.Fingerprint) {
 	t.Helper()
 	if rec.State != idempotency.StateInFlight {
 		t.Errorf("State = %v, want in_flight", rec.State)

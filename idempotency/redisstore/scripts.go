@@ -1,12 +1,12 @@
-package idempotency
+package redisstore
 
 import "github.com/redis/go-redis/v9"
 
-// The RedisStore's operations, each one Lua script on one key (KEYS[1]), so
+// The Store's operations, each one Lua script on one key (KEYS[1]), so
 // Redis runs it atomically and a cluster routes it by that key. Times are
 // Unix milliseconds on the Redis server's clock (TIME), so Caddy instances
 // whose clocks disagree still agree on leases and expiry. The record layout
-// is documented at redisRecordLayout in store_redis.go.
+// is documented at redisRecordLayout in store.go.
 //
 // Scripts return arrays and integers only: a Lua false would come back as
 // nil over RESP2 but as a boolean over RESP3.

@@ -1,4 +1,4 @@
-package idempotency
+package badgerstore
 
 import (
 	"bufio"
@@ -17,13 +17,15 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 )
 
-func openTestBadger(t *testing.T, dir string) *BadgerStore {
+func openTestBadger(t *testing.T, dir string) *Store {
 	t.Helper()
-	s, err := OpenBadger(BadgerOptions{Dir: dir})
+	s, err := Open(Options{Dir: dir})
 	if err != nil {
-		t.Fatalf("OpenBadger: %v", err)
+		t.Fatalf("Open: %v", err)
 	}
 	return s
 }
@@ -32,11 +34,11 @@ func TestBadgerReopenKeepsCompletedRecords(t *testing.T) {
 	dir := t.TempDir()
 	ctx := t.Context()
 	s := openTestBadger(t, dir)
-	key, fp, owner := RecordKey{1}, Fingerprint{2}, NewToken()
+	key, fp, owner := idempotency.RecordKey{1}, idempotency.Fingerprint{2}, idempotency.NewOwnerToken()
 	if _, owned, err := s.Begin(ctx, key, fp, owner, time.Minute); err != nil || !owned {
 		t.Fatalf("Begin = owned %v, err %v", owned, err)
 	}
-	resp := Response{Status: 200, Header: http.Header{"X-Id": {"b1"}}, Body: bytes.Repeat([]byte("v"), 4096)}
+	resp := idempotency.Response{Status: 200, Header: http.Header{"X-Id": {"b1"}}, Body: bytes.Repeat([]byte("v"), 4096)}
 	if err := s.Complete(ctx, key, owner, resp, time.Hour); err != nil {
 		t.Fatalf("Complete: %v", err)
 	}
@@ -50,10 +52,10 @@ func TestBadgerReopenKeepsCompletedRecords(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("Get after reopen = ok %v, err %v", ok, err)
 	}
-	assertSameRecord(t, rec, Record{
-		State: StateCompleted, Fingerprint: fp, CreatedAt: rec.CreatedAt, ExpiresAt: rec.ExpiresAt,
-		Response: &resp,
-	})
+	if rec.State != idempotency.StateCompleted || rec.Fingerprint != fp || rec.Response == nil ||
+		rec.Response.Status != resp.Status || rec.Response.Header.Get("X-Id") != "b1" || !bytes.Equal(rec.Response.Body, resp.Body) {
+		t.Fatalf("record after reopen = %+v, want the completed record with its response", rec)
+	}
 	if time.Until(rec.ExpiresAt) < 59*time.Minute {
 		t.Errorf("ExpiresAt after reopen = %v, want about an hour from now", rec.ExpiresAt)
 	}
@@ -64,7 +66,7 @@ func TestBadgerSecondOpenFails(t *testing.T) {
 	s := openTestBadger(t, dir)
 	defer s.Close()
 
-	second, err := OpenBadger(BadgerOptions{Dir: dir})
+	second, err := Open(Options{Dir: dir})
 	if err == nil {
 		second.Close()
 		t.Fatal("a second OpenBadger on a directory in use succeeded")
@@ -73,21 +75,21 @@ func TestBadgerSecondOpenFails(t *testing.T) {
 		t.Errorf("a failed OpenBadger returned a store %p", second)
 	}
 	// The first store must be unaffected.
-	if _, _, err := s.Begin(t.Context(), RecordKey{9}, Fingerprint{}, NewToken(), time.Minute); err != nil {
+	if _, _, err := s.Begin(t.Context(), idempotency.RecordKey{9}, idempotency.Fingerprint{}, idempotency.NewOwnerToken(), time.Minute); err != nil {
 		t.Errorf("Begin on the first store after the failed open: %v", err)
 	}
 }
 
 func TestBadgerOpenNeedsDir(t *testing.T) {
-	if s, err := OpenBadger(BadgerOptions{}); err == nil || s != nil {
+	if s, err := Open(Options{}); err == nil || s != nil {
 		t.Errorf("OpenBadger without Dir = %v, %v; want nil and an error", s, err)
 	}
 }
 
 func TestBadgerCloseStopsGC(t *testing.T) {
-	s, err := OpenBadger(BadgerOptions{Dir: t.TempDir(), GCInterval: 5 * time.Millisecond})
+	s, err := Open(Options{Dir: t.TempDir(), GCInterval: 5 * time.Millisecond})
 	if err != nil {
-		t.Fatalf("OpenBadger: %v", err)
+		t.Fatalf("Open: %v", err)
 	}
 	time.Sleep(50 * time.Millisecond) // let a few GC rounds run
 
@@ -109,7 +111,7 @@ func TestBadgerCloseStopsGC(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	if _, _, err := s.Get(context.Background(), RecordKey{}); err == nil {
+	if _, _, err := s.Get(context.Background(), idempotency.RecordKey{}); err == nil {
 		t.Error("Get on a closed store succeeded")
 	}
 }
@@ -143,11 +145,11 @@ const (
 	killRecordCount = 200
 )
 
-func killTestKey(i int) RecordKey {
-	return RecordKey(sha256.Sum256([]byte("kill-test-" + strconv.Itoa(i))))
+func killTestKey(i int) idempotency.RecordKey {
+	return idempotency.RecordKey(sha256.Sum256([]byte("kill-test-" + strconv.Itoa(i))))
 }
 
-func killTestOwner() Token { return Token{0xaa, 0xbb} }
+func killTestOwner() idempotency.OwnerToken { return idempotency.OwnerToken{0xaa, 0xbb} }
 
 // killTestBody alternates small bodies (stored in the LSM tree) with ones
 // above the value threshold (stored in the value log).
@@ -222,7 +224,7 @@ func TestBadgerSurvivesProcessKill(t *testing.T) {
 		if err != nil || !ok {
 			t.Fatalf("record %d after kill: ok %v, err %v", i, ok, err)
 		}
-		if rec.State != StateCompleted || rec.Response == nil || rec.Response.Status != 200+i%3 || !bytes.Equal(rec.Response.Body, killTestBody(i)) {
+		if rec.State != idempotency.StateCompleted || rec.Response == nil || rec.Response.Status != 200+i%3 || !bytes.Equal(rec.Response.Body, killTestBody(i)) {
 			t.Fatalf("record %d after kill = %+v, want the completed record the child wrote", i, rec)
 		}
 	}
@@ -230,11 +232,11 @@ func TestBadgerSurvivesProcessKill(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("in-flight record after kill: ok %v, err %v", ok, err)
 	}
-	if rec.State != StateInFlight || rec.Owner != killTestOwner() {
+	if rec.State != idempotency.StateInFlight || rec.Owner != killTestOwner() {
 		t.Errorf("in-flight record after kill = %+v, want in flight under the child's token", rec)
 	}
 	// Its lease (an hour) has not passed, so a new request must not take over.
-	if _, owned, err := s.Begin(ctx, killTestKey(killRecordCount), Fingerprint{}, NewToken(), time.Minute); err != nil || owned {
+	if _, owned, err := s.Begin(ctx, killTestKey(killRecordCount), idempotency.Fingerprint{}, idempotency.NewOwnerToken(), time.Minute); err != nil || owned {
 		t.Errorf("Begin on the live in-flight record = owned %v, err %v", owned, err)
 	}
 }
@@ -244,60 +246,26 @@ func runKillChild(dir string) {
 		fmt.Println("child error:", err)
 		os.Exit(1)
 	}
-	s, err := OpenBadger(BadgerOptions{Dir: dir})
+	s, err := Open(Options{Dir: dir})
 	if err != nil {
 		fail(err)
 	}
 	ctx := context.Background()
 	for i := range killRecordCount {
-		owner := NewToken()
-		if _, owned, err := s.Begin(ctx, killTestKey(i), Fingerprint{byte(i)}, owner, time.Minute); err != nil || !owned {
+		owner := idempotency.NewOwnerToken()
+		if _, owned, err := s.Begin(ctx, killTestKey(i), idempotency.Fingerprint{byte(i)}, owner, time.Minute); err != nil || !owned {
 			fail(fmt.Errorf("Begin %d: owned %v, err %v", i, owned, err))
 		}
-		resp := Response{Status: 200 + i%3, Header: http.Header{"X-I": {strconv.Itoa(i)}}, Body: killTestBody(i)}
+		resp := idempotency.Response{Status: 200 + i%3, Header: http.Header{"X-I": {strconv.Itoa(i)}}, Body: killTestBody(i)}
 		if err := s.Complete(ctx, killTestKey(i), owner, resp, time.Hour); err != nil {
 			fail(fmt.Errorf("Complete %d: %v", i, err))
 		}
 	}
-	if _, owned, err := s.Begin(ctx, killTestKey(killRecordCount), Fingerprint{}, killTestOwner(), time.Hour); err != nil || !owned {
+	if _, owned, err := s.Begin(ctx, killTestKey(killRecordCount), idempotency.Fingerprint{}, killTestOwner(), time.Hour); err != nil || !owned {
 		fail(fmt.Errorf("Begin in-flight: owned %v, err %v", owned, err))
 	}
 	fmt.Println("ready")
 	// Wait to be killed; exit on our own only if the parent vanished.
 	time.Sleep(2 * time.Minute)
 	os.Exit(2)
-}
-
-// Lives here because store_test.go is an external test package and cannot
-// reach the map; it checks the memory store's bound on dead records.
-func TestMemoryStoreSweepsDeadRecords(t *testing.T) {
-	s := NewMemoryStore()
-	defer s.Close()
-	now := time.Now()
-	s.records[RecordKey{1}] = Record{State: StateCompleted, ExpiresAt: now.Add(-time.Second)}
-	s.records[RecordKey{2}] = Record{State: StateInFlight, LeaseUntil: now.Add(-inFlightRetention - time.Second)}
-	s.records[RecordKey{3}] = Record{State: StateInFlight, LeaseUntil: now.Add(-time.Second)} // late owner may still complete
-	s.records[RecordKey{4}] = Record{State: StateCompleted, ExpiresAt: now.Add(time.Hour)}
-
-	if _, _, err := s.Begin(t.Context(), RecordKey{5}, Fingerprint{}, NewToken(), time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if len(s.records) != 5 {
-		t.Fatalf("swept before memorySweepInterval passed: %d records left", len(s.records))
-	}
-
-	s.lastSweep = now.Add(-memorySweepInterval)
-	if _, _, err := s.Begin(t.Context(), RecordKey{6}, Fingerprint{}, NewToken(), time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []RecordKey{{1}, {2}} {
-		if _, ok := s.records[k]; ok {
-			t.Errorf("dead record %x survived the sweep", k[0])
-		}
-	}
-	for _, k := range []RecordKey{{3}, {4}, {5}, {6}} {
-		if _, ok := s.records[k]; !ok {
-			t.Errorf("retained record %x was swept", k[0])
-		}
-	}
 }

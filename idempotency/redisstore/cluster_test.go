@@ -1,4 +1,4 @@
-package idempotency_test
+package redisstore_test
 
 import (
 	"net/http"
@@ -88,7 +88,7 @@ func writeAndReadBack(t *testing.T, s testRedisStore, n int) {
 	t.Helper()
 	ctx := t.Context()
 	for i := range n {
-		key, owner := randomRecordKey(), idempotency.NewToken()
+		key, owner := randomRecordKey(), idempotency.NewOwnerToken()
 		fp := idempotency.Fingerprint{byte(i)}
 		mustRedisBegin(t, s, key, fp, owner, time.Minute)
 		body := []byte(strconv.Itoa(i))

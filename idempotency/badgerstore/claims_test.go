@@ -1,4 +1,4 @@
-package idempotency
+package badgerstore
 
 import (
 	"errors"
@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 )
 
 // An in-flight record left by a closed (or killed) store is on disk only: a
@@ -14,7 +16,7 @@ import (
 func TestBadgerReopenedStoreHoldsButDoesNotOwnOldClaim(t *testing.T) {
 	dir := t.TempDir()
 	ctx := t.Context()
-	key, fp, old := RecordKey{7}, Fingerprint{8}, NewToken()
+	key, fp, old := idempotency.RecordKey{7}, idempotency.Fingerprint{8}, idempotency.NewOwnerToken()
 	s := openTestBadger(t, dir)
 	if _, owned, err := s.Begin(ctx, key, fp, old, 300*time.Millisecond); err != nil || !owned {
 		t.Fatalf("Begin = owned %v, err %v", owned, err)
@@ -25,19 +27,19 @@ func TestBadgerReopenedStoreHoldsButDoesNotOwnOldClaim(t *testing.T) {
 
 	s = openTestBadger(t, dir)
 	defer s.Close()
-	rec, owned, err := s.Begin(ctx, key, fp, NewToken(), time.Minute)
-	if err != nil || owned || rec.State != StateInFlight || rec.Owner != old {
+	rec, owned, err := s.Begin(ctx, key, fp, idempotency.NewOwnerToken(), time.Minute)
+	if err != nil || owned || rec.State != idempotency.StateInFlight || rec.Owner != old {
 		t.Fatalf("Begin after reopen = %+v owned %v err %v, want the old in-flight record", rec, owned, err)
 	}
-	resp := Response{Status: 200, Header: http.Header{}, Body: []byte("{}")}
-	if err := s.Complete(ctx, key, old, resp, time.Hour); !errors.Is(err, ErrNotOwner) {
+	resp := idempotency.Response{Status: 200, Header: http.Header{}, Body: []byte("{}")}
+	if err := s.Complete(ctx, key, old, resp, time.Hour); !errors.Is(err, idempotency.ErrNotOwner) {
 		t.Fatalf("Complete by the closed store's owner = %v, want ErrNotOwner", err)
 	}
-	if err := s.Release(ctx, key, old); !errors.Is(err, ErrNotOwner) {
+	if err := s.Release(ctx, key, old); !errors.Is(err, idempotency.ErrNotOwner) {
 		t.Fatalf("Release by the closed store's owner = %v, want ErrNotOwner", err)
 	}
 	time.Sleep(time.Until(rec.LeaseUntil) + 10*time.Millisecond)
-	if _, owned, err := s.Begin(ctx, key, fp, NewToken(), time.Minute); err != nil || !owned {
+	if _, owned, err := s.Begin(ctx, key, fp, idempotency.NewOwnerToken(), time.Minute); err != nil || !owned {
 		t.Fatalf("Begin after the old lease = owned %v, err %v, want a takeover", owned, err)
 	}
 }
@@ -46,20 +48,20 @@ func TestBadgerReopenedStoreHoldsButDoesNotOwnOldClaim(t *testing.T) {
 func TestBadgerClosedStoreRefusesClaimedKeys(t *testing.T) {
 	s := openTestBadger(t, t.TempDir())
 	ctx := t.Context()
-	key, owner := RecordKey{9}, NewToken()
-	if _, owned, err := s.Begin(ctx, key, Fingerprint{1}, owner, time.Minute); err != nil || !owned {
+	key, owner := idempotency.RecordKey{9}, idempotency.NewOwnerToken()
+	if _, owned, err := s.Begin(ctx, key, idempotency.Fingerprint{1}, owner, time.Minute); err != nil || !owned {
 		t.Fatalf("Begin = owned %v, err %v", owned, err)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if _, _, err := s.Begin(ctx, key, Fingerprint{1}, NewToken(), time.Minute); err == nil {
+	if _, _, err := s.Begin(ctx, key, idempotency.Fingerprint{1}, idempotency.NewOwnerToken(), time.Minute); err == nil {
 		t.Error("Begin on a closed store succeeded")
 	}
 	if _, _, err := s.Get(ctx, key); err == nil {
 		t.Error("Get on a closed store succeeded")
 	}
-	if err := s.Renew(ctx, key, owner, time.Minute); err == nil || errors.Is(err, ErrNotOwner) {
+	if err := s.Renew(ctx, key, owner, time.Minute); err == nil || errors.Is(err, idempotency.ErrNotOwner) {
 		t.Errorf("Renew on a closed store = %v, want a store error", err)
 	}
 }
@@ -74,13 +76,13 @@ func TestBadgerClaimsManyKeysConcurrently(t *testing.T) {
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
-		owner = map[RecordKey]int{}
+		owner = map[idempotency.RecordKey]int{}
 	)
 	for i := range keys * perKey {
 		wg.Go(func() {
-			key := RecordKey{byte(i % keys), byte(i % keys >> 8), 0xee}
-			tok := NewToken()
-			_, owned, err := s.Begin(ctx, key, Fingerprint{1}, tok, time.Minute)
+			key := idempotency.RecordKey{byte(i % keys), byte(i % keys >> 8), 0xee}
+			tok := idempotency.NewOwnerToken()
+			_, owned, err := s.Begin(ctx, key, idempotency.Fingerprint{1}, tok, time.Minute)
 			if err != nil {
 				t.Errorf("Begin: %v", err)
 				return
@@ -91,7 +93,7 @@ func TestBadgerClaimsManyKeysConcurrently(t *testing.T) {
 			mu.Lock()
 			owner[key]++
 			mu.Unlock()
-			if err := s.Complete(ctx, key, tok, Response{Status: 200, Header: http.Header{}}, time.Hour); err != nil {
+			if err := s.Complete(ctx, key, tok, idempotency.Response{Status: 200, Header: http.Header{}}, time.Hour); err != nil {
 				t.Errorf("Complete: %v", err)
 			}
 		})
@@ -104,7 +106,7 @@ func TestBadgerClaimsManyKeysConcurrently(t *testing.T) {
 		if n != 1 {
 			t.Errorf("key %x claimed %d times", key[:2], n)
 		}
-		if rec, ok, err := s.Get(ctx, key); err != nil || !ok || rec.State != StateCompleted {
+		if rec, ok, err := s.Get(ctx, key); err != nil || !ok || rec.State != idempotency.StateCompleted {
 			t.Errorf("key %x: Get = %v ok %v err %v, want completed", key[:2], rec.State, ok, err)
 		}
 	}
@@ -114,22 +116,22 @@ func TestBadgerClaimsManyKeysConcurrently(t *testing.T) {
 // once it is no longer retained, so the table cannot grow without bound.
 func TestBadgerClaimSweep(t *testing.T) {
 	var stripe claimStripe
-	stripe.claims = map[RecordKey]Record{}
+	stripe.claims = map[idempotency.RecordKey]idempotency.Record{}
 	now := time.Now()
-	dead := Record{State: StateInFlight, LeaseUntil: now.Add(-inFlightRetention - time.Second)}
-	alive := Record{State: StateInFlight, LeaseUntil: now.Add(-time.Second)}
-	stripe.claims[RecordKey{1}] = dead
-	stripe.claims[RecordKey{2}] = alive
+	dead := idempotency.Record{State: idempotency.StateInFlight, LeaseUntil: now.Add(-idempotency.InFlightRetention - time.Second)}
+	alive := idempotency.Record{State: idempotency.StateInFlight, LeaseUntil: now.Add(-time.Second)}
+	stripe.claims[idempotency.RecordKey{1}] = dead
+	stripe.claims[idempotency.RecordKey{2}] = alive
 	stripe.sweep(now)
-	if _, ok := stripe.claims[RecordKey{1}]; ok {
+	if _, ok := stripe.claims[idempotency.RecordKey{1}]; ok {
 		t.Error("a claim past its retention survived the sweep")
 	}
-	if _, ok := stripe.claims[RecordKey{2}]; !ok {
+	if _, ok := stripe.claims[idempotency.RecordKey{2}]; !ok {
 		t.Error("a claim still retained was swept")
 	}
-	stripe.claims[RecordKey{3}] = dead
+	stripe.claims[idempotency.RecordKey{3}] = dead
 	stripe.sweep(now.Add(time.Second))
-	if _, ok := stripe.claims[RecordKey{3}]; !ok {
-		t.Error("swept again within memorySweepInterval")
+	if _, ok := stripe.claims[idempotency.RecordKey{3}]; !ok {
+		t.Error("swept again within idempotency.SweepInterval")
 	}
 }

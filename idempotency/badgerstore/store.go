@@ -1,4 +1,4 @@
-package idempotency
+package badgerstore
 
 import (
 	"cmp"
@@ -11,6 +11,8 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"go.uber.org/zap"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 )
 
 // badgerKeyPrefix namespaces records (and their format generation) inside the DB.
@@ -23,8 +25,8 @@ const badgerTTLSlack = time.Second
 
 const defaultBadgerGCInterval = 10 * time.Minute
 
-// BadgerOptions configure OpenBadger.
-type BadgerOptions struct {
+// Options configure Open.
+type Options struct {
 	Dir        string        // required
 	Logger     *zap.Logger   // nil → zap.NewNop()
 	GCInterval time.Duration // value-log GC period; 0 → 10m
@@ -32,9 +34,9 @@ type BadgerOptions struct {
 	memTableSize int64 // tests: small tables reach the lower levels sooner; 0 → 8 MiB
 }
 
-// BadgerStore is a Store persisted in an embedded Badger database, for a
-// single Caddy instance (Badger locks its directory to one process).
-type BadgerStore struct {
+// Store is an idempotency.Store in an embedded Badger database, for a
+// single process (Badger locks its directory to one process).
+type Store struct {
 	db     *badger.DB
 	log    *zap.Logger
 	claims claimTable
@@ -50,13 +52,14 @@ type BadgerStore struct {
 	closeErr  error
 }
 
-var _ Store = (*BadgerStore)(nil)
+var _ idempotency.Store = (*Store)(nil)
 
-// OpenBadger opens (creating if needed) the store in opts.Dir and starts its
-// value-log GC. It fails if another BadgerStore holds the directory.
-func OpenBadger(opts BadgerOptions) (*BadgerStore, error) {
+// Open opens (creating if needed) the store in opts.Dir and starts its
+// value-log GC. It fails if another Store, in this process or another,
+// holds the directory.
+func Open(opts Options) (*Store, error) {
 	if opts.Dir == "" {
-		return nil, errors.New("idempotency: badger store needs a directory")
+		return nil, errors.New("badgerstore: Options.Dir is required")
 	}
 	log := opts.Logger
 	if log == nil {
@@ -88,10 +91,10 @@ func OpenBadger(opts BadgerOptions) (*BadgerStore, error) {
 		WithDetectConflicts(false)
 	db, err := badger.Open(badgerOpts)
 	if err != nil {
-		return nil, fmt.Errorf("idempotency: open badger store in %q: %w", opts.Dir, err)
+		return nil, fmt.Errorf("badgerstore: open %q: %w", opts.Dir, err)
 	}
 
-	s := &BadgerStore{
+	s := &Store{
 		db:     db,
 		log:    log,
 		stopGC: make(chan struct{}),
@@ -101,45 +104,42 @@ func OpenBadger(opts BadgerOptions) (*BadgerStore, error) {
 	return s, nil
 }
 
-// DB exposes the underlying database for tests and admin tooling.
-func (s *BadgerStore) DB() *badger.DB { return s.db }
-
 // Close stops the GC goroutine, waits for it, then closes the database.
 // Calling it again returns the first call's result.
-func (s *BadgerStore) Close() error {
+func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.stopGC)
 		<-s.gcDone
-		s.admin.Lock() // Stats sees closed and stops early
+		s.admin.Lock() // idempotency.Stats sees closed and stops early
 		defer s.admin.Unlock()
 		s.closeErr = s.db.Close()
 	})
 	return s.closeErr
 }
 
-func (s *BadgerStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner Token, lease time.Duration) (Record, bool, error) {
+func (s *Store) Begin(ctx context.Context, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.OwnerToken, lease time.Duration) (idempotency.Record, bool, error) {
 	if err := s.usable(ctx); err != nil {
-		return Record{}, false, err
+		return idempotency.Record{}, false, err
 	}
 	stripe := s.claims.lock(key)
 	defer stripe.mu.Unlock()
 	now := time.Now()
 	stripe.sweep(now)
 	// A duplicate of a request in flight here is answered from memory.
-	if cur, ok := stripe.claims[key]; ok && cur.live(now) {
+	if cur, ok := stripe.claims[key]; ok && cur.Live(now) {
 		return cur, false, nil
 	}
 	dbKey := badgerRecordKey(key)
 	cur, found, err := s.read(dbKey)
 	if err != nil {
-		return Record{}, false, err
+		return idempotency.Record{}, false, err
 	}
-	if found && cur.live(now) {
+	if found && cur.Live(now) {
 		return cur, false, nil
 	}
-	rec := Record{
-		State:       StateInFlight,
+	rec := idempotency.Record{
+		State:       idempotency.StateInFlight,
 		Fingerprint: fp,
 		Owner:       owner,
 		LeaseUntil:  now.Add(lease),
@@ -148,13 +148,13 @@ func (s *BadgerStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, 
 	// Written before the request goes upstream, so that after a crash the
 	// key stays in flight until the lease runs out, as it would in a fleet.
 	if err := s.write(dbKey, &rec, now); err != nil {
-		return Record{}, false, err
+		return idempotency.Record{}, false, err
 	}
 	stripe.claims[key] = rec
 	return rec, true, nil
 }
 
-func (s *BadgerStore) Renew(ctx context.Context, key RecordKey, owner Token, lease time.Duration) error {
+func (s *Store) Renew(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken, lease time.Duration) error {
 	stripe, rec, now, err := s.lockOwned(ctx, key, owner)
 	if err != nil {
 		return err
@@ -168,13 +168,13 @@ func (s *BadgerStore) Renew(ctx context.Context, key RecordKey, owner Token, lea
 	return nil
 }
 
-func (s *BadgerStore) Complete(ctx context.Context, key RecordKey, owner Token, resp Response, ttl time.Duration) error {
+func (s *Store) Complete(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken, resp idempotency.Response, ttl time.Duration) error {
 	stripe, rec, now, err := s.lockOwned(ctx, key, owner)
 	if err != nil {
 		return err
 	}
 	defer stripe.mu.Unlock()
-	done := completedRecord(rec, &resp, now, ttl) // encoded at once: no copy of resp
+	done := rec.Completed(&resp, now, ttl) // encoded at once: no copy of resp
 	if err := s.write(badgerRecordKey(key), &done, now); err != nil {
 		return err
 	}
@@ -182,7 +182,7 @@ func (s *BadgerStore) Complete(ctx context.Context, key RecordKey, owner Token, 
 	return nil
 }
 
-func (s *BadgerStore) Release(ctx context.Context, key RecordKey, owner Token) error {
+func (s *Store) Release(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken) error {
 	stripe, _, _, err := s.lockOwned(ctx, key, owner)
 	if err != nil {
 		return err
@@ -197,54 +197,54 @@ func (s *BadgerStore) Release(ctx context.Context, key RecordKey, owner Token) e
 }
 
 // lockOwned locks key's stripe and returns owner's claim on it. Unless it
-// returns an error (ErrNotOwner when the claim is not owner's), the caller
+// returns an error (idempotency.ErrNotOwner when the claim is not owner's), the caller
 // holds the stripe lock and must unlock it.
-func (s *BadgerStore) lockOwned(ctx context.Context, key RecordKey, owner Token) (*claimStripe, Record, time.Time, error) {
+func (s *Store) lockOwned(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken) (*claimStripe, idempotency.Record, time.Time, error) {
 	if err := s.usable(ctx); err != nil {
-		return nil, Record{}, time.Time{}, err
+		return nil, idempotency.Record{}, time.Time{}, err
 	}
 	stripe := s.claims.lock(key)
 	now := time.Now()
 	rec, ok := stripe.owned(key, owner, now)
 	if !ok {
 		stripe.mu.Unlock()
-		return nil, Record{}, now, ErrNotOwner
+		return nil, idempotency.Record{}, now, idempotency.ErrNotOwner
 	}
 	return stripe, rec, now, nil
 }
 
-func (s *BadgerStore) Get(ctx context.Context, key RecordKey) (Record, bool, error) {
+func (s *Store) Get(ctx context.Context, key idempotency.RecordKey) (idempotency.Record, bool, error) {
 	if err := s.usable(ctx); err != nil {
-		return Record{}, false, err
+		return idempotency.Record{}, false, err
 	}
 	now := time.Now()
 	stripe := s.claims.lock(key)
 	cur, ok := stripe.claims[key]
 	stripe.mu.Unlock()
-	if ok && cur.live(now) {
+	if ok && cur.Live(now) {
 		return cur, true, nil
 	}
 	rec, found, err := s.read(badgerRecordKey(key))
-	if err != nil || !found || !rec.live(now) {
-		return Record{}, false, err
+	if err != nil || !found || !rec.Live(now) {
+		return idempotency.Record{}, false, err
 	}
 	return rec, true, nil
 }
 
-// usable reports ctx's error, or errStoreClosed once Close has begun (the
+// usable reports ctx's error, or idempotency.ErrStoreClosed once Close has begun (the
 // claim table would otherwise still answer).
-func (s *BadgerStore) usable(ctx context.Context) error {
+func (s *Store) usable(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if s.closed.Load() {
-		return errStoreClosed
+		return idempotency.ErrStoreClosed
 	}
 	return nil
 }
 
 // read returns the record stored under dbKey, from a read-only transaction.
-func (s *BadgerStore) read(dbKey []byte) (rec Record, found bool, err error) {
+func (s *Store) read(dbKey []byte) (rec idempotency.Record, found bool, err error) {
 	err = s.db.View(func(txn *badger.Txn) error {
 		rec, found, err = readBadgerRecord(txn, dbKey)
 		return err
@@ -254,11 +254,11 @@ func (s *BadgerStore) read(dbKey []byte) (rec Record, found bool, err error) {
 
 // write stores rec under dbKey. The caller holds the key's stripe lock, so
 // the transaction reads nothing and cannot conflict.
-func (s *BadgerStore) write(dbKey []byte, rec *Record, now time.Time) error {
+func (s *Store) write(dbKey []byte, rec *idempotency.Record, now time.Time) error {
 	return s.db.Update(func(txn *badger.Txn) error { return writeBadgerRecord(txn, dbKey, rec, now) })
 }
 
-func (s *BadgerStore) runGC(interval time.Duration) {
+func (s *Store) runGC(interval time.Duration) {
 	defer close(s.gcDone)
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
@@ -274,7 +274,7 @@ func (s *BadgerStore) runGC(interval time.Duration) {
 }
 
 // collectValueLog rewrites value-log files until Badger finds none worth it.
-func (s *BadgerStore) collectValueLog() {
+func (s *Store) collectValueLog() {
 	for {
 		select {
 		case <-s.stopGC:
@@ -286,55 +286,55 @@ func (s *BadgerStore) collectValueLog() {
 			continue
 		}
 		if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
-			s.log.Warn("idempotency: badger value-log GC failed", zap.Error(err))
+			s.log.Warn("badgerstore: value-log GC failed", zap.Error(err))
 		}
 		return
 	}
 }
 
-func badgerRecordKey(key RecordKey) []byte {
+func badgerRecordKey(key idempotency.RecordKey) []byte {
 	return append(append(make([]byte, 0, len(badgerKeyPrefix)+len(key)), badgerKeyPrefix...), key[:]...)
 }
 
-func readBadgerRecord(txn *badger.Txn, dbKey []byte) (Record, bool, error) {
+func readBadgerRecord(txn *badger.Txn, dbKey []byte) (idempotency.Record, bool, error) {
 	item, err := txn.Get(dbKey)
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return Record{}, false, nil
+		return idempotency.Record{}, false, nil
 	}
 	if err != nil {
-		return Record{}, false, err
+		return idempotency.Record{}, false, err
 	}
-	var rec Record
+	var rec idempotency.Record
 	if err := item.Value(rec.UnmarshalBinary); err != nil {
-		return Record{}, false, fmt.Errorf("idempotency: decode record %x: %w", dbKey[len(badgerKeyPrefix):], err)
+		return idempotency.Record{}, false, fmt.Errorf("badgerstore: decode record %x: %w", dbKey[len(badgerKeyPrefix):], err)
 	}
 	return rec, true, nil
 }
 
 // writeBadgerRecord stores rec with a Badger TTL covering how long it must be
 // retained: a completed record until ExpiresAt, an in-flight one until
-// inFlightRetention past its lease.
-func writeBadgerRecord(txn *badger.Txn, dbKey []byte, rec *Record, now time.Time) error {
+// idempotency.InFlightRetention past its lease.
+func writeBadgerRecord(txn *badger.Txn, dbKey []byte, rec *idempotency.Record, now time.Time) error {
 	value, err := rec.MarshalBinary()
 	if err != nil {
 		return err
 	}
 	until := rec.ExpiresAt
-	if rec.State == StateInFlight {
-		until = rec.LeaseUntil.Add(inFlightRetention)
+	if rec.State == idempotency.StateInFlight {
+		until = rec.LeaseUntil.Add(idempotency.InFlightRetention)
 	}
 	return txn.SetEntry(badger.NewEntry(dbKey, value).WithTTL(until.Sub(now) + badgerTTLSlack))
 }
 
-var _ AdminStore = (*BadgerStore)(nil)
+var _ idempotency.AdminStore = (*Store)(nil)
 
 // badgerStatsCheckEvery is how many records Stats walks between checks for a
 // canceled request or a store that is closing.
 const badgerStatsCheckEvery = 1024
 
 // Purge deletes key's record and this process's claim on it, under the key's
-// stripe lock, so its owner gets ErrNotOwner; see AdminStore.
-func (s *BadgerStore) Purge(ctx context.Context, key RecordKey) (bool, error) {
+// stripe lock, so its owner gets idempotency.ErrNotOwner; see idempotency.AdminStore.
+func (s *Store) Purge(ctx context.Context, key idempotency.RecordKey) (bool, error) {
 	s.admin.RLock()
 	defer s.admin.RUnlock()
 	if err := s.usable(ctx); err != nil {
@@ -345,7 +345,7 @@ func (s *BadgerStore) Purge(ctx context.Context, key RecordKey) (bool, error) {
 	now := time.Now()
 	dbKey := badgerRecordKey(key)
 	claim, claimed := stripe.claims[key]
-	found := claimed && claim.live(now)
+	found := claimed && claim.Live(now)
 	err := s.db.Update(func(txn *badger.Txn) error {
 		item, err := txn.Get(dbKey)
 		switch {
@@ -356,7 +356,7 @@ func (s *BadgerStore) Purge(ctx context.Context, key RecordKey) (bool, error) {
 		}
 		// An undecodable record counts as found: it is what is purged.
 		_ = item.Value(func(v []byte) error {
-			_, live, err := encodedLiveness(v, now)
+			_, live, err := idempotency.ReadRecordState(v, now)
 			found = found || live || err != nil
 			return nil
 		})
@@ -370,14 +370,14 @@ func (s *BadgerStore) Purge(ctx context.Context, key RecordKey) (bool, error) {
 }
 
 // Stats counts the live records on disk, where every record of this process
-// is too; see AdminStore.
-func (s *BadgerStore) Stats(ctx context.Context) (Stats, error) {
+// is too; see idempotency.AdminStore.
+func (s *Store) Stats(ctx context.Context) (idempotency.Stats, error) {
 	s.admin.RLock()
 	defer s.admin.RUnlock()
 	if err := s.usable(ctx); err != nil {
-		return Stats{}, err
+		return idempotency.Stats{}, err
 	}
-	var st Stats
+	var st idempotency.Stats
 	now := time.Now()
 	err := s.db.View(func(txn *badger.Txn) error {
 		opts := badger.DefaultIteratorOptions
@@ -393,12 +393,12 @@ func (s *BadgerStore) Stats(ctx context.Context) (Stats, error) {
 			}
 			item := it.Item()
 			err := item.Value(func(v []byte) error {
-				state, live, err := encodedLiveness(v, now)
-				st.add(state, live)
+				state, live, err := idempotency.ReadRecordState(v, now)
+				st.Add(state, live)
 				return err
 			})
 			if err != nil {
-				return fmt.Errorf("idempotency: decode record %x: %w", item.Key()[len(badgerKeyPrefix):], err)
+				return fmt.Errorf("badgerstore: decode record %x: %w", item.Key()[len(badgerKeyPrefix):], err)
 			}
 		}
 		return nil

@@ -1,4 +1,4 @@
-package idempotency_test
+package storetest_test
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ import (
 // lookup, answer), a first request (also Begin and Complete, with a no-op
 // upstream) and a keyless pass-through, on the memory and Badger stores.
 //
-//	go test -run '^$' -bench Handler -benchmem ./idempotency
+//	go test -run '^$' -bench Handler -benchmem ./idempotency/storetest
 func BenchmarkHandler(b *testing.B) {
 	stores := []struct {
 		name string

@@ -1,4 +1,4 @@
-package idempotency
+package redisstore
 
 import (
 	"context"
@@ -11,14 +11,16 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 )
 
-// DefaultRedisPrefix namespaces the store's keys when RedisOptions.Prefix is empty.
-const DefaultRedisPrefix = "caddy-idempotency:"
+// DefaultPrefix namespaces the store's keys when Options.Prefix is empty.
+const DefaultPrefix = "caddy-idempotency:"
 
 // redisRecordLayout: each record is one Redis string under
 // prefix + "r:" + hex(RecordKey), expiring with the record (PX): a completed
-// record at its ExpiresAt, an in-flight one inFlightRetention past its lease.
+// record at its ExpiresAt, an in-flight one InFlightRetention past its lease.
 // Its value, times as big-endian int64 Unix ms of the Redis server's clock:
 //
 //	offset  size
@@ -28,115 +30,115 @@ const DefaultRedisPrefix = "caddy-idempotency:"
 //	34      8    createdAt
 //	42      8    in flight: leaseUntil; completed: expiresAt
 //	50      16   in flight: owner token (the value ends here, 66 bytes)
-//	50      ...  completed: response, encoded as in record_codec.go
+//	50      ...  completed: response, encoded by idempotency.AppendResponse
 //	             (status varint, headers, body), then one byte
 //	             redisResponseNotStored when its body was not kept
 const (
 	redisFormat      = 1
 	redisHeaderLen   = 50
-	redisInFlightLen = redisHeaderLen + len(Token{})
+	redisInFlightLen = redisHeaderLen + len(idempotency.OwnerToken{})
 )
 
-// RedisOptions configure NewRedisStore.
-type RedisOptions struct {
-	Prefix string      // key prefix; "" → DefaultRedisPrefix
+// Options configure New.
+type Options struct {
+	Prefix string      // key prefix; "" → DefaultPrefix
 	Logger *zap.Logger // nil → zap.NewNop()
 }
 
-// RedisStore is a Store in Redis (or Valkey), shared by every Caddy instance
-// that uses the same server and prefix. Each operation is one Lua script on
+// Store is an idempotency.Store in Redis (or Valkey), shared by every
+// process that uses the same server and prefix. Each operation is one Lua script on
 // one key, atomic in Redis and routable in a cluster; leases and expiry use
 // the Redis server's clock. Any Redis or network error is returned wrapped.
-type RedisStore struct {
+type Store struct {
 	client redis.UniversalClient
 	prefix string
 	log    *zap.Logger
 }
 
-var _ Store = (*RedisStore)(nil)
+var _ idempotency.Store = (*Store)(nil)
 
-// NewRedisStore returns a store using client, which it does not own: the
+// New returns a store using client, which it does not own: the
 // caller closes the client when done; the store itself needs no Close.
 // Give the client ContextTimeoutEnabled, or go-redis bounds each call by its
 // own ReadTimeout/WriteTimeout only and ignores the context's deadline.
-func NewRedisStore(client redis.UniversalClient, opts RedisOptions) *RedisStore {
+func New(client redis.UniversalClient, opts Options) *Store {
 	prefix := opts.Prefix
 	if prefix == "" {
-		prefix = DefaultRedisPrefix
+		prefix = DefaultPrefix
 	}
 	log := opts.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &RedisStore{client: client, prefix: prefix, log: log}
+	return &Store{client: client, prefix: prefix, log: log}
 }
 
 // redisKey is the Redis key holding key's record.
-func (s *RedisStore) redisKey(key RecordKey) string { return s.prefix + "r:" + key.String() }
+func (s *Store) redisKey(key idempotency.RecordKey) string { return s.prefix + "r:" + key.String() }
 
-func (s *RedisStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner Token, lease time.Duration) (Record, bool, error) {
-	res, err := s.run(ctx, redisBegin, "begin", key, fp[:], owner[:], millis(lease), millis(inFlightRetention))
+func (s *Store) Begin(ctx context.Context, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.OwnerToken, lease time.Duration) (idempotency.Record, bool, error) {
+	res, err := s.run(ctx, redisBegin, "begin", key, fp[:], owner[:], millis(lease), millis(idempotency.InFlightRetention))
 	if err != nil {
-		return Record{}, false, err
+		return idempotency.Record{}, false, err
 	}
 	arr, ok := res.([]any)
 	if !ok || len(arr) != 2 {
-		return Record{}, false, s.badReply("begin", key, res)
+		return idempotency.Record{}, false, s.badReply("begin", key, res)
 	}
 	owned, ok1 := arr[0].(int64)
 	value, ok2 := arr[1].(string)
 	if !ok1 || !ok2 {
-		return Record{}, false, s.badReply("begin", key, res)
+		return idempotency.Record{}, false, s.badReply("begin", key, res)
 	}
 	rec, err := s.decode(key, value)
 	if err != nil {
-		return Record{}, false, err
+		return idempotency.Record{}, false, err
 	}
 	return rec, owned == 1, nil
 }
 
-func (s *RedisStore) Renew(ctx context.Context, key RecordKey, owner Token, lease time.Duration) error {
-	return s.runOwned(ctx, redisRenew, "renew", key, owner[:], millis(lease), millis(inFlightRetention))
+func (s *Store) Renew(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken, lease time.Duration) error {
+	return s.runOwned(ctx, redisRenew, "renew", key, owner[:], millis(lease), millis(idempotency.InFlightRetention))
 }
 
-func (s *RedisStore) Complete(ctx context.Context, key RecordKey, owner Token, resp Response, ttl time.Duration) error {
-	encoded, err := appendRedisResponse(nil, &resp)
+func (s *Store) Complete(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken, resp idempotency.Response, ttl time.Duration) error {
+	encoded, err := appendResponse(nil, &resp)
 	if err != nil {
 		return err
 	}
-	return s.runOwned(ctx, redisComplete, "complete", key, owner[:], millis(ttl), millis(inFlightRetention), encoded)
+	return s.runOwned(ctx, redisComplete, "complete", key, owner[:], millis(ttl), millis(idempotency.InFlightRetention), encoded)
 }
 
-func (s *RedisStore) Release(ctx context.Context, key RecordKey, owner Token) error {
-	return s.runOwned(ctx, redisRelease, "release", key, owner[:], millis(inFlightRetention))
+func (s *Store) Release(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken) error {
+	return s.runOwned(ctx, redisRelease, "release", key, owner[:], millis(idempotency.InFlightRetention))
 }
 
-func (s *RedisStore) Get(ctx context.Context, key RecordKey) (Record, bool, error) {
+func (s *Store) Get(ctx context.Context, key idempotency.RecordKey) (idempotency.Record, bool, error) {
 	res, err := s.run(ctx, redisGet, "get", key)
 	if err != nil {
-		return Record{}, false, err
+		return idempotency.Record{}, false, err
 	}
 	arr, ok := res.([]any)
 	if !ok || len(arr) > 1 {
-		return Record{}, false, s.badReply("get", key, res)
+		return idempotency.Record{}, false, s.badReply("get", key, res)
 	}
 	if len(arr) == 0 {
-		return Record{}, false, nil
+		return idempotency.Record{}, false, nil
 	}
 	value, ok := arr[0].(string)
 	if !ok {
-		return Record{}, false, s.badReply("get", key, res)
+		return idempotency.Record{}, false, s.badReply("get", key, res)
 	}
 	rec, err := s.decode(key, value)
 	if err != nil {
-		return Record{}, false, err
+		return idempotency.Record{}, false, err
 	}
 	return rec, true, nil
 }
 
 // run runs script on key's Redis key (EVALSHA, falling back to EVAL when
 // the server does not have it cached).
-func (s *RedisStore) run(ctx context.Context, script *redis.Script, op string, key RecordKey, args ...any) (any, error) {
+func (s *Store) run(ctx context.Context, script *redis.Script, op string, key idempotency.RecordKey, args ...any) (any, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -145,15 +147,15 @@ func (s *RedisStore) run(ctx context.Context, script *redis.Script, op string, k
 		// A deadline reached while reading surfaces as a network timeout;
 		// name the context's reason too, for errors.Is.
 		if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
-			return nil, fmt.Errorf("idempotency: redis %s of record %s: %w: %w", op, key, cerr, err)
+			return nil, fmt.Errorf("redisstore: %s of record %s: %w: %w", op, key, cerr, err)
 		}
-		return nil, fmt.Errorf("idempotency: redis %s of record %s: %w", op, key, err)
+		return nil, fmt.Errorf("redisstore: %s of record %s: %w", op, key, err)
 	}
 	return res, nil
 }
 
 // runOwned runs a script that answers 1 when owner held the record, 0 when not.
-func (s *RedisStore) runOwned(ctx context.Context, script *redis.Script, op string, key RecordKey, args ...any) error {
+func (s *Store) runOwned(ctx context.Context, script *redis.Script, op string, key idempotency.RecordKey, args ...any) error {
 	res, err := s.run(ctx, script, op, key, args...)
 	if err != nil {
 		return err
@@ -162,71 +164,73 @@ func (s *RedisStore) runOwned(ctx context.Context, script *redis.Script, op stri
 	case int64(1):
 		return nil
 	case int64(0):
-		return ErrNotOwner
+		return idempotency.ErrNotOwner
 	}
 	return s.badReply(op, key, res)
 }
 
-func (s *RedisStore) badReply(op string, key RecordKey, res any) error {
-	return fmt.Errorf("idempotency: redis %s of record %s: unexpected reply %T %v", op, key, res, res)
+func (s *Store) badReply(op string, key idempotency.RecordKey, res any) error {
+	return fmt.Errorf("redisstore: %s of record %s: unexpected reply %T %v", op, key, res, res)
 }
 
-func (s *RedisStore) decode(key RecordKey, value string) (Record, error) {
+func (s *Store) decode(key idempotency.RecordKey, value string) (idempotency.Record, error) {
 	rec, err := decodeRedisRecord([]byte(value))
 	if err != nil {
-		s.log.Warn("idempotency: undecodable record in redis", zap.String("key", s.redisKey(key)), zap.Error(err))
-		return Record{}, fmt.Errorf("idempotency: decode redis record %s: %w", key, err)
+		s.log.Warn("redisstore: undecodable record", zap.String("key", s.redisKey(key)), zap.Error(err))
+		return idempotency.Record{}, fmt.Errorf("redisstore: decode record %s: %w", key, err)
 	}
 	return rec, nil
 }
 
-func decodeRedisRecord(v []byte) (Record, error) {
+var errTruncated = errors.New("redisstore: record is truncated")
+
+func decodeRedisRecord(v []byte) (idempotency.Record, error) {
 	if len(v) < redisHeaderLen {
-		return Record{}, errRecordTruncated
+		return idempotency.Record{}, errTruncated
 	}
 	if v[0] != redisFormat {
-		return Record{}, fmt.Errorf("idempotency: unknown redis record format %d", v[0])
+		return idempotency.Record{}, fmt.Errorf("redisstore: unknown record format %d", v[0])
 	}
-	rec := Record{State: State(v[1])}
+	rec := idempotency.Record{State: idempotency.State(v[1])}
 	copy(rec.Fingerprint[:], v[2:34])
 	rec.CreatedAt = time.UnixMilli(int64(binary.BigEndian.Uint64(v[34:42])))
 	at := time.UnixMilli(int64(binary.BigEndian.Uint64(v[42:50])))
 	switch rec.State {
-	case StateInFlight:
+	case idempotency.StateInFlight:
 		if len(v) != redisInFlightLen {
-			return Record{}, fmt.Errorf("idempotency: in-flight redis record of %d bytes, want %d", len(v), redisInFlightLen)
+			return idempotency.Record{}, fmt.Errorf("redisstore: in-flight record of %d bytes, want %d", len(v), redisInFlightLen)
 		}
 		rec.LeaseUntil = at
 		copy(rec.Owner[:], v[redisHeaderLen:])
-	case StateCompleted:
+	case idempotency.StateCompleted:
 		rec.ExpiresAt = at
-		d := decoder{buf: v[redisHeaderLen:]}
-		rec.Response = d.response()
-		if d.err == nil && len(d.buf) == 1 { // the optional flags byte
-			if d.byte() != redisResponseNotStored {
-				return Record{}, fmt.Errorf("idempotency: unknown response flags %#x in redis record", v[len(v)-1])
-			}
-			rec.Response.NotStored = true
+		resp, rest, err := idempotency.ReadResponse(v[redisHeaderLen:])
+		if err != nil {
+			return idempotency.Record{}, err
 		}
-		if d.err != nil {
-			return Record{}, d.err
+		switch {
+		case len(rest) == 1 && rest[0] == redisResponseNotStored: // the optional flags byte
+			resp.NotStored = true
+		case len(rest) == 1:
+			return idempotency.Record{}, fmt.Errorf("redisstore: unknown response flags %#x", rest[0])
+		case len(rest) != 0:
+			return idempotency.Record{}, fmt.Errorf("redisstore: %d trailing bytes after the record", len(rest))
 		}
-		if len(d.buf) != 0 {
-			return Record{}, fmt.Errorf("idempotency: %d trailing bytes after redis record", len(d.buf))
-		}
+		rec.Response = resp
 	default:
-		return Record{}, fmt.Errorf("idempotency: redis record in unknown state %d", v[1])
+		return idempotency.Record{}, fmt.Errorf("redisstore: record in unknown state %d", v[1])
 	}
 	return rec, nil
 }
 
-// appendRedisResponse encodes resp as the response part of record_codec.go's
-// format, which decoder.response reads back.
-func appendRedisResponse(buf []byte, resp *Response) ([]byte, error) {
-	if !validStatus(int64(resp.Status)) {
-		return nil, fmt.Errorf("idempotency: cannot encode response status %d", resp.Status)
+// appendResponse encodes resp as the completed record's tail: the response
+// in the engine's codec (idempotency.AppendResponse), then the flags byte
+// when it was not stored.
+func appendResponse(buf []byte, resp *idempotency.Response) ([]byte, error) {
+	buf, err := idempotency.AppendResponse(buf, resp)
+	if err != nil {
+		return nil, err
 	}
-	buf = appendResponse(buf, resp)
 	if resp.NotStored {
 		buf = append(buf, redisResponseNotStored)
 	}
@@ -245,14 +249,14 @@ func millis(d time.Duration) int64 {
 	return max(int64(ms), 1)
 }
 
-var _ AdminStore = (*RedisStore)(nil)
+var _ idempotency.AdminStore = (*Store)(nil)
 
 // redisStatsBatch is how many keys Stats asks SCAN for, and reads in one
 // pipeline.
 const redisStatsBatch = 500
 
 // Purge deletes key's record (one script, atomic); see AdminStore.
-func (s *RedisStore) Purge(ctx context.Context, key RecordKey) (bool, error) {
+func (s *Store) Purge(ctx context.Context, key idempotency.RecordKey) (bool, error) {
 	res, err := s.run(ctx, redisPurge, "purge", key)
 	if err != nil {
 		return false, err
@@ -270,13 +274,13 @@ func (s *RedisStore) Purge(ctx context.Context, key RecordKey) (bool, error) {
 // master of a cluster, reading only each record's fixed header; see
 // AdminStore. SCAN may return a key twice while Redis resizes its table, so
 // the counts are approximate while records are written.
-func (s *RedisStore) Stats(ctx context.Context) (Stats, error) {
+func (s *Store) Stats(ctx context.Context) (idempotency.Stats, error) {
 	if err := ctx.Err(); err != nil {
-		return Stats{}, err
+		return idempotency.Stats{}, err
 	}
 	var (
 		mu    sync.Mutex
-		total Stats
+		total idempotency.Stats
 	)
 	count := func(ctx context.Context, node redis.UniversalClient) error {
 		st, err := s.nodeStats(ctx, node)
@@ -293,14 +297,14 @@ func (s *RedisStore) Stats(ctx context.Context) (Stats, error) {
 		err = count(ctx, s.client)
 	}
 	if err != nil {
-		return Stats{}, fmt.Errorf("idempotency: redis stats: %w", err)
+		return idempotency.Stats{}, fmt.Errorf("redisstore: stats: %w", err)
 	}
 	return total, nil
 }
 
 // nodeStats counts the live records on one node (or the only one).
-func (s *RedisStore) nodeStats(ctx context.Context, node redis.UniversalClient) (Stats, error) {
-	var st Stats
+func (s *Store) nodeStats(ctx context.Context, node redis.UniversalClient) (idempotency.Stats, error) {
+	var st idempotency.Stats
 	now, err := node.Time(ctx).Result()
 	if err != nil {
 		return st, err
@@ -327,7 +331,7 @@ func (s *RedisStore) nodeStats(ctx context.Context, node redis.UniversalClient) 
 					continue
 				}
 				at := time.UnixMilli(int64(binary.BigEndian.Uint64([]byte(v[42:50]))))
-				st.add(State(v[1]), now.Before(at))
+				st.Add(idempotency.State(v[1]), now.Before(at))
 			}
 		}
 		if cursor = next; cursor == 0 {

@@ -1,4 +1,4 @@
-package idempotency_test
+package storetest_test
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/badgerstore"
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/redisstore"
 	"github.com/caddy-idempotency/caddy-idempotency/internal/redistest"
 )
 
@@ -113,9 +115,9 @@ func (r *storeRef) newKey() (idempotency.Store, idempotency.RecordKey) {
 }
 
 func openBenchBadger(b *testing.B) idempotency.Store {
-	s, err := idempotency.OpenBadger(idempotency.BadgerOptions{Dir: b.TempDir()})
+	s, err := badgerstore.Open(badgerstore.Options{Dir: b.TempDir()})
 	if err != nil {
-		b.Fatalf("OpenBadger: %v", err)
+		b.Fatalf("badgerstore.Open: %v", err)
 	}
 	b.Cleanup(func() { _ = s.Close() })
 	return s
@@ -130,10 +132,10 @@ func openBenchRedis(b *testing.B) idempotency.Store {
 	opts.PoolSize = benchRedisPool
 	c := redis.NewClient(opts)
 	b.Cleanup(func() { _ = c.Close() })
-	return newTestRedisStore(c)
+	return redisstore.New(c, redisstore.Options{Prefix: "bench:" + rand.Text() + ":"})
 }
 
-func begin(ctx context.Context, s idempotency.Store, key idempotency.RecordKey, owner idempotency.Token, wantOwned bool) error {
+func begin(ctx context.Context, s idempotency.Store, key idempotency.RecordKey, owner idempotency.OwnerToken, wantOwned bool) error {
 	_, owned, err := s.Begin(ctx, key, idempotency.Fingerprint{1}, owner, benchLease)
 	if err != nil {
 		return fmt.Errorf("Begin: %w", err)
@@ -144,7 +146,7 @@ func begin(ctx context.Context, s idempotency.Store, key idempotency.RecordKey, 
 	return nil
 }
 
-func complete(ctx context.Context, s idempotency.Store, key idempotency.RecordKey, owner idempotency.Token) error {
+func complete(ctx context.Context, s idempotency.Store, key idempotency.RecordKey, owner idempotency.OwnerToken) error {
 	if err := s.Complete(ctx, key, owner, benchResponse, benchTTL); err != nil {
 		return fmt.Errorf("Complete: %w", err)
 	}
@@ -152,7 +154,7 @@ func complete(ctx context.Context, s idempotency.Store, key idempotency.RecordKe
 }
 
 // beginComplete is a first request's store calls.
-func beginComplete(ctx context.Context, s idempotency.Store, key idempotency.RecordKey, owner idempotency.Token) error {
+func beginComplete(ctx context.Context, s idempotency.Store, key idempotency.RecordKey, owner idempotency.OwnerToken) error {
 	if err := begin(ctx, s, key, owner, true); err != nil {
 		return err
 	}
@@ -160,7 +162,7 @@ func beginComplete(ctx context.Context, s idempotency.Store, key idempotency.Rec
 }
 
 func benchBegin(b *testing.B, ref *storeRef) {
-	ctx, owner := b.Context(), idempotency.NewToken()
+	ctx, owner := b.Context(), idempotency.NewOwnerToken()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
@@ -172,7 +174,7 @@ func benchBegin(b *testing.B, ref *storeRef) {
 }
 
 func benchBeginParallel(b *testing.B, ref *storeRef) {
-	ctx, owner := b.Context(), idempotency.NewToken()
+	ctx, owner := b.Context(), idempotency.NewOwnerToken()
 	runParallel(b, func() error {
 		s, key := ref.newKey()
 		return begin(ctx, s, key, owner, true)
@@ -181,7 +183,7 @@ func benchBeginParallel(b *testing.B, ref *storeRef) {
 
 // benchComplete times Complete alone: records are begun in untimed chunks.
 func benchComplete(b *testing.B, ref *storeRef) {
-	ctx, owner := b.Context(), idempotency.NewToken()
+	ctx, owner := b.Context(), idempotency.NewOwnerToken()
 	keys := make([]idempotency.RecordKey, 0, completeChunk)
 	stores := make([]idempotency.Store, 0, completeChunk)
 	b.ReportAllocs()
@@ -207,7 +209,7 @@ func benchComplete(b *testing.B, ref *storeRef) {
 }
 
 func benchBeginComplete(b *testing.B, ref *storeRef) {
-	ctx, owner := b.Context(), idempotency.NewToken()
+	ctx, owner := b.Context(), idempotency.NewOwnerToken()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
@@ -219,7 +221,7 @@ func benchBeginComplete(b *testing.B, ref *storeRef) {
 }
 
 func benchBeginCompleteParallel(b *testing.B, ref *storeRef) {
-	ctx, owner := b.Context(), idempotency.NewToken()
+	ctx, owner := b.Context(), idempotency.NewOwnerToken()
 	runParallel(b, func() error {
 		s, key := ref.newKey()
 		return beginComplete(ctx, s, key, owner)
@@ -229,7 +231,7 @@ func benchBeginCompleteParallel(b *testing.B, ref *storeRef) {
 // completedKey stores one completed record and returns its store and key.
 func completedKey(b *testing.B, ref *storeRef) (idempotency.Store, idempotency.RecordKey) {
 	s, key := ref.newKey()
-	if err := beginComplete(b.Context(), s, key, idempotency.NewToken()); err != nil {
+	if err := beginComplete(b.Context(), s, key, idempotency.NewOwnerToken()); err != nil {
 		b.Fatal(err)
 	}
 	return s, key
@@ -255,7 +257,7 @@ func benchGetCompletedParallel(b *testing.B, ref *storeRef) {
 
 func benchBeginCompleted(b *testing.B, ref *storeRef) {
 	s, key := completedKey(b, ref)
-	ctx, owner := b.Context(), idempotency.NewToken()
+	ctx, owner := b.Context(), idempotency.NewOwnerToken()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
@@ -267,7 +269,7 @@ func benchBeginCompleted(b *testing.B, ref *storeRef) {
 
 func benchBeginCompletedParallel(b *testing.B, ref *storeRef) {
 	s, key := completedKey(b, ref)
-	ctx, owner := b.Context(), idempotency.NewToken()
+	ctx, owner := b.Context(), idempotency.NewOwnerToken()
 	runParallel(b, func() error { return begin(ctx, s, key, owner, false) })
 }
 

@@ -1,4 +1,4 @@
-package idempotency
+package badgerstore
 
 import (
 	"bytes"
@@ -12,25 +12,25 @@ import (
 // threshold, so it lives in the tree, not the value log, and Badger drops it
 // only when a compaction rewrites its table: a store that stops receiving
 // writes would otherwise keep its expired records on disk for ever.
-func (s *BadgerStore) compactExpired() {
+func (s *Store) compactExpired() {
 	dead, total, err := s.countDead()
 	if err != nil {
-		s.log.Warn("idempotency: badger scan for expired records failed", zap.Error(err))
+		s.log.Warn("badgerstore: scan for expired records failed", zap.Error(err))
 		return
 	}
 	if dead == 0 || 2*dead < total {
 		return
 	}
 	if err := s.db.Flatten(1); err != nil {
-		s.log.Warn("idempotency: badger compaction of expired records failed", zap.Error(err))
+		s.log.Warn("badgerstore: compaction of expired records failed", zap.Error(err))
 		return
 	}
-	s.log.Debug("idempotency: badger compacted expired records", zap.Int("dead", dead), zap.Int("stored", total))
+	s.log.Debug("badgerstore: compacted expired records", zap.Int("dead", dead), zap.Int("stored", total))
 }
 
 // countDead counts stored records (each key once, whatever its versions) and
 // those of them that are expired or deleted but still on disk.
-func (s *BadgerStore) countDead() (dead, total int, err error) {
+func (s *Store) countDead() (dead, total int, err error) {
 	err = s.db.View(func(txn *badger.Txn) error {
 		opt := badger.DefaultIteratorOptions
 		opt.AllVersions, opt.PrefetchValues = true, false

@@ -1,4 +1,4 @@
-package idempotency
+package badgerstore
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 )
 
 // Expired records leave the disk even when no new writes come to push
@@ -15,12 +17,12 @@ import (
 func TestBadgerGCReclaimsExpiredRecords(t *testing.T) {
 	dir := t.TempDir()
 	ctx := t.Context()
-	resp := Response{Status: 200, Header: http.Header{"Content-Type": {"application/json"}}}
-	fill := func(s *BadgerStore, first, n int, expires time.Time) {
+	resp := idempotency.Response{Status: 200, Header: http.Header{"Content-Type": {"application/json"}}}
+	fill := func(s *Store, first, n int, expires time.Time) {
 		t.Helper()
 		for i := first; i < first+n; i++ {
-			key, owner := RecordKey{byte(i), byte(i >> 8), byte(i >> 16), 0x5c}, NewToken()
-			if _, owned, err := s.Begin(ctx, key, Fingerprint{1}, owner, time.Minute); err != nil || !owned {
+			key, owner := idempotency.RecordKey{byte(i), byte(i >> 8), byte(i >> 16), 0x5c}, idempotency.NewOwnerToken()
+			if _, owned, err := s.Begin(ctx, key, idempotency.Fingerprint{1}, owner, time.Minute); err != nil || !owned {
 				t.Fatalf("Begin %d: owned %v, err %v", i, owned, err)
 			}
 			// Batch-sized and unique, so it stays in the LSM tree and compresses as real records do.
@@ -30,15 +32,15 @@ func TestBadgerGCReclaimsExpiredRecords(t *testing.T) {
 			}
 		}
 	}
-	open := func() *BadgerStore {
+	open := func() *Store {
 		t.Helper()
-		s, err := OpenBadger(BadgerOptions{Dir: dir, memTableSize: 1 << 20})
+		s, err := Open(Options{Dir: dir, memTableSize: 1 << 20})
 		if err != nil {
-			t.Fatalf("OpenBadger: %v", err)
+			t.Fatalf("Open: %v", err)
 		}
 		return s
 	}
-	reopen := func(s *BadgerStore) *BadgerStore { // Close flushes the memtable into a table
+	reopen := func(s *Store) *Store { // Close flushes the memtable into a table
 		t.Helper()
 		if err := s.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
@@ -83,7 +85,7 @@ func TestBadgerGCReclaimsExpiredRecords(t *testing.T) {
 		t.Errorf("tables shrank from %d to %d bytes, want at least 3x smaller", before, after)
 	}
 	for i := short; i < short+long; i++ {
-		if _, ok, err := s.Get(ctx, RecordKey{byte(i), byte(i >> 8), byte(i >> 16), 0x5c}); err != nil || !ok {
+		if _, ok, err := s.Get(ctx, idempotency.RecordKey{byte(i), byte(i >> 8), byte(i >> 16), 0x5c}); err != nil || !ok {
 			t.Fatalf("live record %d lost by GC: ok %v, err %v", i, ok, err)
 		}
 	}

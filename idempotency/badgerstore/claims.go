@@ -1,9 +1,11 @@
-package idempotency
+package badgerstore
 
 import (
 	"encoding/binary"
 	"sync"
 	"time"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 )
 
 // claimStripes is how many locks the claim table spreads keys over: enough
@@ -23,26 +25,31 @@ type claimTable struct {
 
 type claimStripe struct {
 	mu        sync.Mutex
-	claims    map[RecordKey]Record
+	claims    idempotency.RecordMap
 	lastSweep time.Time
 }
 
 // lock locks key's stripe and returns it; the caller unlocks.
-func (t *claimTable) lock(key RecordKey) *claimStripe {
-	// RecordKey is a SHA-256 digest, so any 8 bytes of it are uniform.
+func (t *claimTable) lock(key idempotency.RecordKey) *claimStripe {
+	// A RecordKey is a SHA-256 digest, so any 8 bytes of it are uniform.
 	s := &t.stripes[binary.LittleEndian.Uint64(key[:8])%claimStripes]
 	s.mu.Lock()
 	if s.claims == nil {
-		s.claims = make(map[RecordKey]Record)
+		s.claims = make(idempotency.RecordMap)
 	}
 	return s
 }
 
 // owned returns owner's claim on key if it is still retained.
-func (s *claimStripe) owned(key RecordKey, owner Token, now time.Time) (Record, bool) {
-	return ownedIn(s.claims, key, owner, now)
+func (s *claimStripe) owned(key idempotency.RecordKey, owner idempotency.OwnerToken, now time.Time) (idempotency.Record, bool) {
+	return s.claims.Owned(key, owner, now)
 }
 
 // sweep drops claims nobody can complete any more (an owner whose Complete
 // and Release both failed).
-func (s *claimStripe) sweep(now time.Time) { sweepRecords(s.claims, &s.lastSweep, now) }
+func (s *claimStripe) sweep(now time.Time) {
+	if now.Sub(s.lastSweep) >= idempotency.SweepInterval {
+		s.lastSweep = now
+		s.claims.Sweep(now)
+	}
+}

@@ -1,4 +1,4 @@
-package idempotency_test
+package redisstore_test
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/redisstore"
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency/storetest"
 	"github.com/caddy-idempotency/caddy-idempotency/internal/redistest"
 )
@@ -36,7 +37,7 @@ func redisTestClient(t *testing.T) *redis.Client {
 
 // testRedisStore knows its prefix, to look at its keys in Redis.
 type testRedisStore struct {
-	*idempotency.RedisStore
+	*redisstore.Store
 	prefix string
 }
 
@@ -44,7 +45,7 @@ func newTestRedisStore(c redis.UniversalClient) testRedisStore {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	prefix := fmt.Sprintf("test:%x:", b)
-	return testRedisStore{idempotency.NewRedisStore(c, idempotency.RedisOptions{Prefix: prefix}), prefix}
+	return testRedisStore{redisstore.New(c, redisstore.Options{Prefix: prefix}), prefix}
 }
 
 // redisKey is where the store keeps key's record: prefix + "r:" + hex.
@@ -52,8 +53,7 @@ func (s testRedisStore) redisKey(key idempotency.RecordKey) string {
 	return s.prefix + "r:" + key.String()
 }
 
-// retention mirrors the package's inFlightRetention.
-const retention = time.Minute
+const retention = idempotency.InFlightRetention
 
 func randomRecordKey() idempotency.RecordKey {
 	var k idempotency.RecordKey
@@ -61,7 +61,7 @@ func randomRecordKey() idempotency.RecordKey {
 	return k
 }
 
-func mustRedisBegin(t *testing.T, s idempotency.Store, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.Token, lease time.Duration) (idempotency.Record, bool) {
+func mustRedisBegin(t *testing.T, s idempotency.Store, key idempotency.RecordKey, fp idempotency.Fingerprint, owner idempotency.OwnerToken, lease time.Duration) (idempotency.Record, bool) {
 	t.Helper()
 	rec, owned, err := s.Begin(t.Context(), key, fp, owner, lease)
 	if err != nil {
@@ -92,9 +92,15 @@ func redisServerTime(t *testing.T, c *redis.Client) time.Time {
 }
 
 // The shared contract, unchanged: every test its own prefix on one server.
-func TestRedisStoreContract(t *testing.T) {
+func TestContract(t *testing.T) {
 	c := redisTestClient(t)
 	storetest.Run(t, func(t *testing.T) idempotency.Store { return newTestRedisStore(c) })
+}
+
+// The engine on Redis: concurrent duplicates, one upstream call.
+func TestHandler(t *testing.T) {
+	c := redisTestClient(t)
+	storetest.RunHandler(t, func(t *testing.T) idempotency.Store { return newTestRedisStore(c) })
 }
 
 // A stale owner whose lease ran out and whose key was taken over can neither
@@ -107,7 +113,7 @@ func TestRedisStaleOwnerRefusedAfterTakeover(t *testing.T) {
 	rkey := s.redisKey(key)
 	const lease = 200 * time.Millisecond
 
-	ownerA, ownerB := idempotency.NewToken(), idempotency.NewToken()
+	ownerA, ownerB := idempotency.NewOwnerToken(), idempotency.NewOwnerToken()
 	recA, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, ownerA, lease)
 	if !owned {
 		t.Fatal("first Begin not owned")
@@ -163,7 +169,7 @@ func TestRedisInFlightRetention(t *testing.T) {
 	c := redisTestClient(t)
 	s := newTestRedisStore(c)
 	ctx := t.Context()
-	key, owner := randomRecordKey(), idempotency.NewToken()
+	key, owner := randomRecordKey(), idempotency.NewOwnerToken()
 	const lease = 300 * time.Millisecond
 	rec, _ := mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, owner, lease)
 	rkey := s.redisKey(key)
@@ -202,7 +208,7 @@ func TestRedisTTLExpiry(t *testing.T) {
 	c := redisTestClient(t)
 	s := newTestRedisStore(c)
 	ctx := t.Context()
-	key, owner := randomRecordKey(), idempotency.NewToken()
+	key, owner := randomRecordKey(), idempotency.NewOwnerToken()
 	mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, owner, time.Minute)
 	const ttl = 400 * time.Millisecond
 	before := redisServerTime(t, c)
@@ -240,7 +246,7 @@ func TestRedisTTLExpiry(t *testing.T) {
 	if d, err := c.PTTL(ctx, rkey).Result(); err != nil || d != -2*time.Nanosecond && d != -2*time.Millisecond {
 		t.Errorf("PTTL of the expired key = %v (%v), want -2 (no key)", d, err)
 	}
-	if _, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{2}, idempotency.NewToken(), time.Minute); !owned {
+	if _, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{2}, idempotency.NewOwnerToken(), time.Minute); !owned {
 		t.Error("Begin after expiry not owned")
 	}
 }
@@ -251,7 +257,7 @@ func TestRedisPrefixesIndependent(t *testing.T) {
 	a, b := newTestRedisStore(c), newTestRedisStore(c)
 	ctx := t.Context()
 	key := randomRecordKey()
-	ownerA, ownerB := idempotency.NewToken(), idempotency.NewToken()
+	ownerA, ownerB := idempotency.NewOwnerToken(), idempotency.NewOwnerToken()
 	if _, owned := mustRedisBegin(t, a, key, idempotency.Fingerprint{1}, ownerA, time.Minute); !owned {
 		t.Fatal("Begin in prefix a not owned")
 	}
@@ -278,11 +284,11 @@ func TestRedisPrefixesIndependent(t *testing.T) {
 		t.Fatalf("EXISTS a's and b's keys = %d, want 1 (a's)", n)
 	}
 
-	d := idempotency.NewRedisStore(c, idempotency.RedisOptions{})
+	d := redisstore.New(c, redisstore.Options{})
 	key = randomRecordKey()
-	mustRedisBegin(t, d, key, idempotency.Fingerprint{}, idempotency.NewToken(), time.Minute)
-	if n, _ := c.Exists(ctx, idempotency.DefaultRedisPrefix+"r:"+key.String()).Result(); n != 1 {
-		t.Fatalf("an empty Prefix did not store under %q", idempotency.DefaultRedisPrefix)
+	mustRedisBegin(t, d, key, idempotency.Fingerprint{}, idempotency.NewOwnerToken(), time.Minute)
+	if n, _ := c.Exists(ctx, redisstore.DefaultPrefix+"r:"+key.String()).Result(); n != 1 {
+		t.Fatalf("an empty Prefix did not store under %q", redisstore.DefaultPrefix)
 	}
 }
 
@@ -291,7 +297,7 @@ func TestRedisServerClock(t *testing.T) {
 	c := redisTestClient(t)
 	s := newTestRedisStore(c)
 	before := redisServerTime(t, c).Truncate(time.Millisecond)
-	rec, _ := mustRedisBegin(t, s, randomRecordKey(), idempotency.Fingerprint{1}, idempotency.NewToken(), 1234*time.Millisecond)
+	rec, _ := mustRedisBegin(t, s, randomRecordKey(), idempotency.Fingerprint{1}, idempotency.NewOwnerToken(), 1234*time.Millisecond)
 	after := redisServerTime(t, c)
 	if rec.CreatedAt.Before(before) || rec.CreatedAt.After(after) {
 		t.Fatalf("CreatedAt %v, want between server TIME %v and %v", rec.CreatedAt, before, after)
@@ -319,7 +325,7 @@ func TestRedisForeignValue(t *testing.T) {
 		if err := c.Set(ctx, s.redisKey(key), v, time.Minute).Err(); err != nil {
 			t.Fatal(err)
 		}
-		if _, owned, err := s.Begin(ctx, key, idempotency.Fingerprint{}, idempotency.NewToken(), time.Minute); err == nil || owned {
+		if _, owned, err := s.Begin(ctx, key, idempotency.Fingerprint{}, idempotency.NewOwnerToken(), time.Minute); err == nil || owned {
 			t.Errorf("Begin over %q = owned %v, err %v; want an error", v, owned, err)
 		}
 		if _, ok, err := s.Get(ctx, key); err == nil || ok {
@@ -327,7 +333,7 @@ func TestRedisForeignValue(t *testing.T) {
 		}
 	}
 	// An unencodable response is refused before Redis is touched.
-	owner := idempotency.NewToken()
+	owner := idempotency.NewOwnerToken()
 	key = randomRecordKey()
 	mustRedisBegin(t, s, key, idempotency.Fingerprint{}, owner, time.Minute)
 	if err := s.Complete(ctx, key, owner, idempotency.Response{Status: 1000}, time.Hour); err == nil || errors.Is(err, idempotency.ErrNotOwner) {
@@ -346,12 +352,12 @@ func TestRedisServerStoppedAndRestarted(t *testing.T) {
 	c := srv.Client(t)
 	s := newTestRedisStore(c)
 	ctx := t.Context()
-	key, owner := randomRecordKey(), idempotency.NewToken()
+	key, owner := randomRecordKey(), idempotency.NewOwnerToken()
 	mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, owner, time.Minute)
 
 	srv.Stop()
 	start := time.Now()
-	_, owned, err := s.Begin(ctx, randomRecordKey(), idempotency.Fingerprint{1}, idempotency.NewToken(), time.Minute)
+	_, owned, err := s.Begin(ctx, randomRecordKey(), idempotency.Fingerprint{1}, idempotency.NewOwnerToken(), time.Minute)
 	took := time.Since(start)
 	if err == nil || owned || errors.Is(err, idempotency.ErrNotOwner) {
 		t.Fatalf("Begin with the server stopped = owned %v, err %v; want a store error", owned, err)
@@ -376,14 +382,14 @@ func TestRedisServerStoppedAndRestarted(t *testing.T) {
 	}
 	wg.Wait()
 	start = time.Now()
-	_, _, err = s.Begin(ctx, randomRecordKey(), idempotency.Fingerprint{1}, idempotency.NewToken(), time.Minute)
+	_, _, err = s.Begin(ctx, randomRecordKey(), idempotency.Fingerprint{1}, idempotency.NewOwnerToken(), time.Minute)
 	t.Logf("the next Begin failed after %v: %v", time.Since(start), err)
 
 	srv.Restart()
 	// go-redis, after failed dials, probes the server once a second before
 	// it dials again: the store recovers by itself, within about that.
 	restarted := time.Now()
-	owner2 := idempotency.NewToken()
+	owner2 := idempotency.NewOwnerToken()
 	for {
 		_, owned, err := s.Begin(ctx, key, idempotency.Fingerprint{2}, owner2, time.Minute)
 		if err == nil {
@@ -420,7 +426,7 @@ func TestRedisContextDeadline(t *testing.T) {
 	}
 	defer c.Do(context.Background(), "CLIENT", "UNPAUSE")
 	start := time.Now()
-	_, _, err := s.Begin(ctx, randomRecordKey(), idempotency.Fingerprint{}, idempotency.NewToken(), time.Minute)
+	_, _, err := s.Begin(ctx, randomRecordKey(), idempotency.Fingerprint{}, idempotency.NewOwnerToken(), time.Minute)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Begin against a paused server = %v, want context.DeadlineExceeded", err)
 	}
@@ -492,7 +498,7 @@ func TestRedisBytesPerRecord(t *testing.T) {
 	const n = 1000
 	srv := redistest.Start(t) // a private server, so nothing else moves used_memory
 	c := srv.Client(t)
-	s := testRedisStore{idempotency.NewRedisStore(c, idempotency.RedisOptions{}), idempotency.DefaultRedisPrefix}
+	s := testRedisStore{redisstore.New(c, redisstore.Options{}), redisstore.DefaultPrefix}
 	ctx := t.Context()
 	usedMemory := func() int64 {
 		info, err := c.Info(ctx, "memory").Result()
@@ -513,7 +519,7 @@ func TestRedisBytesPerRecord(t *testing.T) {
 	}
 
 	// Warm the scripts and the connection pool so they do not count.
-	k0, o0 := randomRecordKey(), idempotency.NewToken()
+	k0, o0 := randomRecordKey(), idempotency.NewOwnerToken()
 	mustRedisBegin(t, s, k0, idempotency.Fingerprint{}, o0, time.Minute)
 	if err := s.Release(ctx, k0, o0); err != nil {
 		t.Fatal(err)
@@ -532,7 +538,7 @@ func TestRedisBytesPerRecord(t *testing.T) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			owner := idempotency.NewToken()
+			owner := idempotency.NewOwnerToken()
 			if _, owned, err := s.Begin(ctx, keys[i], idempotency.Fingerprint{byte(i)}, owner, time.Minute); err != nil || !owned {
 				errs <- fmt.Errorf("Begin %d: owned %v, err %v", i, owned, err)
 				return
@@ -575,13 +581,13 @@ func TestRedisBytesPerRecord(t *testing.T) {
 // reply was lost) finds its own live record and still owns it.
 func TestRedisBeginRepeatedBySameOwner(t *testing.T) {
 	s := newTestRedisStore(redisTestClient(t))
-	key, owner := randomRecordKey(), idempotency.NewToken()
+	key, owner := randomRecordKey(), idempotency.NewOwnerToken()
 	first, _ := mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, owner, time.Minute)
 	again, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, owner, time.Minute)
 	if !owned || again != first {
 		t.Fatalf("repeated Begin = owned %v, %+v; want owned, the first record %+v", owned, again, first)
 	}
-	if _, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, idempotency.NewToken(), time.Minute); owned {
+	if _, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, idempotency.NewOwnerToken(), time.Minute); owned {
 		t.Fatal("another owner's Begin owns the key too")
 	}
 }
