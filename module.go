@@ -124,7 +124,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		RequireScope:   h.RequireScope,
 		Methods:        h.Methods,
 		TTL:            time.Duration(h.TTL),
-		LockTimeout:    time.Duration(h.LockTimeout),
+		Lease:          time.Duration(h.LockTimeout),
 		Wait:           h.wait(),
 		Namespace:      h.Namespace,
 		Listener:       serverListener,
@@ -167,7 +167,7 @@ func (h *Handler) wait() time.Duration {
 
 // ServeHTTP adapts the engine to Caddy's middleware chain.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	return h.engine.ServeHTTP(w, r, next.ServeHTTP)
+	return h.engine.Handle(w, r, next.ServeHTTP)
 }
 
 // Interface guards

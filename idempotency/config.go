@@ -11,10 +11,10 @@ import (
 
 // Defaults of Config, as documented in the README.
 const (
-	DefaultKeyHeader   = "Idempotency-Key"
-	DefaultKeyField    = "idempotency_key"
-	DefaultTTL         = 24 * time.Hour
-	DefaultLockTimeout = 60 * time.Second
+	DefaultKeyHeader = "Idempotency-Key"
+	DefaultKeyField  = "idempotency_key"
+	DefaultTTL       = 24 * time.Hour
+	DefaultLease     = 60 * time.Second
 	// DefaultWait holds a duplicate of an in-flight request long enough for a
 	// create of up to 30s to finish: the OpenAI SDKs retry an in-use answer
 	// only twice, about a second apart, so waiting here is what ends their
@@ -56,8 +56,11 @@ type Config struct {
 	Listener func(*http.Request) string
 	Methods  []string // covered methods; default POST
 
-	TTL         time.Duration // how long a completed record replays
-	LockTimeout time.Duration // lease of an in-flight record, renewed by a live owner
+	TTL time.Duration // how long a completed record replays
+	// Lease is the length of an in-flight record's lease (the Caddyfile's
+	// lock_timeout). A live owner renews it every third of this, so it only
+	// runs out when the owner died.
+	Lease time.Duration
 	// Wait is how long a duplicate of an in-flight request waits for its
 	// result, which it then replays. 0 takes DefaultWait; NoWait (or any
 	// negative value) answers 409 idempotency_key_in_use at once.
@@ -82,6 +85,9 @@ type Config struct {
 	// Observe, when set, is told each request's Decision once, before the
 	// answer is written (for a response passed through, before its header).
 	Observe func(*http.Request, Decision)
+	// ObserveStore, when set, is told of every call to Store as it returns,
+	// for timing the store and counting the requests upstream.
+	ObserveStore func(StoreCall)
 }
 
 func (c *Config) setDefaults() error {
@@ -106,8 +112,8 @@ func (c *Config) setDefaults() error {
 	if c.Wait == 0 {
 		c.Wait = DefaultWait
 	}
-	if c.LockTimeout == 0 {
-		c.LockTimeout = DefaultLockTimeout
+	if c.Lease == 0 {
+		c.Lease = DefaultLease
 	}
 	if c.MaxBody == 0 {
 		c.MaxBody = DefaultMaxBody
@@ -128,8 +134,8 @@ func (c *Config) validate() error {
 	switch {
 	case c.TTL < time.Second:
 		return fmt.Errorf("idempotency: ttl %s is shorter than 1s", c.TTL)
-	case c.LockTimeout < 100*time.Millisecond:
-		return fmt.Errorf("idempotency: lock_timeout %s is shorter than 100ms", c.LockTimeout)
+	case c.Lease < 100*time.Millisecond:
+		return fmt.Errorf("idempotency: Config.Lease %s is shorter than 100ms", c.Lease)
 	case c.MaxBody < 0 || c.MaxResponse < 0:
 		return errors.New("idempotency: max_body and max_response must be positive")
 	case c.ConflictStatus != http.StatusConflict && c.ConflictStatus != http.StatusUnprocessableEntity:

@@ -31,5 +31,5 @@
 //	if err != nil { ... }
 //	http.ListenAndServe(":8080", h.Middleware(httputil.NewSingleHostReverseProxy(backend)))
 //
-// A chain whose handlers return errors calls h.ServeHTTP(w, r, next) instead.
+// A chain whose handlers return errors calls h.Handle(w, r, next) instead.
 package idempotency

@@ -328,7 +328,7 @@ func TestNothingWrittenIsStored(t *testing.T) {
 	next := func(w http.ResponseWriter, r *http.Request) error { calls++; return nil }
 	for range 2 {
 		w := httptest.NewRecorder()
-		if err := h.ServeHTTP(w, jsonRequest("k-silent", createBody), next); err != nil {
+		if err := h.Handle(w, jsonRequest("k-silent", createBody), next); err != nil {
 			t.Fatal(err)
 		}
 		if w.Code != http.StatusOK || w.Body.Len() != 0 {
@@ -377,7 +377,7 @@ func TestHijackedIsReleased(t *testing.T) {
 // lease: no "lease lost" warning while the rest of it goes out.
 func TestCompletedStreamStopsRenewing(t *testing.T) {
 	core, logs := observer.New(zapcore.WarnLevel)
-	s := newStack(t, Config{MaxResponse: 10, LockTimeout: 150 * time.Millisecond, Logger: zap.New(core)},
+	s := newStack(t, Config{MaxResponse: 10, Lease: 150 * time.Millisecond, Logger: zap.New(core)},
 		func(w http.ResponseWriter, r *http.Request, n int64) {
 			w.Header().Set("Content-Type", "text/event-stream")
 			for i := range 8 {

@@ -21,6 +21,7 @@ type Next func(http.ResponseWriter, *http.Request) error
 // configuration. It does not own its Store.
 type Handler struct {
 	cfg     Config
+	store   Store // cfg.Store, observed when cfg.ObserveStore is set
 	methods map[string]bool
 	waiters waitList
 }
@@ -30,7 +31,10 @@ func New(cfg Config) (*Handler, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	h := &Handler{cfg: cfg, methods: make(map[string]bool, len(cfg.Methods))}
+	h := &Handler{cfg: cfg, store: cfg.Store, methods: make(map[string]bool, len(cfg.Methods))}
+	if cfg.ObserveStore != nil {
+		h.store = observedStore{Store: cfg.Store, observe: cfg.ObserveStore}
+	}
 	for _, m := range cfg.Methods {
 		h.methods[m] = true
 	}
@@ -43,7 +47,7 @@ func (h *Handler) Config() Config { return h.cfg }
 // Middleware adapts the Handler to plain net/http.
 func (h *Handler) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_ = h.ServeHTTP(w, r, func(w http.ResponseWriter, r *http.Request) error {
+		_ = h.Handle(w, r, func(w http.ResponseWriter, r *http.Request) error {
 			next.ServeHTTP(w, r)
 			return nil
 		})
@@ -53,11 +57,12 @@ func (h *Handler) Middleware(next http.Handler) http.Handler {
 var canonicalPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 var responsePool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// ServeHTTP runs one request through the idempotency flow of the README:
+// Handle runs one request through the idempotency flow of the README:
 // admission (key, body, fingerprint), then the claim: forward-and-store,
 // replay, or refuse. It answers every refusal itself; the error it returns
-// is next's.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next Next) error {
+// is next's. It is for chains whose handlers return errors, as Caddy's do;
+// Middleware wraps it as a plain http.Handler.
+func (h *Handler) Handle(w http.ResponseWriter, r *http.Request, next Next) error {
 	log := h.logger(r)
 	if !h.methods[r.Method] {
 		h.decide(r, log, OutcomePassthrough)
@@ -84,7 +89,7 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, next Next, log key
 	deadline := time.Now().Add(max(h.cfg.Wait, 0)) // negative: no wait
 	pause := 5 * time.Millisecond
 	for {
-		rec, owned, err := h.cfg.Store.Begin(r.Context(), rk, fp, owner, h.cfg.LockTimeout)
+		rec, owned, err := h.store.Begin(r.Context(), rk, fp, owner, h.cfg.Lease)
 		switch {
 		case err != nil:
 			if r.Context().Err() != nil {
@@ -294,7 +299,7 @@ func (f *forwarding) complete(resp Response, fields ...zap.Field) {
 	if resp.NotStored {
 		outcome = OutcomeNotStored
 	}
-	err := f.h.cfg.Store.Complete(f.ctx, f.rk, f.owner, resp, f.h.cfg.TTL)
+	err := f.h.store.Complete(f.ctx, f.rk, f.owner, resp, f.h.cfg.TTL)
 	switch {
 	case errors.Is(err, ErrNotOwner):
 		// Purged by an operator, or taken over after the lease ran out: the
@@ -323,7 +328,7 @@ func (f *forwarding) completeUnkept(reason string) {
 }
 
 func (h *Handler) release(ctx context.Context, rk RecordKey, owner OwnerToken, log keyLogger, why string) {
-	if err := h.cfg.Store.Release(ctx, rk, owner); err != nil {
+	if err := h.store.Release(ctx, rk, owner); err != nil {
 		log.Warn("idempotency store failed to release the record", zap.String("reason", why), zap.Error(err))
 	}
 }
@@ -339,7 +344,7 @@ func (h *Handler) keepLease(ctx context.Context, rk RecordKey, owner OwnerToken,
 		running sync.WaitGroup
 		timer   *time.Timer
 	)
-	period := h.cfg.LockTimeout / 3
+	period := h.cfg.Lease / 3
 	renew := func() {
 		mu.Lock()
 		if stopped {
@@ -351,7 +356,7 @@ func (h *Handler) keepLease(ctx context.Context, rk RecordKey, owner OwnerToken,
 		defer running.Done()
 
 		rctx, cancel := context.WithTimeout(ctx, period)
-		err := h.cfg.Store.Renew(rctx, rk, owner, h.cfg.LockTimeout)
+		err := h.store.Renew(rctx, rk, owner, h.cfg.Lease)
 		cancel()
 		switch {
 		case errors.Is(err, ErrNotOwner):

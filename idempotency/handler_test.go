@@ -455,7 +455,7 @@ func TestKeyInBodyFieldFraming(t *testing.T) {
 	req := httptest.NewRequest(http.MethodPost, batchesPath, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	called := false
-	err := h.ServeHTTP(httptest.NewRecorder(), req, func(w http.ResponseWriter, r *http.Request) error {
+	err := h.Handle(httptest.NewRecorder(), req, func(w http.ResponseWriter, r *http.Request) error {
 		called = true
 		b, err := io.ReadAll(r.Body)
 		if err != nil || string(b) != want {
@@ -722,7 +722,7 @@ func TestUncoveredMethodsPassThroughUnread(t *testing.T) {
 		req.Header.Add("Idempotency-Key", "k2")
 		calls := 0
 		w := httptest.NewRecorder()
-		err := h.ServeHTTP(w, req, func(w http.ResponseWriter, r *http.Request) error {
+		err := h.Handle(w, req, func(w http.ResponseWriter, r *http.Request) error {
 			calls++
 			if r.Body != io.ReadCloser(body) {
 				t.Errorf("%s: next got a different body", method)
@@ -746,7 +746,7 @@ func TestUncoveredMethodsPassThroughUnread(t *testing.T) {
 	req := httptest.NewRequest(http.MethodPut, batchesPath, strings.NewReader(`{"a":1}`))
 	req.Header.Set("Idempotency-Key", "")
 	w := httptest.NewRecorder()
-	_ = h.ServeHTTP(w, req, func(http.ResponseWriter, *http.Request) error {
+	_ = h.Handle(w, req, func(http.ResponseWriter, *http.Request) error {
 		t.Fatal("next called for a covered PUT with an empty key")
 		return nil
 	})
@@ -762,7 +762,7 @@ func TestNoKeyNonJSONBodyUnread(t *testing.T) {
 	req.Body = body
 	req.Header.Set("Content-Type", "multipart/form-data; boundary=x")
 	called := false
-	err := h.ServeHTTP(httptest.NewRecorder(), req, func(w http.ResponseWriter, r *http.Request) error {
+	err := h.Handle(httptest.NewRecorder(), req, func(w http.ResponseWriter, r *http.Request) error {
 		called = true
 		if r.Body != io.ReadCloser(body) || body.read.Load() {
 			t.Error("a keyless non-JSON body was touched before next")
@@ -815,7 +815,7 @@ func TestBodyReadFailure(t *testing.T) {
 	req := jsonRequest("k-cut", "")
 	req.Body = io.NopCloser(io.MultiReader(strings.NewReader(`{"input_file_id":`), iotest.ErrReader(io.ErrUnexpectedEOF)))
 	w := httptest.NewRecorder()
-	if err := h.ServeHTTP(w, req, func(http.ResponseWriter, *http.Request) error {
+	if err := h.Handle(w, req, func(http.ResponseWriter, *http.Request) error {
 		t.Fatal("next called for a body that could not be read")
 		return nil
 	}); err != nil {
@@ -836,7 +836,7 @@ func TestBodyTooLargeDeclaredNotRead(t *testing.T) {
 	req := jsonRequest("k-big", "")
 	req.Body, req.ContentLength = body, 65
 	w := httptest.NewRecorder()
-	if err := h.ServeHTTP(w, req, func(http.ResponseWriter, *http.Request) error {
+	if err := h.Handle(w, req, func(http.ResponseWriter, *http.Request) error {
 		t.Fatal("next called for a body over MaxBody")
 		return nil
 	}); err != nil {
@@ -916,7 +916,7 @@ func okNext(calls *int, body string) Next {
 func TestStoredResponseFraming(t *testing.T) {
 	h, store := newHandler(t, Config{})
 	w := httptest.NewRecorder()
-	err := h.ServeHTTP(w, jsonRequest("k-frame", createBody), func(w http.ResponseWriter, r *http.Request) error {
+	err := h.Handle(w, jsonRequest("k-frame", createBody), func(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusCreated)
 		_, _ = io.WriteString(w, `{"id":`)
@@ -940,7 +940,7 @@ func TestStoredResponseFraming(t *testing.T) {
 
 	// The replay recomputes the length and marks itself.
 	w = httptest.NewRecorder()
-	if err := h.ServeHTTP(w, jsonRequest("k-frame", createBody), func(http.ResponseWriter, *http.Request) error {
+	if err := h.Handle(w, jsonRequest("k-frame", createBody), func(http.ResponseWriter, *http.Request) error {
 		t.Fatal("next called for a completed key")
 		return nil
 	}); err != nil {
@@ -977,7 +977,7 @@ func TestNextErrorOrPanic(t *testing.T) {
 			var err error
 			recovered := func() (p any) {
 				defer func() { p = recover() }()
-				err = h.ServeHTTP(w, jsonRequest("k-fail", createBody), func(w http.ResponseWriter, r *http.Request) error {
+				err = h.Handle(w, jsonRequest("k-fail", createBody), func(w http.ResponseWriter, r *http.Request) error {
 					if tc.status != 0 {
 						w.WriteHeader(tc.status)
 						_, _ = io.WriteString(w, "partial")
@@ -1001,7 +1001,7 @@ func TestNextErrorOrPanic(t *testing.T) {
 			rec, ok := getRecord(t, store, newRequestNS, "", "k-fail")
 			calls := 0
 			retry := httptest.NewRecorder()
-			if err := h.ServeHTTP(retry, jsonRequest("k-fail", createBody), okNext(&calls, "ok")); err != nil {
+			if err := h.Handle(retry, jsonRequest("k-fail", createBody), okNext(&calls, "ok")); err != nil {
 				t.Fatal(err)
 			}
 			if !tc.kept {
@@ -1183,9 +1183,9 @@ func TestInUseWhileOwnerUpstream(t *testing.T) {
 	s.up.wantCalls(t, 1)
 }
 
-// observedStore is a real store that reports when want distinct requests
+// inFlightSpy is a real store that reports when want distinct requests
 // (owner tokens) have found the key in flight.
-type observedStore struct {
+type inFlightSpy struct {
 	Store
 	want    int
 	mu      sync.Mutex
@@ -1193,11 +1193,11 @@ type observedStore struct {
 	reached chan struct{}
 }
 
-func observe(s Store, want int) *observedStore {
-	return &observedStore{Store: s, want: want, seen: map[OwnerToken]bool{}, reached: make(chan struct{})}
+func observe(s Store, want int) *inFlightSpy {
+	return &inFlightSpy{Store: s, want: want, seen: map[OwnerToken]bool{}, reached: make(chan struct{})}
 }
 
-func (o *observedStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner OwnerToken, lease time.Duration) (Record, bool, error) {
+func (o *inFlightSpy) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner OwnerToken, lease time.Duration) (Record, bool, error) {
 	rec, owned, err := o.Store.Begin(ctx, key, fp, owner, lease)
 	if err == nil && !owned && rec.State == StateInFlight {
 		o.mu.Lock()
@@ -1342,7 +1342,7 @@ func TestConcurrentDuplicatesNoWait(t *testing.T) {
 func TestLeaseRenewal(t *testing.T) {
 	const lease = 300 * time.Millisecond
 	g := newGate()
-	s := newStack(t, Config{LockTimeout: lease, Wait: NoWait}, g.respond)
+	s := newStack(t, Config{Lease: lease, Wait: NoWait}, g.respond)
 	t.Cleanup(g.open)
 	owner := make(chan result, 1)
 	go func() { owner <- s.send(context.Background(), createBody, withKey("k-long")) }()
@@ -1524,7 +1524,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	for name, cfg := range map[string]Config{
 		"no store":        {},
 		"ttl":             {Store: m, TTL: time.Millisecond},
-		"lock timeout":    {Store: m, LockTimeout: 10 * time.Millisecond},
+		"lock timeout":    {Store: m, Lease: 10 * time.Millisecond},
 		"conflict status": {Store: m, ConflictStatus: http.StatusBadRequest},
 		"lower method":    {Store: m, Methods: []string{"post"}},
 	} {
@@ -1538,7 +1538,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 	c := h.Config()
 	if c.KeyHeader != DefaultKeyHeader || c.KeyField != DefaultKeyField || c.TTL != DefaultTTL ||
-		c.LockTimeout != DefaultLockTimeout || c.MaxBody != DefaultMaxBody || c.MaxResponse != DefaultMaxResponse ||
+		c.Lease != DefaultLease || c.MaxBody != DefaultMaxBody || c.MaxResponse != DefaultMaxResponse ||
 		c.ConflictStatus != http.StatusConflict || !slices.Equal(c.Methods, []string{http.MethodPost}) {
 		t.Fatalf("defaults not filled: %+v", c)
 	}

@@ -2,6 +2,7 @@ package idempotency
 
 import (
 	"net/http"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -35,6 +36,15 @@ type Decision struct {
 	Outcome Outcome
 	Key     RecordKey // the record key, logged as key_hash; valid when Keyed
 	Keyed   bool
+	// Status is the status answered, when the handler knows it at decision
+	// time (a refusal, a replay, a stored or released response); 0 otherwise.
+	Status int
+	// Reason says why, for released, not_stored and rejected outcomes (an
+	// error code or a short phrase such as "not stored"); "" otherwise.
+	Reason string
+	// Duration is the time from the request's arrival at the handler to
+	// this decision.
+	Duration time.Duration
 }
 
 // decide reports the request's outcome to Config.Observe and writes the one

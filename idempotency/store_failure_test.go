@@ -105,7 +105,7 @@ func TestStoreFailingRelease(t *testing.T) {
 	const lease = 300 * time.Millisecond
 	status := atomic.Int32{}
 	status.Store(http.StatusInternalServerError)
-	s := newStack(t, Config{Store: fs, LockTimeout: lease, Wait: NoWait}, func(w http.ResponseWriter, r *http.Request, n int64) {
+	s := newStack(t, Config{Store: fs, Lease: lease, Wait: NoWait}, func(w http.ResponseWriter, r *http.Request, n int64) {
 		writeBatch(w, int(status.Load()), n)
 	})
 	released := time.Now()
@@ -157,7 +157,7 @@ func TestRequireScope(t *testing.T) {
 func TestStoreFailureLogsCarryNoKey(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	fs := newFailingStore(t)
-	s := newStack(t, Config{Store: fs, Logger: zap.New(core), LockTimeout: 150 * time.Millisecond}, nil)
+	s := newStack(t, Config{Store: fs, Logger: zap.New(core), Lease: 150 * time.Millisecond}, nil)
 	const key, credential = "fail-log-key-9a1e", "sk-fail-log-4b2c"
 	auth := withAuth("Bearer " + credential)
 

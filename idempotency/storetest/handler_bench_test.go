@@ -74,7 +74,7 @@ func serveBench(b *testing.B, h *idempotency.Handler, key func(i int) string) {
 		}
 		clear(w.header)
 		w.status = 0
-		if err := h.ServeHTTP(w, r, upstream); err != nil || w.status != http.StatusOK {
+		if err := h.Handle(w, r, upstream); err != nil || w.status != http.StatusOK {
 			b.Fatalf("request %d: status %d, err %v", i, w.status, err)
 		}
 		i++
