@@ -1,7 +1,6 @@
 package caddyidempotency
 
 import (
-	"cmp"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -11,13 +10,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
-	"github.com/caddy-idempotency/caddy-idempotency/idempotency/redisstore"
 )
 
 func init() {
@@ -34,8 +33,9 @@ func init() {
 //	GET    /idempotency/records/<key hash>       the same, by the key_hash of the logs
 //	DELETE /idempotency/records...               purge it
 //
-// The stores are those of the handlers provisioned now. With several,
-// ?store=<name> picks one (names from /idempotency/stores).
+// The stores are those of the handlers provisioned now, which register them
+// as they are provisioned. With several, ?store=<name> picks one (names from
+// /idempotency/stores).
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -63,7 +63,7 @@ func serveAdmin(w http.ResponseWriter, r *http.Request) error {
 		if err := adminCheck(r, []string{http.MethodGet}); err != nil {
 			return err
 		}
-		return writeJSON(w, pooledStores())
+		return writeJSON(w, adminStores.list())
 	case path == "stats":
 		if err := adminCheck(r, []string{http.MethodGet}, "store"); err != nil {
 			return err
@@ -275,67 +275,63 @@ type namedStore struct {
 	store   idempotency.Store
 }
 
-// pooledStores lists the stores the provisioned handlers hold, from the
-// process-wide pools that share them across reloads, sorted by name. Two
-// Redis setups on the same server, database and prefix are one store.
-func pooledStores() []namedStore {
-	stores := []namedStore{}
-	badgerPool.Range(func(key, val any) bool {
-		if b, ok := val.(pooledBadger); ok {
-			stores = append(stores, namedStore{"badger:" + key.(string), "badger", b.Store})
-		}
-		return true
-	})
-	memoryPool.Range(func(_, val any) bool {
-		if m, ok := val.(pooledMemory); ok {
-			stores = append(stores, namedStore{"memory", "memory", m.MemoryStore})
-		}
-		return true
-	})
-	type redisEntry struct {
-		setup  string
-		client pooledRedis
-	}
-	var redisEntries []redisEntry
-	redisPool.Range(func(key, val any) bool {
-		if c, ok := val.(pooledRedis); ok {
-			redisEntries = append(redisEntries, redisEntry{key.(string), c})
-		}
-		return true
-	})
-	for _, e := range redisEntries {
-		name, prefix := redisStoreName(e.setup)
-		store := redisstore.New(e.client.UniversalClient, redisstore.Options{Prefix: prefix})
-		stores = append(stores, namedStore{name, "redis", store})
-	}
-	slices.SortFunc(stores, func(a, b namedStore) int { return strings.Compare(a.Name, b.Name) })
-	return slices.CompactFunc(stores, func(a, b namedStore) bool { return a.Name == b.Name })
+// adminStores holds the stores of the provisioned handlers, by name: a store
+// module registers its store once it has one, and Cleanup unregisters it.
+// Configs that share a store across a reload each hold a reference.
+var adminStores storeRegistry
+
+type storeRegistry struct {
+	mu     sync.Mutex
+	stores map[string]*registeredStore
 }
 
-// redisStoreName names a Redis store by what decides where its records are:
-// redis:<addresses>/<db>/<prefix>, or redis:<master>@<sentinels>/<db>/<prefix>.
-// The pool key it comes from is the store's JSON, password included: only
-// addresses, database and prefix leave here.
-func redisStoreName(setup string) (name, prefix string) {
-	var cfg RedisStore
-	if err := json.Unmarshal([]byte(setup), &cfg); err != nil {
-		return "redis:?", ""
+type registeredStore struct {
+	namedStore
+	refs int
+}
+
+// register adds a reference to the store named name (the first registered
+// store of that name stands for all: they hold the same records) and returns
+// the func that drops it, which may be called more than once.
+func (r *storeRegistry) register(name, backend string, store idempotency.Store) (unregister func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stores == nil {
+		r.stores = make(map[string]*registeredStore)
 	}
-	prefix = cmp.Or(cfg.KeyPrefix, redisstore.DefaultPrefix)
-	opts, err := cfg.clientOptions(caddy.NewReplacer())
-	if err != nil {
-		return "redis:?/" + prefix, prefix
+	e := r.stores[name]
+	if e == nil {
+		e = &registeredStore{namedStore: namedStore{Name: name, Backend: backend, store: store}}
+		r.stores[name] = e
 	}
-	target := strings.Join(opts.Addrs, ",")
-	if opts.MasterName != "" {
-		target = opts.MasterName + "@" + target
+	e.refs++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if e.refs--; e.refs == 0 && r.stores[name] == e {
+				delete(r.stores, name)
+			}
+		})
 	}
-	return fmt.Sprintf("redis:%s/%d/%s", target, opts.DB, prefix), prefix
+}
+
+// list returns the registered stores sorted by name.
+func (r *storeRegistry) list() []namedStore {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	stores := make([]namedStore, 0, len(r.stores))
+	for _, e := range r.stores {
+		stores = append(stores, e.namedStore)
+	}
+	slices.SortFunc(stores, func(a, b namedStore) int { return strings.Compare(a.Name, b.Name) })
+	return stores
 }
 
 // adminStoreFor is the store ?store= names, or the only one in use.
 func adminStoreFor(r *http.Request) (namedStore, idempotency.AdminStore, error) {
-	stores := pooledStores()
+	stores := adminStores.list()
 	var s namedStore
 	switch name := r.URL.Query().Get("store"); {
 	case name != "":

@@ -20,7 +20,7 @@ func init() {
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	handler := new(Handler)
+	handler := new(HandlerModule)
 	err := handler.UnmarshalCaddyfile(h.Dispenser)
 	return handler, err
 }
@@ -44,7 +44,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		fail_open
 //		store           badger [<dir>] | memory
 //	}
-func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (h *HandlerModule) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
 		return d.ArgErr()
@@ -119,7 +119,7 @@ func eachSubdirective(d *caddyfile.Dispenser, what string, fn func(name string) 
 
 // unmarshalStore reads `store <backend> [args]` into the backend's module,
 // http.handlers.idempotency.stores.<backend>.
-func (h *Handler) unmarshalStore(d *caddyfile.Dispenser) error {
+func (h *HandlerModule) unmarshalStore(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		return d.ArgErr()
 	}
@@ -174,4 +174,4 @@ func sizeArg(d *caddyfile.Dispenser, dst *int64) error {
 }
 
 // Interface guard
-var _ caddyfile.Unmarshaler = (*Handler)(nil)
+var _ caddyfile.Unmarshaler = (*HandlerModule)(nil)

@@ -17,17 +17,17 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(Handler{})
+	caddy.RegisterModule(HandlerModule{})
 }
 
 // DefaultScope keys records by the caller's credential, so two API keys
 // never share a record.
 const DefaultScope = "{http.request.header.Authorization}"
 
-// Handler makes covered requests idempotent: the first request with a key
+// HandlerModule is the http.handlers.idempotency module. It makes covered requests idempotent: the first request with a key
 // goes upstream and its 2xx response is stored; a retry with the same key and
 // parameters gets the stored response, one with other parameters a conflict.
-type Handler struct {
+type HandlerModule struct {
 	// The request header carrying the key. Default: Idempotency-Key.
 	KeyHeader string `json:"key_header,omitempty"`
 	// The top-level JSON body field carrying the key (llama-stack's
@@ -74,7 +74,8 @@ type Handler struct {
 	// http.handlers.idempotency.stores. Default: badger in Caddy's data directory.
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.idempotency.stores inline_key=backend"`
 
-	engine  *idempotency.Handler
+	config  idempotency.Config   // built by Provision
+	engine  *idempotency.Handler // built by Validate from config
 	metrics *handlerMetrics
 }
 
@@ -85,15 +86,15 @@ type StoreProvider interface {
 }
 
 // CaddyModule returns the Caddy module information.
-func (Handler) CaddyModule() caddy.ModuleInfo {
+func (HandlerModule) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "http.handlers.idempotency",
-		New: func() caddy.Module { return new(Handler) },
+		New: func() caddy.Module { return new(HandlerModule) },
 	}
 }
 
-// Provision loads the store and builds the engine.
-func (h *Handler) Provision(ctx caddy.Context) error {
+// Provision loads the store and sets up the engine's configuration.
+func (h *HandlerModule) Provision(ctx caddy.Context) error {
 	if h.StoreRaw == nil {
 		h.StoreRaw = json.RawMessage(`{"backend":"badger"}`)
 	}
@@ -112,8 +113,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.metrics, err = newHandlerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering idempotency metrics: %w", err)
 	}
-	h.engine, err = idempotency.New(idempotency.Config{
-		Store:      observedStore{Store: provider.Store(), m: h.metrics},
+	h.config = idempotency.Config{
+		Store:      provider.Store(),
 		KeyHeader:  h.KeyHeader,
 		KeyField:   h.KeyField,
 		RequireKey: h.RequireKey,
@@ -135,8 +136,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Logger:         ctx.Logger(),
 		RequestID:      requestID,
 		Observe:        h.observe,
-	})
-	return err
+		ObserveStore:   h.metrics.observeStore,
+	}
+	return nil
+}
+
+// Validate checks the configuration and builds the engine from it. Caddy
+// calls it right after Provision, before the handler serves a request.
+func (h *HandlerModule) Validate() error {
+	engine, err := idempotency.New(h.config)
+	if err != nil {
+		return err
+	}
+	h.engine = engine
+	return nil
 }
 
 // serverListener names the Caddy server a request arrived on by its listen
@@ -155,7 +168,7 @@ func serverListener(r *http.Request) string {
 }
 
 // wait is the engine's Wait: unset takes its default, 0 means none.
-func (h *Handler) wait() time.Duration {
+func (h *HandlerModule) wait() time.Duration {
 	switch {
 	case h.Wait == nil:
 		return 0
@@ -166,12 +179,13 @@ func (h *Handler) wait() time.Duration {
 }
 
 // ServeHTTP adapts the engine to Caddy's middleware chain.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (h *HandlerModule) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	return h.engine.Handle(w, r, next.ServeHTTP)
 }
 
 // Interface guards
 var (
-	_ caddy.Provisioner           = (*Handler)(nil)
-	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddy.Provisioner           = (*HandlerModule)(nil)
+	_ caddy.Validator             = (*HandlerModule)(nil)
+	_ caddyhttp.MiddlewareHandler = (*HandlerModule)(nil)
 )

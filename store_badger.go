@@ -19,8 +19,7 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(BadgerStore{})
-	caddy.RegisterModule(MemoryStore{})
+	caddy.RegisterModule(BadgerModule{})
 	caddy.RegisterModule(App{})
 }
 
@@ -29,14 +28,15 @@ func init() {
 // Badger locks its directory, so the two configs must share the handle.
 var badgerPool = caddy.NewUsagePool()
 
-// BadgerStore keeps records in an embedded Badger database.
-type BadgerStore struct {
+// BadgerModule keeps records in an embedded Badger database.
+type BadgerModule struct {
 	// The database directory. Default: {caddy data dir}/idempotency.
 	Path string `json:"path,omitempty"`
 
-	poolKey  string // set only once this config holds a reference
-	store    *badgerstore.Store
-	deferred *deferredBadger // set when the open waits for the config's start
+	poolKey    string // set only once this config holds a reference
+	store      *badgerstore.Store
+	deferred   *deferredBadger // set when the open waits for the config's start
+	unregister func()          // drops the admin API's reference; nil until open
 }
 
 type pooledBadger struct{ *badgerstore.Store }
@@ -58,17 +58,17 @@ func (p pooledBadger) Destruct() error {
 }
 
 // CaddyModule returns the Caddy module information.
-func (BadgerStore) CaddyModule() caddy.ModuleInfo {
+func (BadgerModule) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "http.handlers.idempotency.stores.badger",
-		New: func() caddy.Module { return new(BadgerStore) },
+		New: func() caddy.Module { return new(BadgerModule) },
 	}
 }
 
 // Provision opens the database, or takes another reference to it. When
 // another process holds the directory, the open waits for the config's start
 // instead (see App).
-func (b *BadgerStore) Provision(ctx caddy.Context) error {
+func (b *BadgerModule) Provision(ctx caddy.Context) error {
 	dir := b.Path
 	if dir == "" {
 		dir = filepath.Join(caddy.AppDataDir(), "idempotency")
@@ -80,7 +80,7 @@ func (b *BadgerStore) Provision(ctx caddy.Context) error {
 	store, err := openPooledBadger(dir)
 	switch {
 	case err == nil:
-		b.poolKey, b.store = dir, store
+		b.opened(dir, store)
 		return nil
 	case badgerLocked(err):
 		return b.deferOpen(ctx, dir)
@@ -125,7 +125,7 @@ func badgerLocked(err error) bool {
 // `caddy validate` checks a config for: validate provisions but never starts,
 // so it passes without the database. A config that starts opens it then, or
 // fails to start with an error that says who holds it.
-func (b *BadgerStore) deferOpen(ctx caddy.Context, dir string) error {
+func (b *BadgerModule) deferOpen(ctx caddy.Context, dir string) error {
 	app, err := ctx.App(appID)
 	if err != nil {
 		return err
@@ -138,15 +138,25 @@ func (b *BadgerStore) deferOpen(ctx caddy.Context, dir string) error {
 }
 
 // Store returns the open store, or the one the config's start will open.
-func (b *BadgerStore) Store() idempotency.Store {
+func (b *BadgerModule) Store() idempotency.Store {
 	if b.deferred != nil {
 		return b.deferred
 	}
 	return b.store
 }
 
+// opened records that this config holds a reference to dir's store, and
+// shows the store on the admin API.
+func (b *BadgerModule) opened(dir string, store *badgerstore.Store) {
+	b.poolKey, b.store = dir, store
+	b.unregister = adminStores.register("badger:"+dir, "badger", store)
+}
+
 // Cleanup drops this config's reference; the last one closes the database.
-func (b *BadgerStore) Cleanup() error {
+func (b *BadgerModule) Cleanup() error {
+	if b.unregister != nil {
+		b.unregister()
+	}
 	if b.deferred != nil {
 		b.deferred.finish(nil, errors.New("idempotency: the config ended before its badger store was opened"))
 	}
@@ -159,7 +169,7 @@ func (b *BadgerStore) Cleanup() error {
 }
 
 // UnmarshalCaddyfile sets up the store from `store badger [<dir>]`.
-func (b *BadgerStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (b *BadgerModule) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the store name
 	if d.NextArg() {
 		b.Path = d.Val()
@@ -182,7 +192,7 @@ const appID = "idempotency"
 // config, not when it provisions one, so `caddy validate` works next to a
 // running Caddy; App does the same for those directories' locks.
 type App struct {
-	pending []*BadgerStore
+	pending []*BadgerModule
 }
 
 // CaddyModule returns the Caddy module information.
@@ -208,7 +218,7 @@ func (a *App) Start() error {
 			b.deferred.finish(nil, err)
 			return err
 		}
-		b.poolKey = dir
+		b.opened(dir, store)
 		b.deferred.finish(store, nil)
 	}
 	return nil
@@ -217,7 +227,7 @@ func (a *App) Start() error {
 // Stop does nothing: each store's Cleanup releases its database.
 func (a *App) Stop() error { return nil }
 
-// deferredBadger is the store of a BadgerStore whose open waits for the
+// deferredBadger is the store of a BadgerModule whose open waits for the
 // config's start. Caddy starts its apps in no set order, so a request that
 // the HTTP app takes first waits here for the open.
 type deferredBadger struct {
@@ -284,77 +294,12 @@ func (d *deferredBadger) Get(ctx context.Context, key idempotency.RecordKey) (id
 	return s.Get(ctx, key)
 }
 
-// MemoryStore keeps records in this process's memory: they survive a reload
-// (one store per process is shared by the configs, like Badger's handle) and
-// are lost on a restart. For tests and development.
-type MemoryStore struct {
-	store *idempotency.MemoryStore
-}
-
-// memoryPoolKey names the process's one memory store in memoryPool.
-const memoryPoolKey = "memory"
-
-var memoryPool = caddy.NewUsagePool()
-
-type pooledMemory struct{ *idempotency.MemoryStore }
-
-func (p pooledMemory) Destruct() error { return p.Close() }
-
-// CaddyModule returns the Caddy module information.
-func (MemoryStore) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{
-		ID:  "http.handlers.idempotency.stores.memory",
-		New: func() caddy.Module { return new(MemoryStore) },
-	}
-}
-
-// Provision creates the store, or takes another reference to it.
-func (m *MemoryStore) Provision(caddy.Context) error {
-	val, _, err := memoryPool.LoadOrNew(memoryPoolKey, func() (caddy.Destructor, error) {
-		return pooledMemory{idempotency.NewMemoryStore()}, nil
-	})
-	if err != nil {
-		return err
-	}
-	m.store = val.(pooledMemory).MemoryStore
-	return nil
-}
-
-// Store returns the store.
-func (m *MemoryStore) Store() idempotency.Store { return m.store }
-
-// Cleanup drops this config's reference; the last one closes the store.
-func (m *MemoryStore) Cleanup() error {
-	if m.store == nil {
-		return nil
-	}
-	m.store = nil
-	_, err := memoryPool.Delete(memoryPoolKey)
-	return err
-}
-
-// UnmarshalCaddyfile sets up the store from `store memory`.
-func (m *MemoryStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the store name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	if d.NextBlock(0) {
-		return d.Errf("store memory takes no block")
-	}
-	return nil
-}
-
 // Interface guards
 var (
 	_ caddy.App             = (*App)(nil)
 	_ idempotency.Store     = (*deferredBadger)(nil)
-	_ caddy.Provisioner     = (*BadgerStore)(nil)
-	_ caddy.CleanerUpper    = (*BadgerStore)(nil)
-	_ caddyfile.Unmarshaler = (*BadgerStore)(nil)
-	_ StoreProvider         = (*BadgerStore)(nil)
-	_ caddy.Provisioner     = (*MemoryStore)(nil)
-	_ caddy.CleanerUpper    = (*MemoryStore)(nil)
-	_ caddyfile.Unmarshaler = (*MemoryStore)(nil)
-	_ StoreProvider         = (*MemoryStore)(nil)
+	_ caddy.Provisioner     = (*BadgerModule)(nil)
+	_ caddy.CleanerUpper    = (*BadgerModule)(nil)
+	_ caddyfile.Unmarshaler = (*BadgerModule)(nil)
+	_ StoreProvider         = (*BadgerModule)(nil)
 )

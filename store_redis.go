@@ -1,6 +1,7 @@
 package caddyidempotency
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,23 +24,23 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(RedisStore{})
+	caddy.RegisterModule(RedisModule{})
 }
 
 // redisPool keeps one client per connection setup across config reloads, so
 // requests still in flight on a replaced config finish on an open client.
 var redisPool = caddy.NewUsagePool()
 
-// Defaults of RedisStore: a request waits at most about this long on a
+// Defaults of RedisModule: a request waits at most about this long on a
 // Redis that does not answer before it gets 503.
 const (
 	defaultRedisDialTimeout = 2 * time.Second
 	defaultRedisIOTimeout   = 2 * time.Second
 )
 
-// RedisStore keeps records in Redis or Valkey, shared by every Caddy
+// RedisModule keeps records in Redis or Valkey, shared by every Caddy
 // instance that points at the same server and key prefix.
-type RedisStore struct {
+type RedisModule struct {
 	// The server as a redis://, rediss:// (TLS) or unix:// URL. Its address,
 	// database, username and password are used unless the fields below set
 	// them. Placeholders such as {env.REDIS_URL} are replaced. Required
@@ -81,8 +83,9 @@ type RedisStore struct {
 	// How long sending a command to the server may take. Default: 2s.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
-	poolKey string // set only once Provision holds a reference
-	store   *redisstore.Store
+	poolKey    string // set only once Provision holds a reference
+	store      *redisstore.Store
+	unregister func() // drops the admin API's reference
 }
 
 type pooledRedis struct{ redis.UniversalClient }
@@ -100,17 +103,17 @@ var redisLogOnce sync.Once
 func (p pooledRedis) Destruct() error { return p.Close() }
 
 // CaddyModule returns the Caddy module information.
-func (RedisStore) CaddyModule() caddy.ModuleInfo {
+func (RedisModule) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "http.handlers.idempotency.stores.redis",
-		New: func() caddy.Module { return new(RedisStore) },
+		New: func() caddy.Module { return new(RedisModule) },
 	}
 }
 
 // Provision sets up the client, or shares the one an identical setup has.
 // It does not connect: Caddy starts while Redis is down, and requests that
 // need the store get 503 until it is back.
-func (r *RedisStore) Provision(ctx caddy.Context) error {
+func (r *RedisModule) Provision(ctx caddy.Context) error {
 	redisLogOnce.Do(func() { redis.SetLogger(redisLogger{caddy.Log().Named("idempotency.redis")}) })
 	opts, err := r.clientOptions(caddy.NewReplacer())
 	if err != nil {
@@ -133,11 +136,23 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 		Prefix: r.KeyPrefix,
 		Logger: ctx.Logger(),
 	})
+	r.unregister = adminStores.register(redisStoreName(opts, cmp.Or(r.KeyPrefix, redisstore.DefaultPrefix)), "redis", r.store)
 	return nil
 }
 
+// redisStoreName names a Redis store by what decides where its records are:
+// redis:<addresses>/<db>/<prefix>, or redis:<master>@<sentinels>/<db>/<prefix>.
+// It never holds a credential.
+func redisStoreName(opts *redis.UniversalOptions, prefix string) string {
+	target := strings.Join(opts.Addrs, ",")
+	if opts.MasterName != "" {
+		target = opts.MasterName + "@" + target
+	}
+	return fmt.Sprintf("redis:%s/%d/%s", target, opts.DB, prefix)
+}
+
 // clientOptions resolves placeholders and builds go-redis's options.
-func (r *RedisStore) clientOptions(repl *caddy.Replacer) (*redis.UniversalOptions, error) {
+func (r *RedisModule) clientOptions(repl *caddy.Replacer) (*redis.UniversalOptions, error) {
 	opts := &redis.UniversalOptions{
 		DialTimeout:  defaultRedisDialTimeout,
 		ReadTimeout:  defaultRedisIOTimeout,
@@ -220,13 +235,14 @@ func (r *RedisStore) clientOptions(repl *caddy.Replacer) (*redis.UniversalOption
 }
 
 // Store returns the store.
-func (r *RedisStore) Store() idempotency.Store { return r.store }
+func (r *RedisModule) Store() idempotency.Store { return r.store }
 
 // Cleanup drops this config's reference; the last one closes the client.
-func (r *RedisStore) Cleanup() error {
+func (r *RedisModule) Cleanup() error {
 	if r.poolKey == "" {
 		return nil
 	}
+	r.unregister()
 	_, err := redisPool.Delete(r.poolKey)
 	r.poolKey, r.store = "", nil
 	return err
@@ -250,7 +266,7 @@ func (r *RedisStore) Cleanup() error {
 //		read_timeout    <duration>
 //		write_timeout   <duration>
 //	}
-func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (r *RedisModule) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the store name
 	if d.NextArg() {
 		r.URL = d.Val()
@@ -320,8 +336,8 @@ func intArg(d *caddyfile.Dispenser, dst *int) error {
 
 // Interface guards
 var (
-	_ caddy.Provisioner     = (*RedisStore)(nil)
-	_ caddy.CleanerUpper    = (*RedisStore)(nil)
-	_ caddyfile.Unmarshaler = (*RedisStore)(nil)
-	_ StoreProvider         = (*RedisStore)(nil)
+	_ caddy.Provisioner     = (*RedisModule)(nil)
+	_ caddy.CleanerUpper    = (*RedisModule)(nil)
+	_ caddyfile.Unmarshaler = (*RedisModule)(nil)
+	_ StoreProvider         = (*RedisModule)(nil)
 )
