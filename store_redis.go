@@ -31,6 +31,10 @@ func init() {
 // requests still in flight on a replaced config finish on an open client.
 var redisPool = caddy.NewUsagePool()
 
+// defaultRedisKeyPrefix is the Caddy module's key prefix, which its records
+// have always had (the engine's own default is redisstore.DefaultPrefix).
+const defaultRedisKeyPrefix = "caddy-idempotency:"
+
 // Defaults of RedisModule: a request waits at most about this long on a
 // Redis that does not answer before it gets 503.
 const (
@@ -132,11 +136,12 @@ func (r *RedisModule) Provision(ctx caddy.Context) error {
 		return err
 	}
 	r.poolKey = string(key)
+	prefix := cmp.Or(r.KeyPrefix, defaultRedisKeyPrefix)
 	r.store = redisstore.New(val.(pooledRedis).UniversalClient, redisstore.Options{
-		Prefix: r.KeyPrefix,
+		Prefix: prefix,
 		Logger: ctx.Logger(),
 	})
-	r.unregister = adminStores.register(redisStoreName(opts, cmp.Or(r.KeyPrefix, redisstore.DefaultPrefix)), "redis", r.store)
+	r.unregister = adminStores.register(redisStoreName(opts, prefix), "redis", r.store)
 	return nil
 }
 

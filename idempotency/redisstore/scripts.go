@@ -4,7 +4,7 @@ import "github.com/redis/go-redis/v9"
 
 // The Store's operations, each one Lua script on one key (KEYS[1]), so
 // Redis runs it atomically and a cluster routes it by that key. Times are
-// Unix milliseconds on the Redis server's clock (TIME), so Caddy instances
+// Unix milliseconds on the Redis server's clock (TIME), so processes
 // whose clocks disagree still agree on leases and expiry. The record layout
 // is documented at redisRecordLayout in store.go.
 //

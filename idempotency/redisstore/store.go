@@ -16,7 +16,8 @@ import (
 )
 
 // DefaultPrefix namespaces the store's keys when Options.Prefix is empty.
-const DefaultPrefix = "caddy-idempotency:"
+// Processes share records only when they use the same server and prefix.
+const DefaultPrefix = "idempotency:"
 
 // redisRecordLayout: each record is one Redis string under
 // prefix + "r:" + hex(RecordKey), expiring with the record (PX): a completed
