@@ -20,8 +20,8 @@ const (
 	// only twice, about a second apart, so waiting here is what ends their
 	// duplicates in a replay.
 	DefaultWait           = 30 * time.Second
-	DefaultMaxBody        = 1 << 20
-	DefaultMaxResponse    = 1 << 20
+	DefaultMaxBody        = 1 << 20 // bytes
+	DefaultMaxResponse    = 1 << 20 // bytes
 	DefaultConflictStatus = http.StatusConflict
 
 	// KeyFieldOff as Config.KeyField turns the body field off.
@@ -33,10 +33,10 @@ const (
 
 // Config configures a Handler. Zero values take the defaults above.
 type Config struct {
-	Store Store // required
+	Store Store // required; the Handler does not close it
 
-	KeyHeader  string // header carrying the key
-	KeyField   string // top-level JSON body field carrying the key; KeyFieldOff disables it
+	KeyHeader  string // header carrying the key; default DefaultKeyHeader
+	KeyField   string // top-level JSON body field carrying the key; default DefaultKeyField; KeyFieldOff disables it
 	RequireKey bool   // answer 400 to a covered request without a key
 	// Scope returns the tenant a request belongs to; records of different
 	// scopes never meet. Default: the Authorization header.
@@ -54,30 +54,41 @@ type Config struct {
 	// namespace: the Caddy adapter gives the server's listen addresses.
 	// Default (nil, or ""): ":" and the port of the request's local address.
 	Listener func(*http.Request) string
-	Methods  []string // covered methods; default POST
+	Methods  []string // covered methods, upper case; default POST
 
-	TTL time.Duration // how long a completed record replays
+	// TTL is how long a completed record replays: at least a second;
+	// default DefaultTTL.
+	TTL time.Duration
 	// Lease is the length of an in-flight record's lease (the Caddyfile's
-	// lock_timeout). A live owner renews it every third of this, so it only
-	// runs out when the owner died.
+	// lock_timeout): at least 100ms; default DefaultLease. A live owner
+	// renews it every third of this, so it only runs out when the owner died.
 	Lease time.Duration
 	// Wait is how long a duplicate of an in-flight request waits for its
 	// result, which it then replays. 0 takes DefaultWait; NoWait (or any
 	// negative value) answers 409 idempotency_key_in_use at once.
 	Wait time.Duration
 
-	MaxBody int64 // larger covered requests get 413
-	// MaxResponse is the largest 2xx body kept, in bytes (identity-coded).
-	// A larger one still reaches its client whole, and completes the record
-	// without it: retries get 409 idempotency_response_not_stored.
-	MaxResponse    int64
-	ConflictStatus int // 409 or 422, for a key reused with other parameters
+	// MaxBody is the largest covered request body read, in bytes, after
+	// its Content-Encoding is decoded; a larger one gets 413. Default
+	// DefaultMaxBody.
+	MaxBody int64
+	// MaxResponse is the largest 2xx body kept, in bytes (identity-coded);
+	// default DefaultMaxResponse. A larger one still reaches its client
+	// whole, and completes the record without it: retries get 409
+	// idempotency_response_not_stored.
+	MaxResponse int64
+	// ConflictStatus answers a key reused with other parameters: 409
+	// (the default) or 422.
+	ConflictStatus int
 
 	// FailOpen forwards a keyed request unprotected, with a warning, when the
 	// store cannot begin it. The default answers 503 and forwards nothing: a
 	// create that went upstream without a record could be duplicated by a retry.
 	FailOpen bool
 
+	// Logger receives the warnings and errors of the store and the lease,
+	// and one debug line per decision. Default (nil): no logs at all
+	// (zap.NewNop).
 	Logger *zap.Logger
 	// RequestID names a request in log lines (request_id); nil leaves it out.
 	// Called only when a line is written.
@@ -92,7 +103,7 @@ type Config struct {
 
 func (c *Config) setDefaults() error {
 	if c.Store == nil {
-		return errors.New("idempotency: a Store is required")
+		return errors.New("idempotency: Config.Store is required")
 	}
 	if c.KeyHeader == "" {
 		c.KeyHeader = DefaultKeyHeader
@@ -130,20 +141,24 @@ func (c *Config) setDefaults() error {
 	return c.validate()
 }
 
+// validate names the Config field at fault in Go's words (the Caddyfile's
+// lock_timeout is Config.Lease, for one).
 func (c *Config) validate() error {
 	switch {
 	case c.TTL < time.Second:
-		return fmt.Errorf("idempotency: ttl %s is shorter than 1s", c.TTL)
+		return fmt.Errorf("idempotency: Config.TTL must be at least 1s, not %s", c.TTL)
 	case c.Lease < 100*time.Millisecond:
-		return fmt.Errorf("idempotency: Config.Lease %s is shorter than 100ms", c.Lease)
-	case c.MaxBody < 0 || c.MaxResponse < 0:
-		return errors.New("idempotency: max_body and max_response must be positive")
+		return fmt.Errorf("idempotency: Config.Lease must be at least 100ms, not %s", c.Lease)
+	case c.MaxBody < 0:
+		return fmt.Errorf("idempotency: Config.MaxBody must be 0 (the default) or more bytes, not %d", c.MaxBody)
+	case c.MaxResponse < 0:
+		return fmt.Errorf("idempotency: Config.MaxResponse must be 0 (the default) or more bytes, not %d", c.MaxResponse)
 	case c.ConflictStatus != http.StatusConflict && c.ConflictStatus != http.StatusUnprocessableEntity:
-		return fmt.Errorf("idempotency: conflict_status must be 409 or 422, not %d", c.ConflictStatus)
+		return fmt.Errorf("idempotency: Config.ConflictStatus must be 409 or 422, not %d", c.ConflictStatus)
 	}
 	for _, m := range c.Methods {
 		if !isUpperMethod(m) {
-			return fmt.Errorf("idempotency: method %q must be an upper-case HTTP method", m)
+			return fmt.Errorf("idempotency: Config.Methods: %q is not an upper-case HTTP method", m)
 		}
 	}
 	return nil

@@ -29,15 +29,41 @@ func (l keyLogger) withKey(rk RecordKey) keyLogger {
 	return l
 }
 
-func (l keyLogger) Debug(msg string, fields ...zap.Field) { l.write(zapcore.DebugLevel, msg, fields) }
 func (l keyLogger) Warn(msg string, fields ...zap.Field)  { l.write(zapcore.WarnLevel, msg, fields) }
 func (l keyLogger) Error(msg string, fields ...zap.Field) { l.write(zapcore.ErrorLevel, msg, fields) }
 
 func (l keyLogger) write(level zapcore.Level, msg string, fields []zap.Field) {
-	ce := l.log.Check(level, msg)
+	if ce := l.log.Check(level, msg); ce != nil {
+		l.emit(ce, fields)
+	}
+}
+
+// decision writes the debug line of a request's outcome; its fields are
+// only made when the line is written.
+func (l keyLogger) decision(v verdict) {
+	ce := l.log.Check(zapcore.DebugLevel, "idempotency decision")
 	if ce == nil {
 		return
 	}
+	fields := make([]zap.Field, 0, 8)
+	fields = append(fields, zap.String("outcome", string(v.outcome)))
+	if v.status != 0 {
+		fields = append(fields, zap.Int("status", v.status))
+	}
+	if v.reason != "" {
+		fields = append(fields, zap.String("reason", v.reason))
+	}
+	if v.detail.Key != "" {
+		fields = append(fields, v.detail)
+	}
+	if v.outcome == OutcomeRejected { // what was refused, for the operator who reads why
+		fields = append(fields, zap.String("method", l.r.Method), zap.String("path", l.r.URL.Path))
+	}
+	l.emit(ce, fields)
+}
+
+// emit writes ce with fields, the key's hash and the request id.
+func (l keyLogger) emit(ce *zapcore.CheckedEntry, fields []zap.Field) {
 	if l.keyed {
 		fields = append(fields, zap.String("key_hash", l.rk.String()))
 	}

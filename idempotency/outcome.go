@@ -13,7 +13,7 @@ type Outcome string
 
 const (
 	OutcomeStored      Outcome = "stored"      // claimed, forwarded, and the 2xx response stored
-	OutcomeStreamed    Outcome = "streamed"    // a 2xx the upstream flushed: passed on as it came, stored at its end if it fit max_response; decided when it starts, however it ends
+	OutcomeStreamed    Outcome = "streamed"    // a 2xx the upstream flushed: passed on as it came, stored at its end if it fit MaxResponse; decided when it starts, however it ends
 	OutcomeNotStored   Outcome = "not_stored"  // a 2xx too large to keep: the record is completed without it, and retries are told so
 	OutcomeReplayed    Outcome = "replayed"    // answered from a completed record
 	OutcomeConflict    Outcome = "conflict"    // key reused with other parameters
@@ -21,7 +21,7 @@ const (
 	OutcomePassthrough Outcome = "passthrough" // not covered, or no key: forwarded as is
 	OutcomeReleased    Outcome = "released"    // forwarded, not 2xx (or an error or panic before a 2xx, or a hijacked connection): the key is free again
 	OutcomeRejected    Outcome = "rejected"    // bad input answered 4xx, nothing forwarded or claimed
-	OutcomeStoreError  Outcome = "store_error" // the store failed: 503, or forwarded unprotected with fail_open, or the response could not be stored
+	OutcomeStoreError  Outcome = "store_error" // the store failed: 503, or forwarded unprotected with FailOpen, or the response could not be stored
 	OutcomeCanceled    Outcome = "canceled"    // the client left before it could be answered
 )
 
@@ -37,22 +37,57 @@ type Decision struct {
 	Key     RecordKey // the record key, logged as key_hash; valid when Keyed
 	Keyed   bool
 	// Status is the status answered, when the handler knows it at decision
-	// time (a refusal, a replay, a stored or released response); 0 otherwise.
+	// time (a refusal, a replay, a stored, streamed or released response);
+	// 0 otherwise (a request passed through, an error before any response).
 	Status int
-	// Reason says why, for released, not_stored and rejected outcomes (an
-	// error code or a short phrase such as "not stored"); "" otherwise.
+	// Reason says why: the error code of an answer in OpenAI's error
+	// envelope (rejected, conflict, in_flight, a 503 store_error, a replay of
+	// a response not stored), or a short phrase for released ("not stored",
+	// "error", "panic", "hijacked", "not owner"), not_stored ("larger than
+	// max_response", ...) and the other store errors ("fail open",
+	// "complete failed"); "" otherwise.
 	Reason string
 	// Duration is the time from the request's arrival at the handler to
 	// this decision.
 	Duration time.Duration
 }
 
-// decide reports the request's outcome to Config.Observe and writes the one
-// debug line for it. It runs before the answer is written, so placeholders
-// set by Observe reach response headers too.
-func (h *Handler) decide(r *http.Request, log keyLogger, outcome Outcome, fields ...zap.Field) {
-	if h.cfg.Observe != nil {
-		h.cfg.Observe(r, Decision{Outcome: outcome, Key: log.rk, Keyed: log.keyed})
+// verdict is a step's outcome, as the request's Decision reports it.
+type verdict struct {
+	outcome Outcome
+	status  int       // Decision.Status
+	reason  string    // Decision.Reason
+	detail  zap.Field // one more field for the debug line, when its Key is set
+}
+
+// exchange is one request on its way through Handle: it reports the
+// request's outcome, once, with the time since the request arrived.
+type exchange struct {
+	log     keyLogger
+	observe func(*http.Request, Decision)
+	start   time.Time
+	decided bool
+}
+
+func (h *Handler) start(r *http.Request) exchange {
+	return exchange{log: h.logger(r), observe: h.cfg.Observe, start: time.Now()}
+}
+
+// decide reports v to Config.Observe and writes the one debug line for it.
+// Only the first verdict counts: a response that goes out before it has
+// ended is decided as it starts, whatever becomes of its record. decide runs
+// before the answer is written, so placeholders set by Observe reach
+// response headers too.
+func (x *exchange) decide(v verdict) {
+	if x.decided {
+		return
 	}
-	log.Debug("idempotency decision", append(fields, zap.String("outcome", string(outcome)))...)
+	x.decided = true
+	if x.observe != nil {
+		x.observe(x.log.r, Decision{
+			Outcome: v.outcome, Key: x.log.rk, Keyed: x.log.keyed,
+			Status: v.status, Reason: v.reason, Duration: time.Since(x.start),
+		})
+	}
+	x.log.decision(v)
 }

@@ -31,7 +31,7 @@ type recorder struct {
 	// out early: handlers in front (encode) may change the shared map then.
 	sentHeader http.Header
 	// onSend runs once, before the header of a response that has not ended
-	// goes to the client (rec.overflow tells whether its copy survives).
+	// goes to the client (rw.overflow tells whether its copy survives).
 	onSend func()
 	// onOverflow runs once when a 2xx already on its way outgrows limit.
 	onOverflow func()
@@ -41,53 +41,53 @@ func newRecorder(w http.ResponseWriter, limit int64, buf *bytes.Buffer) *recorde
 	return &recorder{w: w, limit: limit, body: buf}
 }
 
-func (rec *recorder) Header() http.Header { return rec.w.Header() }
+func (rw *recorder) Header() http.Header { return rw.w.Header() }
 
-func (rec *recorder) WriteHeader(status int) {
+func (rw *recorder) WriteHeader(status int) {
 	if status >= 100 && status < 200 && status != http.StatusSwitchingProtocols {
-		rec.w.WriteHeader(status) // informational (103 Early Hints): not the final response
+		rw.w.WriteHeader(status) // informational (103 Early Hints): not the final response
 		return
 	}
-	if rec.wroteHeader {
+	if rw.wroteHeader {
 		return
 	}
-	rec.wroteHeader = true
-	rec.status = status
-	if !rec.succeeded() || isEventStream(rec.w.Header()) {
-		rec.send()
+	rw.wroteHeader = true
+	rw.status = status
+	if !rw.succeeded() || isEventStream(rw.w.Header()) {
+		rw.send()
 	}
 }
 
-func (rec *recorder) Write(p []byte) (int, error) {
-	if !rec.wroteHeader {
-		rec.WriteHeader(http.StatusOK)
+func (rw *recorder) Write(p []byte) (int, error) {
+	if !rw.wroteHeader {
+		rw.WriteHeader(http.StatusOK)
 	}
-	if !rec.succeeded() {
-		return rec.w.Write(p)
+	if !rw.succeeded() {
+		return rw.w.Write(p)
 	}
-	if !rec.overflow && int64(rec.body.Len()+len(p)) > rec.limit {
-		rec.overflow = true
-		if rec.sending {
-			rec.body.Reset()
-			if rec.onOverflow != nil {
-				rec.onOverflow()
+	if !rw.overflow && int64(rw.body.Len()+len(p)) > rw.limit {
+		rw.overflow = true
+		if rw.sending {
+			rw.body.Reset()
+			if rw.onOverflow != nil {
+				rw.onOverflow()
 			}
 		} else {
-			rec.send() // sends what is held, then drops it
+			rw.send() // sends what is held, then drops it
 		}
 	}
-	if !rec.sending {
-		return rec.body.Write(p)
+	if !rw.sending {
+		return rw.body.Write(p)
 	}
-	if rec.overflow {
-		return rec.w.Write(p)
+	if rw.overflow {
+		return rw.w.Write(p)
 	}
 	// A stream being kept: a client that left must not cut it short, so
 	// the record still gets the whole response and the retry replays it.
-	rec.body.Write(p)
-	if !rec.clientGone {
-		if _, err := rec.w.Write(p); err != nil {
-			rec.clientGone = true
+	rw.body.Write(p)
+	if !rw.clientGone {
+		if _, err := rw.w.Write(p); err != nil {
+			rw.clientGone = true
 		}
 	}
 	return len(p), nil
@@ -95,63 +95,63 @@ func (rec *recorder) Write(p []byte) (int, error) {
 
 // Flush starts a held response on its way: the upstream means the client to
 // have what it has so far.
-func (rec *recorder) Flush() {
-	if rec.wroteHeader && !rec.sending {
-		rec.send()
+func (rw *recorder) Flush() {
+	if rw.wroteHeader && !rw.sending {
+		rw.send()
 	}
-	if rec.sending && !rec.clientGone {
-		_ = http.NewResponseController(rec.w).Flush()
+	if rw.sending && !rw.clientGone {
+		_ = http.NewResponseController(rw.w).Flush()
 	}
 }
 
 // Unwrap lets http.ResponseController reach the connection for deadlines.
-func (rec *recorder) Unwrap() http.ResponseWriter { return rec.w }
+func (rw *recorder) Unwrap() http.ResponseWriter { return rw.w }
 
 // Hijack hands the connection over, as reverse_proxy does for an upgrade,
 // and marks the response as one the recorder never sees: it is not kept.
-func (rec *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, rw, err := http.NewResponseController(rec.w).Hijack()
+func (rw *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, buf, err := http.NewResponseController(rw.w).Hijack()
 	if err == nil {
-		rec.hijacked = true
+		rw.hijacked = true
 	}
-	return conn, rw, err
+	return conn, buf, err
 }
 
 // send writes the header and what is held so far to the client; from then on
 // every write goes through. The held copy stays unless it has overflowed.
-func (rec *recorder) send() {
-	if rec.sending {
+func (rw *recorder) send() {
+	if rw.sending {
 		return
 	}
-	rec.sending = true
-	if rec.onSend != nil {
-		rec.onSend()
+	rw.sending = true
+	if rw.onSend != nil {
+		rw.onSend()
 	}
-	if rec.succeeded() {
-		rec.sentHeader = rec.w.Header().Clone()
+	if rw.succeeded() {
+		rw.sentHeader = rw.w.Header().Clone()
 	}
-	rec.w.WriteHeader(rec.status)
-	if rec.body.Len() > 0 {
-		_, _ = rec.w.Write(rec.body.Bytes())
+	rw.w.WriteHeader(rw.status)
+	if rw.body.Len() > 0 {
+		_, _ = rw.w.Write(rw.body.Bytes())
 	}
-	if rec.overflow || !rec.succeeded() {
-		rec.body.Reset()
+	if rw.overflow || !rw.succeeded() {
+		rw.body.Reset()
 	}
 }
 
 // succeeded reports whether the upstream answered 2xx: it acted, and a retry
 // must never make it act again.
-func (rec *recorder) succeeded() bool {
-	return rec.wroteHeader && rec.status >= 200 && rec.status <= 299
+func (rw *recorder) succeeded() bool {
+	return rw.wroteHeader && rw.status >= 200 && rw.status <= 299
 }
 
 // header is the upstream's response header: as it went out, for a response
 // already sent.
-func (rec *recorder) header() http.Header {
-	if rec.sentHeader != nil {
-		return rec.sentHeader
+func (rw *recorder) header() http.Header {
+	if rw.sentHeader != nil {
+		return rw.sentHeader
 	}
-	return rec.w.Header()
+	return rw.w.Header()
 }
 
 func isEventStream(h http.Header) bool {

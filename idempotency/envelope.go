@@ -25,6 +25,11 @@ const (
 	CodeResponseNotStored = "idempotency_response_not_stored" // the first request succeeded; its response was not kept
 )
 
+const (
+	inUseMessage       = "A request with this idempotency key is still being processed. Retry after it completes."
+	unavailableMessage = "The idempotency store is unavailable. Retry later."
+)
+
 // reuseMessage is llama-stack's ConflictError text, word for word, so clients
 // written against llama-stack see the same message.
 func reuseMessage(key string) string {
@@ -66,11 +71,9 @@ var (
 	retryNo  = false
 )
 
-// writeInUse tells the client the same request is still running and when to ask again.
-func writeInUse(w http.ResponseWriter, after time.Duration) {
-	secs := int((after + time.Second - 1) / time.Second)
-	w.Header().Set("Retry-After", strconv.Itoa(secs))
-	w.Header().Set("retry-after-ms", strconv.FormatInt(after.Milliseconds(), 10))
-	writeError(w, http.StatusConflict, CodeKeyInUse,
-		"A request with this idempotency key is still being processed. Retry after it completes.", &retryYes)
+// setRetryAfter tells the client when to ask again: Retry-After in whole
+// seconds, rounded up, and retry-after-ms, which OpenAI's SDKs prefer.
+func setRetryAfter(h http.Header, after time.Duration) {
+	h.Set("Retry-After", strconv.Itoa(int((after+time.Second-1)/time.Second)))
+	h.Set("retry-after-ms", strconv.FormatInt(after.Milliseconds(), 10))
 }
