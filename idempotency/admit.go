@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/jcs"
 )
 
 // admission is what the admission step makes of a covered request: either
@@ -36,7 +38,7 @@ type refusal struct {
 // it read is restored on r for a pass; a keyed request's body is set by the
 // claim, since only its owner goes upstream.
 func (h *Handler) admit(r *http.Request) (admission, *refusal) {
-	key, hasKey, err := ParseKeyHeader(r.Header.Values(h.cfg.KeyHeader))
+	key, hasKey, err := parseKeyHeader(r.Header.Values(h.cfg.KeyHeader))
 	if err != nil {
 		return admission{}, &refusal{http.StatusBadRequest, CodeInvalidKey, err.Error(), &retryNo}
 	}
@@ -56,7 +58,7 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		return admission{}, h.bodyRefusal(err)
 	}
 	// content is the body as the upstream's application reads it.
-	content, kind, wasEncoded := raw, bodyRaw, false // kind is of the canonical form
+	content, kind, wasEncoded := raw, BodyRaw, false // kind is of the canonical form
 	if codings := contentCodings(r.Header); len(codings) > 0 && len(raw) > 0 {
 		decoded, err := decodeContent(codings, raw, h.cfg.MaxBody)
 		var bad *ContentCodingError
@@ -69,7 +71,7 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 			if !hasKey {
 				return h.pass(r, raw, false)
 			}
-			jsonType, media, kind = false, "", bodyEncoded
+			jsonType, media, kind = false, "", BodyEncoded
 			content = appendEncoded(make([]byte, 0, len(raw)+32), codings, raw)
 		case errors.As(err, &bad) && !hasKey:
 			return h.pass(r, raw, false) // not ours to judge without a key
@@ -90,28 +92,28 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		if !hasKey && !h.cfg.RequireKey && !mayNameField(content, field) {
 			return h.pass(r, raw, false) // keyless: what a parse would find too, without one
 		}
-		parsed, perr := ParseJSON(content, field, (*bufp)[:0])
+		canon, removed, perr := jcs.AppendJSONWithout((*bufp)[:0], content, field)
 		switch {
 		case perr != nil && !hasKey && !h.cfg.RequireKey && !mentionsField(content, field):
 			return h.pass(r, raw, false) // not ours to judge: without a key the request passes as sent
-		case errors.Is(perr, ErrKeyFieldNotString):
+		case errors.Is(perr, jcs.ErrMemberNotString):
 			return admission{}, &refusal{http.StatusBadRequest, CodeInvalidKey, "The " + h.cfg.KeyField + " field must be a string or null.", &retryNo}
 		case perr != nil:
 			return admission{}, &refusal{http.StatusBadRequest, CodeInvalidJSON, "The request body is not valid JSON: " + perr.Error(), nil}
 		}
-		*bufp = parsed.Canonical[:0]
-		kind, canonical = bodyJSON, parsed.Canonical
-		if len(parsed.Stripped) != len(content) { // the key field is removed before the request goes upstream
-			upstream, decoded = parsed.Stripped, wasEncoded
+		*bufp = canon[:0]
+		kind, canonical = BodyJSON, canon
+		if len(removed.Stripped) != len(content) { // the key field is removed before the request goes upstream
+			upstream, decoded = removed.Stripped, wasEncoded
 		}
-		if parsed.HasKey {
-			if err := ValidateKey(parsed.Key); err != nil {
+		if removed.Found {
+			if err := ValidateKey(removed.Value); err != nil {
 				return admission{}, &refusal{http.StatusBadRequest, CodeInvalidKey, err.Error(), &retryNo}
 			}
-			if hasKey && parsed.Key != key {
+			if hasKey && removed.Value != key {
 				return admission{}, &refusal{http.StatusBadRequest, CodeInvalidKey, ErrKeyMismatch.Error(), &retryNo}
 			}
-			key, hasKey = parsed.Key, true
+			key, hasKey = removed.Value, true
 		}
 		if !hasKey {
 			if h.cfg.RequireKey {
@@ -128,19 +130,17 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 			// would be two requests under one fingerprint.
 			boundary = params["boundary"]
 		}
-		c, err := canonicalMultipart((*bufp)[:0], content, boundary)
+		c, err := jcs.AppendMultipart((*bufp)[:0], content, boundary)
 		if err != nil {
 			return admission{}, &refusal{http.StatusBadRequest, CodeInvalidMultipart, "The request body could not be read as multipart/form-data: " + err.Error(), &retryNo}
 		}
 		*bufp = c[:0]
-		kind, canonical = bodyMultipart, c
-	case media == "application/x-www-form-urlencoded" && isSerializedForm(content):
-		c, err := canonicalURLEncoded((*bufp)[:0], content)
-		if err != nil {
-			return admission{}, &refusal{http.StatusBadRequest, CodeInvalidForm, "The request body could not be read as a form: " + err.Error(), &retryNo}
-		}
+		kind, canonical = BodyMultipart, c
+	case media == "application/x-www-form-urlencoded" && jcs.IsForm(content):
+		// Any other body is not a form to the client that wrote it: it is hashed raw.
+		c := jcs.AppendForm((*bufp)[:0], content)
 		*bufp = c[:0]
-		kind, canonical = bodyForm, c
+		kind, canonical = BodyForm, c
 	}
 	if !hasKey {
 		if h.cfg.RequireKey {

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/jcs"
 )
 
 // Versions of the hashed tuples: bump one when its layout changes, so old
@@ -18,23 +20,38 @@ const (
 	recordKeyVersion   = "caddy-idempotency/record-key/v2"
 )
 
-// bodyKind tells a canonical JSON body from raw bytes in the fingerprint, so
-// the same bytes sent as JSON and as another media type never collide.
-type bodyKind byte
+// BodyKind says which canonical form a body passed to NewFingerprint is in.
+// It is hashed with the body (one byte, the constant's value), so the same
+// bytes in two forms never share a fingerprint.
+type BodyKind byte
 
+// The kinds of body, with the media types the handler gives each (see
+// Handler.Handle). Each value is part of the fingerprint layout: changing one
+// needs a new fingerprint version.
 const (
-	bodyRaw       bodyKind = 'r'
-	bodyJSON      bodyKind = 'j'
-	bodyMultipart bodyKind = 'm'
-	bodyForm      bodyKind = 'f'
-	bodyEncoded   bodyKind = 'e' // in codings this handler cannot decode: those codings, then the raw bytes
+	// BodyRaw: the bytes as the upstream's application reads them, decoded
+	// from their Content-Encoding. Every body not listed below: other media
+	// types, an empty JSON body, a urlencoded body that jcs.IsForm rejects.
+	BodyRaw BodyKind = 'r'
+	// BodyJSON: jcs.AppendJSONWithout's output, without the key field.
+	// A non-empty application/json or +json body.
+	BodyJSON BodyKind = 'j'
+	// BodyMultipart: jcs.AppendMultipart's output. multipart/form-data.
+	BodyMultipart BodyKind = 'm'
+	// BodyForm: jcs.AppendForm's output. application/x-www-form-urlencoded.
+	BodyForm BodyKind = 'f'
+	// BodyEncoded: a body in content codings the handler cannot decode, as
+	// the uvarint count of codings, each coding (lower-cased, in the order
+	// applied) as a uvarint length and its bytes, then the raw body.
+	BodyEncoded BodyKind = 'e'
 )
 
 // NewFingerprint hashes the request as the upstream receives it: method, the
 // escaped path (see appendCanonicalPath), the raw query with its pairs in a
-// canonical order (see queryFields), and the body in its canonical form for
-// kind. Every field is length-prefixed, so no two tuples share an encoding.
-func NewFingerprint(method, escapedPath, rawQuery string, kind bodyKind, body []byte) Fingerprint {
+// canonical order (see queryFields), and the body in the canonical form that
+// kind names. Every field is length-prefixed, so no two tuples share an
+// encoding.
+func NewFingerprint(method, escapedPath, rawQuery string, kind BodyKind, body []byte) Fingerprint {
 	d := hashPool.Get().(*tupleHash)
 	defer hashPool.Put(d)
 	d.reset()
@@ -148,14 +165,14 @@ func (d *tupleHash) queryFields(rawQuery string) {
 	d.pairs = pairs[:0]
 }
 
-// sortByDecodedName sorts pairs stably by their names decoded leniently (see
-// appendLenientUnescape), written once each into d.buf.
+// sortByDecodedName sorts pairs stably by their names decoded as servers
+// decode them (see jcs.AppendFormDecoded), written once each into d.buf.
 func (d *tupleHash) sortByDecodedName(pairs []string) {
 	names := d.names[:0]
 	d.buf = d.buf[:0]
 	for _, p := range pairs {
 		start := len(d.buf)
-		d.buf = appendLenientUnescape(d.buf, []byte(pairName(p)))
+		d.buf = jcs.AppendFormDecoded(d.buf, []byte(pairName(p)))
 		names = append(names, [2]int{start, len(d.buf)})
 	}
 	order := d.order[:0]

@@ -4,10 +4,12 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"testing"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency/jcs"
 )
 
 func TestFingerprintEachFieldCounts(t *testing.T) {
-	m, p, q, k, b := "POST", "/v1/batches", "x=1", bodyJSON, []byte(`{"endpoint":"/v1/chat/completions"}`)
+	m, p, q, k, b := "POST", "/v1/batches", "x=1", BodyJSON, []byte(`{"endpoint":"/v1/chat/completions"}`)
 	ref := NewFingerprint(m, p, q, k, b)
 	if ref != NewFingerprint(m, p, "x=1", k, []byte(`{"endpoint":"/v1/chat/completions"}`)) {
 		t.Fatal("the same inputs give different fingerprints")
@@ -16,7 +18,7 @@ func TestFingerprintEachFieldCounts(t *testing.T) {
 		"method": NewFingerprint("PUT", p, q, k, b),
 		"path":   NewFingerprint(m, "/v1/files", q, k, b),
 		"query":  NewFingerprint(m, p, "x=2", k, b),
-		"kind":   NewFingerprint(m, p, q, bodyRaw, b),
+		"kind":   NewFingerprint(m, p, q, BodyRaw, b),
 		"body":   NewFingerprint(m, p, q, k, []byte(`{"endpoint":"/v1/embeddings"}`)),
 	}
 	for name, fp := range variants {
@@ -32,13 +34,13 @@ func TestFingerprintEachFieldCounts(t *testing.T) {
 // Each field is length-prefixed: moving bytes from one field into its
 // neighbour must change the hash.
 func TestFingerprintLengthPrefixed(t *testing.T) {
-	if NewFingerprint("POST", "/ab", "", bodyRaw, []byte("c")) == NewFingerprint("POST", "/a", "", bodyRaw, []byte("bc")) {
+	if NewFingerprint("POST", "/ab", "", BodyRaw, []byte("c")) == NewFingerprint("POST", "/a", "", BodyRaw, []byte("bc")) {
 		t.Error("path/body boundary is ambiguous")
 	}
-	if NewFingerprint("POS", "T/a", "", bodyRaw, nil) == NewFingerprint("POST", "/a", "", bodyRaw, nil) {
+	if NewFingerprint("POS", "T/a", "", BodyRaw, nil) == NewFingerprint("POST", "/a", "", BodyRaw, nil) {
 		t.Error("method/path boundary is ambiguous")
 	}
-	if NewFingerprint("POST", "/a", "b&c", bodyRaw, nil) == NewFingerprint("POST", "/a", "b", bodyRaw, []byte("c")) {
+	if NewFingerprint("POST", "/a", "b&c", BodyRaw, nil) == NewFingerprint("POST", "/a", "b", BodyRaw, []byte("c")) {
 		t.Error("query/body boundary is ambiguous")
 	}
 }
@@ -64,7 +66,7 @@ func TestFingerprintLayoutV2(t *testing.T) {
 	in = field(in, "j")
 	in = field(in, body)
 	want := Fingerprint(sha256.Sum256(in))
-	got := NewFingerprint("POST", "/v1/%62atches", "b=2&&a=1", bodyJSON, []byte(body))
+	got := NewFingerprint("POST", "/v1/%62atches", "b=2&&a=1", BodyJSON, []byte(body))
 	if got != want {
 		t.Fatalf("fingerprint layout changed: got %x, want %x", got, want)
 	}
@@ -109,7 +111,7 @@ func BenchmarkFingerprint(b *testing.B) {
 	body := []byte(`{"completion_window":"24h","endpoint":"/v1/chat/completions","input_file_id":"file-abc123"}`)
 	b.ReportAllocs()
 	for b.Loop() {
-		NewFingerprint("POST", "/v1/batches", "", bodyJSON, body)
+		NewFingerprint("POST", "/v1/batches", "", BodyJSON, body)
 	}
 }
 
@@ -118,4 +120,14 @@ func BenchmarkRecordKey(b *testing.B) {
 	for b.Loop() {
 		NewRecordKey("api.example.com", "Bearer sk-test-0123456789abcdef", "9f2c1e0a-batch-create")
 	}
+}
+
+// TestLeaseTakeover in handler_test.go still computes its fingerprint with
+// the names of before the jcs package; these keep it compiling until it
+// calls jcs.AppendJSONWithout and uses BodyJSON itself. Remove them then.
+const bodyJSON = BodyJSON
+
+func ParseJSON(body []byte, keyField string, dst []byte) (struct{ Canonical []byte }, error) {
+	c, _, err := jcs.AppendJSONWithout(dst[:0], body, keyField)
+	return struct{ Canonical []byte }{c}, err
 }

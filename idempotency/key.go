@@ -18,11 +18,11 @@ var (
 	ErrKeyMismatch   = errors.New("the Idempotency-Key header and the idempotency key in the body differ")
 )
 
-// ParseKeyHeader reads the key from the values of the key header field. The
+// parseKeyHeader reads the key from the values of the key header field. The
 // value is an RFC 8941 sf-string ("...") or a bare token of printable ASCII;
 // bare values may not contain a comma, since a proxy that merges two header
 // fields joins them with one. ok is false when the header is absent.
-func ParseKeyHeader(values []string) (key string, ok bool, err error) {
+func parseKeyHeader(values []string) (key string, ok bool, err error) {
 	switch len(values) {
 	case 0:
 		return "", false, nil

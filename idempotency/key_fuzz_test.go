@@ -11,7 +11,7 @@ import (
 // escaped, and the only escapes \" and \\.
 var sfStringRE = regexp.MustCompile(`^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"$`)
 
-// referenceKey is a plain restatement of ParseKeyHeader's rules for one
+// referenceKey is a plain restatement of parseKeyHeader's rules for one
 // header value: the key it accepts, or ok == false.
 func referenceKey(v string) (key string, ok bool) {
 	v = strings.Trim(v, " \t")
@@ -40,7 +40,7 @@ func referenceKey(v string) (key string, ok bool) {
 
 var keyErrors = []error{ErrKeyDuplicated, ErrKeyEmpty, ErrKeyTooLong, ErrKeyCharacters, ErrKeySyntax}
 
-// FuzzParseKeyHeader feeds ParseKeyHeader n (0 to 3) header values taken in
+// FuzzParseKeyHeader feeds parseKeyHeader n (0 to 3) header values taken in
 // turn from a and b.
 func FuzzParseKeyHeader(f *testing.F) {
 	for _, s := range []struct {
@@ -68,7 +68,7 @@ func FuzzParseKeyHeader(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, a, b string, n uint8) {
 		values := []string{a, b, a}[:n%4]
-		key, ok, err := ParseKeyHeader(values)
+		key, ok, err := parseKeyHeader(values)
 		switch {
 		case len(values) == 0:
 			if key != "" || ok || err != nil {
@@ -116,7 +116,7 @@ func FuzzParseKeyHeader(f *testing.F) {
 		if ser != trimmed {
 			t.Fatalf("%q accepted as %q, which serializes to %q", a, key, ser)
 		}
-		if back, _, err := ParseKeyHeader([]string{ser}); err != nil || back != key {
+		if back, _, err := parseKeyHeader([]string{ser}); err != nil || back != key {
 			t.Fatalf("%q re-serialized as %q parses to %q, %v", key, ser, back, err)
 		}
 	})

@@ -61,18 +61,18 @@ func TestParseKeyHeader(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			key, ok, err := ParseKeyHeader(tc.values)
+			key, ok, err := parseKeyHeader(tc.values)
 			if !ok {
-				t.Fatalf("ParseKeyHeader(%q): ok = false, want true (a key header is present)", tc.values)
+				t.Fatalf("parseKeyHeader(%q): ok = false, want true (a key header is present)", tc.values)
 			}
 			if tc.err != nil {
 				if !errors.Is(err, tc.err) {
-					t.Fatalf("ParseKeyHeader(%q) = %q, %v; want error %v", tc.values, key, err, tc.err)
+					t.Fatalf("parseKeyHeader(%q) = %q, %v; want error %v", tc.values, key, err, tc.err)
 				}
 				return
 			}
 			if err != nil || key != tc.want {
-				t.Fatalf("ParseKeyHeader(%q) = %q, %v; want %q, nil", tc.values, key, err, tc.want)
+				t.Fatalf("parseKeyHeader(%q) = %q, %v; want %q, nil", tc.values, key, err, tc.want)
 			}
 		})
 	}
@@ -80,9 +80,9 @@ func TestParseKeyHeader(t *testing.T) {
 
 func TestParseKeyHeaderAbsent(t *testing.T) {
 	for _, values := range [][]string{nil, {}} {
-		key, ok, err := ParseKeyHeader(values)
+		key, ok, err := parseKeyHeader(values)
 		if ok || err != nil || key != "" {
-			t.Errorf("ParseKeyHeader(%#v) = %q, %v, %v; want \"\", false, nil", values, key, ok, err)
+			t.Errorf("parseKeyHeader(%#v) = %q, %v, %v; want \"\", false, nil", values, key, ok, err)
 		}
 	}
 }

@@ -1,9 +1,88 @@
-package idempotency
+package jcs
 
 import (
 	"math"
 	"strconv"
 )
+
+// number validates an RFC 8259 §6 number and writes it as RFC 8785 §3.2.2.3
+// requires: as ECMAScript prints the nearest double. A number beyond the
+// double range is an error (I-JSON, RFC 7493 §2.2); one that underflows is 0.
+func (p *parser) number(out []byte) ([]byte, error) {
+	src := p.src
+	start := p.pos
+	i := start
+	if src[i] == '-' {
+		i++
+	}
+	digitsStart := i
+	if i >= len(src) {
+		return out, p.errEOF()
+	}
+	switch c := src[i]; {
+	case c == '0':
+		i++
+	case c >= '1' && c <= '9':
+		i++
+		for i < len(src) && src[i] >= '0' && src[i] <= '9' {
+			i++
+		}
+	default:
+		return out, p.errAt(i, "invalid number")
+	}
+	intDigits := i - digitsStart
+	simple := true
+	var err error
+	if i < len(src) && src[i] == '.' {
+		simple = false
+		if i, err = p.digits(i+1, "after '.'"); err != nil {
+			return out, err
+		}
+	}
+	if i < len(src) && (src[i] == 'e' || src[i] == 'E') {
+		simple = false
+		i++
+		if i < len(src) && (src[i] == '+' || src[i] == '-') {
+			i++
+		}
+		if i, err = p.digits(i, "in exponent"); err != nil {
+			return out, err
+		}
+	}
+	p.pos = i
+	// Integers of up to 15 digits are exact doubles that ECMAScript prints
+	// digit for digit, so they need no conversion.
+	if simple && intDigits <= 15 {
+		if intDigits == 1 && src[digitsStart] == '0' {
+			return append(out, '0'), nil // also "-0"
+		}
+		return append(out, src[start:i]...), nil
+	}
+	if res, ok := appendESDecimal(out, src[start:i]); ok {
+		return res, nil
+	}
+	f, err := strconv.ParseFloat(string(src[start:i]), 64)
+	if err != nil {
+		return out, p.errAt(start, "number out of range")
+	}
+	return appendESNumber(out, f), nil
+}
+
+// digits scans the one or more digits RFC 8259 §6 requires at src[i] (after
+// a number's '.', and in its exponent) and returns the offset after them.
+func (p *parser) digits(i int, where string) (int, error) {
+	src := p.src
+	if i >= len(src) {
+		return 0, p.errEOF()
+	}
+	if src[i] < '0' || src[i] > '9' {
+		return 0, p.errAt(i, "invalid number: expected digit "+where)
+	}
+	for i < len(src) && src[i] >= '0' && src[i] <= '9' {
+		i++
+	}
+	return i, nil
+}
 
 // appendESNumber appends f as ECMAScript's Number.prototype.toString would
 // (ECMA-262 Number::toString, as RFC 8785 section 3.2.2.3 requires): the
@@ -14,7 +93,7 @@ func appendESNumber(dst []byte, f float64) []byte {
 		return append(dst, '0') // also -0
 	}
 	if math.IsNaN(f) || math.IsInf(f, 0) {
-		panic("idempotency: appendESNumber of a non-finite number")
+		panic("jcs: appendESNumber of a non-finite number")
 	}
 	var buf [32]byte
 	b := strconv.AppendFloat(buf[:0], f, 'e', -1, 64) // -d.ddddde±dd

@@ -1,4 +1,4 @@
-package idempotency
+package jcs
 
 import (
 	"bytes"
@@ -70,9 +70,9 @@ type mpInput struct{ body, boundary string }
 
 func canonMultipart(t *testing.T, in mpInput) []byte {
 	t.Helper()
-	out, err := canonicalMultipart(nil, []byte(in.body), in.boundary)
+	out, err := AppendMultipart(nil, []byte(in.body), in.boundary)
 	if err != nil {
-		t.Fatalf("canonicalMultipart(%q, %q): %v", in.body, in.boundary, err)
+		t.Fatalf("AppendMultipart(%q, %q): %v", in.body, in.boundary, err)
 	}
 	return out
 }
@@ -214,25 +214,25 @@ func TestCanonicalMultipartLayout(t *testing.T) {
 func TestCanonicalMultipartAppends(t *testing.T) {
 	body := []byte(mpHandBody("b", "\r\nv"))
 	prefix := []byte("prefix")
-	out, err := canonicalMultipart(prefix, body, "b")
+	out, err := AppendMultipart(prefix, body, "b")
 	if err != nil {
 		t.Fatal(err)
 	}
-	alone, _ := canonicalMultipart(nil, body, "b")
+	alone, _ := AppendMultipart(nil, body, "b")
 	if !bytes.Equal(out, append([]byte("prefix"), alone...)) {
 		t.Errorf("got %q", out)
 	}
-	out, err = canonicalMultipart(prefix, []byte("--b\r\n"), "b")
+	out, err = AppendMultipart(prefix, []byte("--b\r\n"), "b")
 	if err == nil || string(out) != "prefix" {
 		t.Errorf("on error: %q, %v; want dst unchanged", out, err)
 	}
 }
 
-func wantFormError(t *testing.T, err error, prefix string) *FormError {
+func wantMultipartError(t *testing.T, err error, prefix string) *MultipartError {
 	t.Helper()
-	var fe *FormError
+	var fe *MultipartError
 	if !errors.As(err, &fe) {
-		t.Fatalf("err = %v (%T), want *FormError", err, err)
+		t.Fatalf("err = %v (%T), want *MultipartError", err, err)
 	}
 	if !strings.HasPrefix(fe.Msg, prefix) {
 		t.Errorf("Msg = %q, want prefix %q", fe.Msg, prefix)
@@ -273,11 +273,11 @@ func TestCanonicalMultipartMalformed(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			out, err := canonicalMultipart(nil, []byte(c.body), c.boundary)
+			out, err := AppendMultipart(nil, []byte(c.body), c.boundary)
 			if err == nil {
 				t.Fatalf("accepted %q: %q", c.body, out)
 			}
-			wantFormError(t, err, "invalid multipart body: ")
+			wantMultipartError(t, err, "invalid multipart body: ")
 		})
 	}
 }
@@ -287,8 +287,8 @@ func TestCanonicalMultipartTooManyHeaders(t *testing.T) {
 	for range 10001 {
 		h.WriteString("X-A: 1\r\n")
 	}
-	_, err := canonicalMultipart(nil, []byte(mpHandBody("b", h.String()+"\r\nv")), "b")
-	wantFormError(t, err, "invalid multipart body: ")
+	_, err := AppendMultipart(nil, []byte(mpHandBody("b", h.String()+"\r\nv")), "b")
+	wantMultipartError(t, err, "invalid multipart body: ")
 	if !errors.Is(err, multipart.ErrMessageTooLarge) {
 		t.Errorf("err = %v, want it to wrap multipart.ErrMessageTooLarge", err)
 	}
@@ -303,10 +303,10 @@ func TestCanonicalMultipartTruncated(t *testing.T) {
 	for _, body := range bodies {
 		closeAt := strings.LastIndex(body, "--bnd--") + len("--bnd--")
 		for n := range closeAt {
-			if out, err := canonicalMultipart(nil, []byte(body[:n]), "bnd"); err == nil {
+			if out, err := AppendMultipart(nil, []byte(body[:n]), "bnd"); err == nil {
 				t.Errorf("accepted prefix %q: %q", body[:n], out)
 			} else {
-				wantFormError(t, err, "invalid multipart body: ")
+				wantMultipartError(t, err, "invalid multipart body: ")
 			}
 		}
 		whole := canonMultipart(t, mpInput{body, "bnd"})
@@ -326,102 +326,8 @@ func BenchmarkCanonicalMultipart(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		var err error
-		if dst, err = canonicalMultipart(dst[:0], body, "----WebKitFormBoundary7MA4YWxkTrZu0gW"); err != nil {
+		if dst, err = AppendMultipart(dst[:0], body, "----WebKitFormBoundary7MA4YWxkTrZu0gW"); err != nil {
 			b.Fatal(err)
 		}
-	}
-}
-
-func formCanon(t *testing.T, body string) []byte {
-	t.Helper()
-	out, err := canonicalURLEncoded(nil, []byte(body))
-	if err != nil {
-		t.Fatalf("canonicalURLEncoded(%q): %v", body, err)
-	}
-	return out
-}
-
-func TestCanonicalFormCollide(t *testing.T) {
-	cases := [][2]string{
-		{"a=1&b=2", "b=2&a=1"},
-		{"a=x+y", "a=x%20y"},
-		{"%41=1", "A=1"},
-		{"a=%c3%a9", "a=%C3%A9"},
-		{"a=1&&b=2", "a=1&b=2"},
-		{"&a=1&", "a=1"},
-		{"", "&&&"},
-		{"a==", "a=%3D"},
-		{"a=%zz&b=1", "b=1&a=%zz"},
-		{"a=1&a=2&b=3", "b=3&a=1&a=2"},
-		{"n+m=v", "n%20m=v"},
-		{"a=%2b", "a=%2B"},
-	}
-	for _, c := range cases {
-		if a, b := formCanon(t, c[0]), formCanon(t, c[1]); !bytes.Equal(a, b) {
-			t.Errorf("%q and %q: canonical forms differ:\n%q\n%q", c[0], c[1], a, b)
-		}
-	}
-}
-
-func TestCanonicalFormDistinct(t *testing.T) {
-	cases := [][2]string{
-		{"a=2&a=1", "a=1&a=2"},     // a repeated name keeps its order: the first value is not the same
-		{"a=%zz&a=1", "a=1&a=%zz"}, // a raw pair is ordered with the other pairs of its name
-		{"a%zz=1&a%25zz=2", "a%25zz=2&a%zz=1"},
-		{"items%5B%5D=1&x=a&items%5B%5D=2", "items%5B%5D=2&x=a&items%5B%5D=1"},
-		{"a", "a="},
-		{"a=1&a=1", "a=1"},
-		{"a=%zz", "a=zz"},
-		{"a=%zz", "a=%25zz"},
-		{"a=zz", "a=%25zz"},
-		{"a=%4", "a=%254"},
-		{"a=x%26b=y", "a=x&b=y"},
-		{"a=1;b=2", "a=1&b=2"},
-		{"a%3D1", "a=1"},
-		{"=a", "a"},
-		{"=a", "a="},
-		{"a=+", "a=%2B"},
-		{"a=1", "a=2"},
-		{"a=1", ""},
-		{"a=", ""},
-		{"a=b=c", "a=b&c"},
-		{"a=%zz", "a%3D%25zz"},
-	}
-	for _, c := range cases {
-		if a, b := formCanon(t, c[0]), formCanon(t, c[1]); bytes.Equal(a, b) {
-			t.Errorf("%q and %q: canonical forms collide: %q", c[0], c[1], a)
-		}
-	}
-}
-
-func TestCanonicalFormLayout(t *testing.T) {
-	got := formCanon(t, "b=%zz&a=x+y&a")
-	want := "\x07form/v1" + "\x03" +
-		"d\x01a\x01\x03x y" + // a=x y, first of its name
-		"d\x01a\x00" + // a
-		"r\x05b=%zz" // raw segment
-	if string(got) != want {
-		t.Errorf("got  %q\nwant %q", got, want)
-	}
-	if got := formCanon(t, ""); string(got) != "\x07form/v1\x00" {
-		t.Errorf("empty body: %q", got)
-	}
-}
-
-func TestCanonicalFormAppends(t *testing.T) {
-	out, err := canonicalURLEncoded([]byte("prefix"), []byte("a=1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := "prefix" + string(formCanon(t, "a=1")); string(out) != want {
-		t.Errorf("got %q, want %q", out, want)
-	}
-}
-
-func TestCanonicalFormNotMultipart(t *testing.T) {
-	form := formCanon(t, "")
-	mp := canonMultipart(t, mpInput{"--b--", "b"})
-	if bytes.Equal(form, mp) {
-		t.Errorf("empty form and empty multipart collide: %q", form)
 	}
 }

@@ -1,4 +1,4 @@
-package idempotency
+package jcs
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 )
 
 // referenceJCS is a deliberately plain RFC 8785 serializer of a value decoded
-// by encoding/json, used as an oracle for ParseJSON. It shares only the
+// by encoding/json, used as an oracle for AppendJSONWithout. It shares only the
 // number formatter, which has its own tests against RFC 8785 Appendix B.
 func referenceJCS(b []byte, v any) []byte {
 	switch v := v.(type) {
@@ -93,7 +93,7 @@ func FuzzCanonicalJSON(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		res, err := ParseJSON(in, "", nil)
+		res, err := canonicalize(in, "")
 		if err != nil {
 			var je *JSONError
 			if !errors.As(err, &je) {
@@ -127,7 +127,7 @@ func FuzzCanonicalJSON(f *testing.F) {
 		if ref := referenceJCS(nil, want); !bytes.Equal(ref, res.Canonical) {
 			t.Fatalf("canonical of %q is\n%q, reference gives\n%q", in, res.Canonical, ref)
 		}
-		again, err := ParseJSON(res.Canonical, "", nil)
+		again, err := canonicalize(res.Canonical, "")
 		if err != nil {
 			t.Fatalf("canonical %q of %q rejected: %v", res.Canonical, in, err)
 		}
@@ -138,14 +138,14 @@ func FuzzCanonicalJSON(f *testing.F) {
 		// With a key field: the stripped body is valid JSON and canonicalizes
 		// to the same thing without a key.
 		const kf = "idempotency_key"
-		keyed, err := ParseJSON(in, kf, nil)
-		if errors.Is(err, ErrKeyFieldNotString) {
+		keyed, err := canonicalize(in, kf)
+		if errors.Is(err, ErrMemberNotString) {
 			return
 		}
 		if err != nil {
 			t.Fatalf("accepted without key field but not with it: %q: %v", in, err)
 		}
-		if !keyed.HasKey {
+		if !keyed.Found {
 			if !bytes.Equal(keyed.Canonical, res.Canonical) {
 				t.Fatalf("no key, but canonical differs: %q vs %q", keyed.Canonical, res.Canonical)
 			}
@@ -154,14 +154,14 @@ func FuzzCanonicalJSON(f *testing.F) {
 		if !json.Valid(keyed.Stripped) {
 			t.Fatalf("stripped %q of %q is not valid JSON", keyed.Stripped, in)
 		}
-		re, err := ParseJSON(keyed.Stripped, kf, nil)
-		if err != nil || re.HasKey || !bytes.Equal(re.Canonical, keyed.Canonical) {
-			t.Fatalf("stripped %q of %q: canonical %q hasKey=%v err=%v, want %q", keyed.Stripped, in, re.Canonical, re.HasKey, err, keyed.Canonical)
+		re, err := canonicalize(keyed.Stripped, kf)
+		if err != nil || re.Found || !bytes.Equal(re.Canonical, keyed.Canonical) {
+			t.Fatalf("stripped %q of %q: canonical %q found=%v err=%v, want %q", keyed.Stripped, in, re.Canonical, re.Found, err, keyed.Canonical)
 		}
 	})
 }
 
-// FuzzCanonicalRoundTrip checks ParseJSON with any key field name (also none):
+// FuzzCanonicalRoundTrip checks AppendJSONWithout with any key field name (also none):
 // it never panics; what it accepts, encoding/json decodes to the same value as
 // its Canonical output once the key field and top-level nulls are removed;
 // canonicalizing Canonical again changes nothing; and Stripped is the input
@@ -197,9 +197,15 @@ func FuzzCanonicalRoundTrip(f *testing.F) {
 
 func checkRoundTrip(t *testing.T, in []byte, kf string) {
 	t.Helper()
-	// A dirty dst checks that only dst[:0] is used.
-	res, err := ParseJSON(in, kf, []byte("garbage"))
-	plain, plainErr := ParseJSON(in, "", nil)
+	// A dirty dst checks that the output is appended to it and dst itself
+	// left alone.
+	const dirty = "garbage"
+	out, rm, err := AppendJSONWithout([]byte(dirty), in, kf)
+	if !bytes.HasPrefix(out, []byte(dirty)) || err != nil && len(out) != len(dirty) {
+		t.Fatalf("%q with key field %q: output %q, err %v; want %q and the canonical form, or %q alone on error", in, kf, out, err, dirty, dirty)
+	}
+	res := result{out[len(dirty):], rm}
+	plain, plainErr := canonicalize(in, "")
 	if err != nil {
 		checkParseError(t, in, kf, err, plainErr)
 		return
@@ -220,11 +226,11 @@ func checkRoundTrip(t *testing.T, in []byte, kf string) {
 	keyVal, keyPresent := top[kf]
 	wantKey := kf != "" && isObject && keyPresent && keyVal != nil
 	keyNull := kf != "" && isObject && keyPresent && keyVal == nil // no key, but cut out too
-	if res.HasKey != wantKey {
-		t.Fatalf("%q with key field %q: HasKey = %v, want %v", in, kf, res.HasKey, wantKey)
+	if res.Found != wantKey {
+		t.Fatalf("%q with key field %q: Found = %v, want %v", in, kf, res.Found, wantKey)
 	}
-	if wantKey && keyVal != res.Key {
-		t.Fatalf("%q with key field %q: Key = %q, encoding/json says %#v", in, kf, res.Key, keyVal)
+	if wantKey && keyVal != res.Value {
+		t.Fatalf("%q with key field %q: Value = %q, encoding/json says %#v", in, kf, res.Value, keyVal)
 	}
 
 	// (a) Round trip: Canonical decodes to the input minus key and top-level nulls.
@@ -248,17 +254,17 @@ func checkRoundTrip(t *testing.T, in []byte, kf string) {
 
 	// (b) Idempotence, with and without the key field.
 	for _, f2 := range []string{kf, ""} {
-		again, err := ParseJSON(res.Canonical, f2, nil)
-		if err != nil || again.HasKey || !bytes.Equal(again.Canonical, res.Canonical) {
-			t.Fatalf("not idempotent (key field %q then %q): %q -> %q -> %q, hasKey=%v, err=%v",
-				kf, f2, in, res.Canonical, again.Canonical, again.HasKey, err)
+		again, err := canonicalize(res.Canonical, f2)
+		if err != nil || again.Found || !bytes.Equal(again.Canonical, res.Canonical) {
+			t.Fatalf("not idempotent (key field %q then %q): %q -> %q -> %q, found=%v, err=%v",
+				kf, f2, in, res.Canonical, again.Canonical, again.Found, err)
 		}
 	}
 
 	// Stripped: the input when there is no key member, else the input with
 	// one contiguous cut that removes the key member (a string or null) and
 	// nothing else.
-	if !res.HasKey && !keyNull {
+	if !res.Found && !keyNull {
 		if len(res.Stripped) != len(in) || (len(in) > 0 && &res.Stripped[0] != &in[0]) {
 			t.Fatalf("no key, but Stripped %q is not the input slice %q", res.Stripped, in)
 		}
@@ -276,35 +282,35 @@ func checkRoundTrip(t *testing.T, in []byte, kf string) {
 	if got := decodeJSON(t, s); !reflect.DeepEqual(got, wantStripped) {
 		t.Fatalf("stripped %q of %q decodes to %#v, want %#v", s, in, got, wantStripped)
 	}
-	re, err := ParseJSON(s, kf, nil)
-	if err != nil || re.HasKey || !bytes.Equal(re.Canonical, res.Canonical) {
-		t.Fatalf("stripped %q of %q: canonical %q hasKey=%v err=%v, want %q", s, in, re.Canonical, re.HasKey, err, res.Canonical)
+	re, err := canonicalize(s, kf)
+	if err != nil || re.Found || !bytes.Equal(re.Canonical, res.Canonical) {
+		t.Fatalf("stripped %q of %q: canonical %q found=%v err=%v, want %q", s, in, re.Canonical, re.Found, err, res.Canonical)
 	}
 }
 
 // checkParseError checks a rejection: a *JSONError inside the input, the same
-// one as without a key field; or ErrKeyFieldNotString for valid JSON whose
+// one as without a key field; or ErrMemberNotString for valid JSON whose
 // top-level key field is not a string.
 func checkParseError(t *testing.T, in []byte, kf string, err, plainErr error) {
 	t.Helper()
-	if errors.Is(err, ErrKeyFieldNotString) {
+	if errors.Is(err, ErrMemberNotString) {
 		if plainErr != nil {
-			t.Fatalf("%q: ErrKeyFieldNotString, but invalid without a key field: %v", in, plainErr)
+			t.Fatalf("%q: ErrMemberNotString, but invalid without a key field: %v", in, plainErr)
 		}
 		var m map[string]any
 		if kf == "" || json.Unmarshal(in, &m) != nil {
-			t.Fatalf("%q: ErrKeyFieldNotString for key field %q, but it is no object with that field", in, kf)
+			t.Fatalf("%q: ErrMemberNotString for key field %q, but it is no object with that field", in, kf)
 		}
 		if v, ok := m[kf]; !ok {
-			t.Fatalf("%q: ErrKeyFieldNotString, but there is no field %q", in, kf)
+			t.Fatalf("%q: ErrMemberNotString, but there is no field %q", in, kf)
 		} else if _, isString := v.(string); isString {
-			t.Fatalf("%q: ErrKeyFieldNotString, but field %q is the string %q", in, kf, v)
+			t.Fatalf("%q: ErrMemberNotString, but field %q is the string %q", in, kf, v)
 		}
 		return
 	}
 	var je *JSONError
 	if !errors.As(err, &je) {
-		t.Fatalf("%q: error %v is neither a *JSONError nor ErrKeyFieldNotString", in, err)
+		t.Fatalf("%q: error %v is neither a *JSONError nor ErrMemberNotString", in, err)
 	}
 	if je.Offset < 0 || je.Offset > len(in) {
 		t.Fatalf("offset %d outside input of length %d", je.Offset, len(in))

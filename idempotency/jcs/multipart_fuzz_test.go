@@ -1,4 +1,4 @@
-package idempotency
+package jcs
 
 import (
 	"bytes"
@@ -24,15 +24,15 @@ func FuzzCanonicalMultipart(f *testing.F) {
 	f.Add([]byte(""), "b")
 	f.Add([]byte("--b\r\n\r\n\r\n--b--"), "")
 	f.Fuzz(func(t *testing.T, body []byte, boundary string) {
-		out, err := canonicalMultipart(nil, body, boundary)
-		again, err2 := canonicalMultipart([]byte("x"), body, boundary)
+		out, err := AppendMultipart(nil, body, boundary)
+		again, err2 := AppendMultipart([]byte("x"), body, boundary)
 		if (err == nil) != (err2 == nil) || err == nil && !bytes.Equal(again[1:], out) {
 			t.Fatalf("not deterministic: %q, %v; then %q, %v", out, err, again, err2)
 		}
 		if err != nil {
-			var fe *FormError
+			var fe *MultipartError
 			if !errors.As(err, &fe) || !strings.HasPrefix(fe.Msg, "invalid multipart body: ") {
-				t.Fatalf("err = %v (%T), want *FormError", err, err)
+				t.Fatalf("err = %v (%T), want *MultipartError", err, err)
 			}
 			return
 		}
@@ -48,14 +48,14 @@ func FuzzCanonicalMultipart(f *testing.F) {
 			other += "z"
 		}
 		rebuilt := mpWriterBody(t, other, parts...)
-		got, err := canonicalMultipart(nil, []byte(rebuilt), other)
+		got, err := AppendMultipart(nil, []byte(rebuilt), other)
 		if err != nil || !bytes.Equal(got, out) {
 			t.Fatalf("rebuilt under boundary %q:\n%q\ngives %q, %v\nwant %q", other, rebuilt, got, err, out)
 		}
 	})
 }
 
-// rawParts reads the parts of a body that canonicalMultipart accepted; ok is
+// rawParts reads the parts of a body that AppendMultipart accepted; ok is
 // false when a header other than Content-Disposition and Content-Type (or a
 // value multipart.Writer can't write back as it was) makes rebuilding the
 // body under a new boundary not obviously equivalent.
@@ -83,38 +83,4 @@ func rawParts(t *testing.T, body []byte, boundary string) (parts []mpPart, ok bo
 		}
 		parts = append(parts, mpPart{textproto.MIMEHeader(p.Header), string(content)})
 	}
-}
-
-func FuzzCanonicalForm(f *testing.F) {
-	for _, s := range []string{"", "a=1&b=2", "a", "a=", "a=%zz&b=%4", "a=x+y%20z&&", "%41=%c3%a9;b", "=&=&a==b"} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, body []byte) {
-		out, err := canonicalURLEncoded(nil, body)
-		if err != nil {
-			t.Fatalf("error: %v", err)
-		}
-		again, _ := canonicalURLEncoded([]byte("x"), body)
-		if !bytes.Equal(again[1:], out) {
-			t.Fatalf("not deterministic: %q then %q", out, again[1:])
-		}
-		// Grouping the pairs by name, each name's pairs in their order, changes
-		// nothing. Names are compared raw, so only where raw and decoded
-		// names agree: no escapes or '+' in any name.
-		segs := bytes.Split(body, []byte{'&'})
-		name := func(seg []byte) []byte { n, _, _ := bytes.Cut(seg, []byte{'='}); return n }
-		if !slices.ContainsFunc(segs, func(seg []byte) bool { return bytes.ContainsAny(name(seg), "%+") }) {
-			slices.Reverse(segs)
-			slices.SortStableFunc(segs, func(a, b []byte) int { return bytes.Compare(name(a), name(b)) })
-			slices.Reverse(segs) // distinct names in reverse order, each name's pairs as sent
-			reordered, _ := canonicalURLEncoded(nil, bytes.Join(segs, []byte{'&'}))
-			if !bytes.Equal(reordered, out) {
-				t.Fatalf("the order of different names matters: %q vs %q", out, reordered)
-			}
-		}
-		doubled, _ := canonicalURLEncoded(nil, append(slices.Clip(body), '&', 'x'))
-		if bytes.Equal(doubled, out) {
-			t.Fatalf("adding a pair changes nothing: %q", out)
-		}
-	})
 }
