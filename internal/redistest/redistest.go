@@ -5,7 +5,9 @@ package redistest
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -60,6 +62,14 @@ func URL(t testing.TB) string {
 		return u
 	}
 	return Start(t).URL()
+}
+
+// UniquePrefix is a key prefix, name-<random>:, that keeps the tests sharing
+// one server (the one of URL) apart.
+func UniquePrefix(name string) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return name + "-" + hex.EncodeToString(b) + ":"
 }
 
 // Start runs redis-server on a free 127.0.0.1 port, without persistence, and
