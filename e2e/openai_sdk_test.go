@@ -1,4 +1,4 @@
-package caddyidempotency
+package e2e
 
 import (
 	"bytes"
@@ -78,36 +78,21 @@ func errorCode(body []byte) string {
 
 // sdkClient is an SDK client for s with the harness's credential (so its
 // scope is the one the other tests use) and a transport that counts attempts.
+// Its connection is opened before it counts, by a request that creates
+// nothing: a reload can reset a connection queued on Caddy's old socket, and
+// the SDK would retry it.
 func sdkClient(s *stack, opts ...option.RequestOption) (openai.Client, *countingTransport) {
-	ct := &countingTransport{next: &http.Transport{MaxIdleConnsPerHost: 100}}
-	warmUp(s, ct.next)
+	tr := &http.Transport{MaxIdleConnsPerHost: 100}
+	s.t.Cleanup(tr.CloseIdleConnections)
+	warmUp(s.t, &http.Client{Transport: tr, Timeout: 5 * time.Second}, s.url+"/v1/warm-up", siteHost(), "")
+	ct := &countingTransport{next: tr}
 	base := []option.RequestOption{
 		option.WithBaseURL(s.url + "/v1/"),
 		option.WithAPIKey("sk-tenant-a"),
-		option.WithHTTPClient(&http.Client{Transport: ct, Timeout: 20 * time.Second}),
+		option.WithHTTPClient(&http.Client{Transport: ct, Timeout: requestTimeout}),
 		option.WithRequestTimeout(15 * time.Second),
 	}
 	return openai.NewClient(append(base, opts...)...), ct
-}
-
-// warmUp opens a keep-alive connection to the config newStack just loaded,
-// uncounted, so the SDK's first attempt does not dial while Caddy swaps its
-// listener: a reload can reset a connection queued on the old socket (see
-// README, What is not promised), and the SDK would retry it.
-func warmUp(s *stack, rt http.RoundTripper) {
-	s.t.Helper()
-	c := &http.Client{Transport: rt, Timeout: 5 * time.Second}
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		res, err := c.Get(s.url + "/v1/warm-up") // proxied, creates nothing
-		if err == nil {
-			_, _ = io.Copy(io.Discard, res.Body)
-			res.Body.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("Caddy did not answer after the config load: %v", err)
-		}
-	}
 }
 
 func sdkParams(inputFile string) openai.BatchNewParams {

@@ -1,11 +1,10 @@
-package caddyidempotency
+package e2e
 
 import (
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 	"github.com/caddy-idempotency/caddy-idempotency/internal/redistest"
@@ -29,49 +28,49 @@ func TestFidelitySites(t *testing.T) {
 	sites := func(t *testing.T, lines ...string) (a, b *batchesbackend.Server, c *http.Client) {
 		a, b = batchesbackend.New(), batchesbackend.New()
 		site := func(host string, backend *batchesbackend.Server) string {
-			up := newFidBatches(t, backend)
-			return fidSite("http://"+host,
+			up := serveBackend(t, backend)
+			return siteBlock("http://"+host,
 				"idempotency /v1/batches {\n\t\t"+strings.Join(lines, "\n\t\t")+"\n\t}",
 				"reverse_proxy "+up)
 		}
-		fidLoad(t, site(openai, a), site(selfhosted, b))
-		return a, b, fidClient(t, openai)
+		loadSites(t, site(openai, a), site(selfhosted, b))
+		return a, b, siteClient(t, openai)
 	}
 	send := func(t *testing.T, c *http.Client, host, key string) reply {
 		t.Helper()
-		return fidSend(t, c, http.MethodPost, url, body, "Host", host, "Idempotency-Key", key)
+		return sendTo(t, c, http.MethodPost, url, body, "Host", host, "Idempotency-Key", key)
 	}
 
 	for _, store := range []struct{ name, line string }{
 		{"badger default dir", ""}, // both handlers on {caddy data dir}/idempotency
 		{"badger one dir", "store badger " + storeDir(t)},
 		{"memory", "store memory"},
-		{"redis", fmt.Sprintf("store redis %s {\n\t\t\tkey_prefix fidelity-sites-%d:\n\t\t}", redisURL, time.Now().UnixNano())},
+		{"redis", fmt.Sprintf("store redis %s {\n\t\t\tkey_prefix %s\n\t\t}", redisURL, redistest.UniquePrefix("sites"))},
 	} {
 		t.Run(store.name+"/per host", func(t *testing.T) {
 			a, b, c := sites(t, store.line)
-			key := fidKey("sites")
+			key := uniqueKey("sites")
 			first := send(t, c, openai, key)
-			fidFresh(t, first)
+			mustFresh(t, first)
 			other := send(t, c, selfhosted, key)
-			fidFresh(t, other) // not the first site's record
+			mustFresh(t, other) // not the first site's record
 			if first.batch(t).ID == other.batch(t).ID || a.Creates() != 1 || b.Creates() != 1 {
 				t.Fatalf("batches %s and %s; creates: openai %d, selfhosted %d, want 1 each",
 					first.batch(t).ID, other.batch(t).ID, a.Creates(), b.Creates())
 			}
 			// Each site keeps its own record, and the host's case is not a site.
-			fidReplay(t, send(t, c, openaiUpper, key), first)
-			fidReplay(t, send(t, c, selfhosted, key), other)
+			mustReplay(t, send(t, c, openaiUpper, key), first)
+			mustReplay(t, send(t, c, selfhosted, key), other)
 			if a.Creates() != 1 || b.Creates() != 1 {
 				t.Fatalf("retries went upstream: creates openai %d, selfhosted %d", a.Creates(), b.Creates())
 			}
 		})
 		t.Run(store.name+"/namespace shared", func(t *testing.T) {
 			a, b, c := sites(t, store.line, "namespace shared")
-			key := fidKey("sites-shared")
+			key := uniqueKey("sites-shared")
 			first := send(t, c, openai, key)
-			fidFresh(t, first)
-			fidReplay(t, send(t, c, selfhosted, key), first)
+			mustFresh(t, first)
+			mustReplay(t, send(t, c, selfhosted, key), first)
 			if a.Creates() != 1 || b.Creates() != 0 {
 				t.Fatalf("creates: openai %d, selfhosted %d; want 1 and 0", a.Creates(), b.Creates())
 			}
@@ -87,19 +86,19 @@ func TestFidelitySitesByListener(t *testing.T) {
 	port2 := freePort()
 	a, b := batchesbackend.New(), batchesbackend.New()
 	site := func(address string, backend *batchesbackend.Server) string {
-		return fidSite(address, "idempotency /v1/batches", "reverse_proxy "+newFidBatches(t, backend))
+		return siteBlock(address, "idempotency /v1/batches", "reverse_proxy "+serveBackend(t, backend))
 	}
 	named := fmt.Sprintf("a.localhost:%d", httpPort)
-	fidLoad(t, site(fmt.Sprintf("http://:%d", httpPort), a), site(fmt.Sprintf("http://:%d", port2), b))
-	c := fidClient(t, "")
-	fidWarmUp(t, c, fmt.Sprintf("http://127.0.0.1:%d%s", port2, fidWarmUpPath), "", fidGeneration)
+	loadSites(t, site(fmt.Sprintf("http://:%d", httpPort), a), site(fmt.Sprintf("http://:%d", port2), b))
+	c := siteClient(t, "")
+	warmUp(t, c, fmt.Sprintf("http://127.0.0.1:%d%s", port2, warmUpPath), "", generation)
 	body := []byte(createBody(t, nil, ""))
-	key := fidKey("by-port")
+	key := uniqueKey("by-port")
 	spoofed := fmt.Sprintf("127.0.0.1:%d", port2)
-	onB := fidSend(t, c, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/v1/batches", port2), body, "Idempotency-Key", key)
-	fidFresh(t, onB)
-	onA := fidSend(t, c, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/v1/batches", httpPort), body, "Host", spoofed, "Idempotency-Key", key)
-	fidFresh(t, onA)
+	onB := sendTo(t, c, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/v1/batches", port2), body, "Idempotency-Key", key)
+	mustFresh(t, onB)
+	onA := sendTo(t, c, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/v1/batches", httpPort), body, "Host", spoofed, "Idempotency-Key", key)
+	mustFresh(t, onA)
 	if onA.batch(t).ID == onB.batch(t).ID || a.Creates() != 1 || b.Creates() != 1 {
 		t.Fatalf("the port-%d site answered with the other site's batch: creates %d and %d", httpPort, a.Creates(), b.Creates())
 	}
@@ -107,29 +106,29 @@ func TestFidelitySitesByListener(t *testing.T) {
 	// Two servers on one port, bound to two addresses.
 	a, b = batchesbackend.New(), batchesbackend.New()
 	bound := func(ip string, backend *batchesbackend.Server) string {
-		return fidSite(fmt.Sprintf("http://:%d", port2), "bind "+ip, "idempotency /v1/batches", "reverse_proxy "+newFidBatches(t, backend))
+		return siteBlock(fmt.Sprintf("http://:%d", port2), "bind "+ip, "idempotency /v1/batches", "reverse_proxy "+serveBackend(t, backend))
 	}
-	fidLoad(t, site(fmt.Sprintf("http://:%d", httpPort), batchesbackend.New()), bound("127.0.0.1", a), bound("127.0.0.2", b))
+	loadSites(t, site(fmt.Sprintf("http://:%d", httpPort), batchesbackend.New()), bound("127.0.0.1", a), bound("127.0.0.2", b))
 	for _, ip := range []string{"127.0.0.1", "127.0.0.2"} {
-		fidWarmUp(t, c, fmt.Sprintf("http://%s:%d%s", ip, port2, fidWarmUpPath), "", fidGeneration)
+		warmUp(t, c, fmt.Sprintf("http://%s:%d%s", ip, port2, warmUpPath), "", generation)
 	}
-	key = fidKey("by-bind")
+	key = uniqueKey("by-bind")
 	for _, ip := range []string{"127.0.0.1", "127.0.0.2"} {
-		fidFresh(t, fidSend(t, c, http.MethodPost, fmt.Sprintf("http://%s:%d/v1/batches", ip, port2), body, "Host", "api.localhost", "Idempotency-Key", key))
+		mustFresh(t, sendTo(t, c, http.MethodPost, fmt.Sprintf("http://%s:%d/v1/batches", ip, port2), body, "Host", "api.localhost", "Idempotency-Key", key))
 	}
 	if a.Creates() != 1 || b.Creates() != 1 {
 		t.Fatalf("creates %d and %d, want one behind each bound server", a.Creates(), b.Creates())
 	}
 
 	a, b = batchesbackend.New(), batchesbackend.New()
-	fidLoad(t, site("http://"+named, a), site(fmt.Sprintf("http://:%d", httpPort), b))
-	c = fidClient(t, named)
-	key = fidKey("trailing-dot")
+	loadSites(t, site("http://"+named, a), site(fmt.Sprintf("http://:%d", httpPort), b))
+	c = siteClient(t, named)
+	key = uniqueKey("trailing-dot")
 	url := fmt.Sprintf("http://127.0.0.1:%d/v1/batches", httpPort)
-	first := fidSend(t, c, http.MethodPost, url, body, "Host", named, "Idempotency-Key", key)
-	fidFresh(t, first)
-	dotted := fidSend(t, c, http.MethodPost, url, body, "Host", fmt.Sprintf("a.localhost.:%d", httpPort), "Idempotency-Key", key)
-	fidFresh(t, dotted) // the catch-all site, with its own backend
+	first := sendTo(t, c, http.MethodPost, url, body, "Host", named, "Idempotency-Key", key)
+	mustFresh(t, first)
+	dotted := sendTo(t, c, http.MethodPost, url, body, "Host", fmt.Sprintf("a.localhost.:%d", httpPort), "Idempotency-Key", key)
+	mustFresh(t, dotted) // the catch-all site, with its own backend
 	if a.Creates() != 1 || b.Creates() != 1 {
 		t.Fatalf("creates %d and %d, want one on each site", a.Creates(), b.Creates())
 	}

@@ -1,4 +1,4 @@
-package caddyidempotency
+package e2e
 
 import (
 	"fmt"
@@ -8,6 +8,62 @@ import (
 
 	"github.com/caddy-idempotency/caddy-idempotency/internal/redistest"
 )
+
+// A store that fails or is not there yet: keyed requests get 503 and forward
+// nothing (unless fail_open), Caddy keeps serving, and the handler recovers
+// by itself when the store does.
+
+// A store that fails answers covered requests 503 and forwards nothing;
+// Caddy keeps serving, and the same key works once the store is back.
+func TestStoreDownThroughCaddy(t *testing.T) {
+	s := newStack(t, "store test_failing")
+	t.Cleanup(func() { storeDown.Store(false) })
+	body := createBody(t, nil, "")
+
+	storeDown.Store(true)
+	for _, key := range []string{"down-1", "down-2"} {
+		r := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", key)
+		r.apiError(t, http.StatusServiceUnavailable, "idempotency_store_unavailable")
+		if r.Header.Get("x-should-retry") != "true" {
+			t.Fatalf("503 without x-should-retry: true: %v", r.Header)
+		}
+	}
+	s.send(http.MethodPost, "/v1/batches", createBody(t, nil, "down-3")).
+		apiError(t, http.StatusServiceUnavailable, "idempotency_store_unavailable")
+	if n := s.backend.Creates(); n != 0 {
+		t.Fatalf("%d creates forwarded while the store was down, want 0", n)
+	}
+	s.send(http.MethodPost, "/v1/batches", body).batch(t) // no key: no store needed
+
+	storeDown.Store(false)
+	created := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "down-1").batch(t)
+	if again := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "down-1").batch(t); again.ID != created.ID {
+		t.Fatalf("after recovery got %s, want replay of %s", again.ID, created.ID)
+	}
+	if n := s.backend.Creates(); n != 2 {
+		t.Fatalf("backend creates = %d, want 2", n)
+	}
+}
+
+// With fail_open, a keyed request is forwarded unprotected while the store
+// is down: the retry creates again, which is what the operator opted into.
+func TestStoreDownFailOpenThroughCaddy(t *testing.T) {
+	s := newStack(t, "fail_open\n\t\tstore test_failing")
+	t.Cleanup(func() { storeDown.Store(false) })
+	storeDown.Store(true)
+	first := s.send(http.MethodPost, "/v1/batches", createBody(t, nil, "open-1")).batch(t)
+	second := s.send(http.MethodPost, "/v1/batches", createBody(t, nil, "open-1")).batch(t)
+	if first.ID == second.ID || s.backend.Creates() != 2 {
+		t.Fatalf("fail_open: %s and %s, creates %d; want two unprotected creates", first.ID, second.ID, s.backend.Creates())
+	}
+	// Forwarded with the key field stripped, as a protected request would be:
+	// the strict backend would have rejected it otherwise.
+	storeDown.Store(false)
+	third := s.send(http.MethodPost, "/v1/batches", createBody(t, nil, "open-1")).batch(t)
+	if again := s.send(http.MethodPost, "/v1/batches", createBody(t, nil, "open-1")).batch(t); again.ID != third.ID {
+		t.Fatalf("after recovery got %s, want replay of %s", again.ID, third.ID)
+	}
+}
 
 // Redis stopped mid-run: keyed requests get 503 and nothing goes upstream,
 // Caddy keeps serving everything else, and the handler recovers by itself
@@ -33,7 +89,7 @@ func TestRedisDownThroughCaddy(t *testing.T) {
 
 	srv.Restart()
 	restarted := time.Now()
-	waitFor(t, func() bool {
+	waitFor(t, "Redis back", func() bool {
 		return s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "redis-back").Status == http.StatusOK
 	})
 	t.Logf("recovered %s after Redis restarted", time.Since(restarted))
@@ -58,37 +114,12 @@ func TestRedisDownFailOpenThroughCaddy(t *testing.T) {
 	}
 
 	srv.Restart()
-	waitFor(t, func() bool {
+	waitFor(t, "Redis back", func() bool {
 		return s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "open-back").Status == http.StatusOK
 	})
 	if r := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "open-back"); r.Header.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("after Redis came back the key is not protected: %d %v", r.Status, r.Header)
 	}
-}
-
-// A Redis that speaks only TLS and wants a password: the store reaches it
-// with a rediss URL, the password from an env placeholder and a private CA;
-// without that CA the certificate is refused and keyed requests get 503.
-func TestRedisTLSWithPasswordThroughCaddy(t *testing.T) {
-	t.Setenv("TEST_REDIS_TLS_PASSWORD", "tls-test-password")
-	srv := redistest.StartTLS(t, "tls-test-password")
-	block := "\t\tstore redis rediss://" + srv.Addr() + " {\n\t\t\tpassword {env.TEST_REDIS_TLS_PASSWORD}\n\t\t\tdial_timeout 500ms\n"
-	body := createBody(t, nil, "")
-
-	s := newStack(t, block+"\t\t\ttls_ca_file "+srv.CAFile()+"\n\t\t}")
-	created := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "tls-1").batch(t)
-	r := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "tls-1")
-	if b := r.batch(t); b.ID != created.ID || r.Header.Get("Idempotent-Replayed") != "true" {
-		t.Fatalf("over TLS got %s, want a replay of %s", b.ID, created.ID)
-	}
-	keys, err := srv.Client(t).Keys(t.Context(), "caddy-idempotency:r:*").Result()
-	if err != nil || len(keys) != 1 {
-		t.Fatalf("records in the TLS server: %v, %v", keys, err)
-	}
-
-	untrusted := newStack(t, block+"\t\t}")
-	untrusted.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "tls-2").
-		apiError(t, http.StatusServiceUnavailable, "idempotency_store_unavailable")
 }
 
 // Caddy starts with Redis down (the client connects lazily): keyed requests
@@ -102,7 +133,7 @@ func TestCaddyStartsWithRedisDown(t *testing.T) {
 		apiError(t, http.StatusServiceUnavailable, "idempotency_store_unavailable")
 
 	srv.Restart()
-	waitFor(t, func() bool {
+	waitFor(t, "Redis back", func() bool {
 		return s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "late-redis").Status == http.StatusOK
 	})
 	if r := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "late-redis"); r.Header.Get("Idempotent-Replayed") != "true" {

@@ -80,7 +80,7 @@ func TestRedisStoreSharedAcrossConfigs(t *testing.T) {
 	url := redistest.URL(t)
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
-	oldCfg, newCfg := &RedisStore{URL: url, KeyPrefix: uniquePrefix("shared")}, &RedisStore{URL: url}
+	oldCfg, newCfg := &RedisStore{URL: url, KeyPrefix: redistest.UniquePrefix("shared")}, &RedisStore{URL: url}
 	newCfg.KeyPrefix = oldCfg.KeyPrefix
 	for _, c := range []*RedisStore{oldCfg, newCfg} {
 		if err := c.Provision(ctx); err != nil {

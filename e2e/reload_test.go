@@ -1,15 +1,12 @@
-package caddyidempotency
+package e2e
 
 import (
 	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -35,53 +32,27 @@ func reloadCaddyfile(gen int, dir, logPath, upstream string) string {
 
 // adminLoad posts a Caddyfile to the admin API's /load.
 func adminLoad(caddyfile string) (int, string, error) {
-	res, err := http.Post(fmt.Sprintf("http://localhost:%d/load", adminPort), "text/caddyfile", strings.NewReader(caddyfile))
+	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("http://localhost:%d/load", adminPort), strings.NewReader(caddyfile))
 	if err != nil {
 		return 0, "", err
 	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	return res.StatusCode, string(b), nil
+	req.Header.Set("Content-Type", "text/caddyfile")
+	r, err := do(adminClient, req)
+	return r.Status, string(r.Body), err
 }
 
-// timedReply is one keyed create as a client saw it.
-type timedReply struct {
-	reply
-	key        string
-	start, end time.Time
-	reused     bool  // sent on a kept-alive connection
-	err        error // a connection error, when there is no reply
-}
+// A reload builds a new handler on the same Badger directory; records stay.
+func TestReplayAfterConfigReload(t *testing.T) {
+	dir := storeDir(t)
+	s := newStack(t, "store badger "+dir)
+	body := createBody(t, nil, "")
+	created := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-reload").batch(t)
 
-// postKeyed sends a keyed create, with the key in the header (which also
-// lets net/http resend it on a keep-alive connection the server closed).
-func postKeyed(c *http.Client, url, key, body string) (timedReply, error) {
-	tr := timedReply{key: key, start: time.Now()}
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		return tr, err
+	s.load("store badger "+dir+"\n\t\tttl 48h", s.upstream) // another setting, so it is a real reload
+	r := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-reload")
+	if b := r.batch(t); b.ID != created.ID || r.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("after reload got %s, want replay of %s", b.ID, created.ID)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer sk-tenant-a")
-	req.Header.Set("Idempotency-Key", key)
-	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
-		// Per attempt: net/http resends on a new connection when a kept-alive one was closed.
-		GetConn: func(string) { tr.reused = false },
-		GotConn: func(i httptrace.GotConnInfo) { tr.reused = i.Reused },
-	}))
-	res, err := c.Do(req)
-	if err != nil {
-		return tr, err
-	}
-	defer res.Body.Close()
-	tr.Body, err = io.ReadAll(res.Body)
-	tr.Status, tr.Header, tr.end = res.StatusCode, res.Header, time.Now()
-	return tr, err
-}
-
-// keyedBody is the create sent under key: the same for every copy of a key.
-func keyedBody(key string) string {
-	return `{"input_file_id":"file-abc123","endpoint":"/v1/chat/completions","completion_window":"24h","metadata":{"key":"` + key + `"}}`
 }
 
 // Fifty reloads while sixteen clients send keyed creates, new keys and
@@ -96,9 +67,7 @@ func TestReloadsUnderLoad(t *testing.T) {
 	logPath := filepath.Join(logDir, "caddy.log")
 
 	backend := batchesbackend.New()
-	upstreamSrv := httptest.NewServer(backend)
-	t.Cleanup(upstreamSrv.Close)
-	upstream := upstreamSrv.Listener.Addr().String()
+	upstream := serveBackend(t, backend)
 	newTester(t).InitServer(reloadCaddyfile(0, dir, logPath, upstream), "caddyfile")
 	if t.Failed() {
 		t.FailNow()

@@ -1,18 +1,20 @@
-package caddyidempotency
+package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 )
+
+// cmd/caddy as a process of its own, for tests that kill it or run the caddy
+// command.
 
 var caddyBinary struct {
 	once sync.Once
@@ -20,20 +22,17 @@ var caddyBinary struct {
 	err  error
 }
 
-// buildCaddy builds cmd/caddy once per test run, for tests that need a real
-// process to kill.
+// buildCaddy builds cmd/caddy once per test run, into the run's directory.
 func buildCaddy(t *testing.T) string {
 	t.Helper()
 	caddyBinary.once.Do(func() {
-		dir, err := os.MkdirTemp("", "caddy-idempotency-bin-")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		caddyBinary.path = filepath.Join(testRoot, "bin", "caddy")
+		const pkg = "github.com/caddy-idempotency/caddy-idempotency/cmd/caddy"
+		out, err := exec.CommandContext(ctx, "go", "build", "-o", caddyBinary.path, pkg).CombinedOutput()
 		if err != nil {
-			caddyBinary.err = err
-			return
-		}
-		caddyBinary.path = filepath.Join(dir, "caddy")
-		out, err := exec.Command("go", "build", "-o", caddyBinary.path, "./cmd/caddy").CombinedOutput()
-		if err != nil {
-			caddyBinary.err = fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
+			caddyBinary.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
 		}
 	})
 	if caddyBinary.err != nil {
@@ -61,15 +60,17 @@ func startCaddy(t *testing.T, caddyfile string, port int) *caddyProcess {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer logFile.Close()
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	p := &caddyProcess{cmd: cmd, url: fmt.Sprintf("http://127.0.0.1:%d", port)}
 	t.Cleanup(func() { p.kill() })
+	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		res, err := http.Get(p.url + "/healthz")
+		res, err := client.Get(p.url + "/healthz")
 		if err == nil {
 			res.Body.Close()
 			return p
@@ -106,25 +107,28 @@ http://127.0.0.1:%d {
 `, port, port, block, upstream)
 }
 
-func TestReplayAfterProcessKillAndRestart(t *testing.T) {
-	backend := batchesbackend.New()
-	upstream := httptest.NewServer(backend)
-	defer upstream.Close()
-	port := freePort()
-	config := processCaddyfile(port, "store badger "+t.TempDir(), upstream.Listener.Addr().String())
-	client := &http.Client{Timeout: 10 * time.Second}
-	body := createBody(t, nil, "")
-
-	first := startCaddy(t, config, port)
-	created := sendTo(t, client, http.MethodPost, first.url+"/v1/batches", body, "Idempotency-Key", "k-kill").batch(t)
-	first.kill()
-
-	second := startCaddy(t, config, port)
-	r := sendTo(t, client, http.MethodPost, second.url+"/v1/batches", body, "Idempotency-Key", "k-kill")
-	if b := r.batch(t); b.ID != created.ID || b.CreatedAt != created.CreatedAt || r.Header.Get("Idempotent-Replayed") != "true" {
-		t.Fatalf("after kill -9 and restart got %s, want replay of %s", b.ID, created.ID)
+// caddyCommand runs the built cmd/caddy with args in its own data and config
+// directories, and returns its combined output and exit error.
+func caddyCommand(t *testing.T, timeout time.Duration, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	dir := t.TempDir()
+	cmd := exec.CommandContext(ctx, buildCaddy(t), args...)
+	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir+"/data", "XDG_CONFIG_HOME="+dir+"/config")
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("caddy %s did not finish within %s:\n%s", strings.Join(args, " "), timeout, out)
 	}
-	if n := backend.Creates(); n != 1 {
-		t.Fatalf("backend creates = %d, want 1", n)
+	return string(out), err
+}
+
+// writeCaddyfile writes a Caddyfile for the caddy command to read.
+func writeCaddyfile(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
 	}
+	return path
 }

@@ -1,20 +1,14 @@
-package caddyidempotency
+package e2e
 
 import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
-	"mime"
-	"mime/multipart"
 	"net/http"
-	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
+	"github.com/caddy-idempotency/caddy-idempotency/internal/testupstream"
 )
 
 // exampleRoute is one route of an adapted example's server.
@@ -80,9 +75,21 @@ func handlerName(t *testing.T, raw json.RawMessage) string {
 	return h.Handler
 }
 
+// exampleHandler is an idempotency handler of an adapted example: the fields
+// of its JSON form that the examples set.
+type exampleHandler struct {
+	KeyField     string          `json:"key_field"`
+	Scope        string          `json:"scope"`
+	RequireScope bool            `json:"require_scope"`
+	Wait         *caddy.Duration `json:"wait"`
+	MaxBody      int64           `json:"max_body"`
+	MaxResponse  int64           `json:"max_response"`
+	Store        json.RawMessage `json:"store"`
+}
+
 // exampleIdempotency returns the idempotency handler of the route matched by
 // exactly these paths, and the route's index.
-func exampleIdempotency(t *testing.T, routes []exampleRoute, paths ...string) (Handler, int) {
+func exampleIdempotency(t *testing.T, routes []exampleRoute, paths ...string) (exampleHandler, int) {
 	t.Helper()
 	for i, r := range routes {
 		if len(r.Match) != 1 || len(r.Match[0]) != 1 || len(r.Handle) != 1 || handlerName(t, r.Handle[0]) != "idempotency" {
@@ -92,14 +99,14 @@ func exampleIdempotency(t *testing.T, routes []exampleRoute, paths ...string) (H
 		if err := json.Unmarshal(r.Match[0]["path"], &got); err != nil || !slices.Equal(got, paths) {
 			continue
 		}
-		var h Handler
+		var h exampleHandler
 		if err := json.Unmarshal(r.Handle[0], &h); err != nil {
 			t.Fatal(err)
 		}
 		return h, i
 	}
 	t.Fatalf("no route with only the idempotency handler on path %v", paths)
-	return Handler{}, 0
+	return exampleHandler{}, 0
 }
 
 // exampleProxy returns the last route's handler, which must be reverse_proxy
@@ -142,7 +149,7 @@ func TestExampleCaddyfiles(t *testing.T) {
 	checks := map[string]func(t *testing.T, routes []exampleRoute){
 		"openai.Caddyfile": func(t *testing.T, routes []exampleRoute) {
 			h, at := exampleIdempotency(t, routes, "/v1/batches")
-			if h.Scope != "" || !waitIs(h.Wait, 30*time.Second) || h.KeyField != "" || h.StoreRaw != nil {
+			if h.Scope != "" || !waitIs(h.Wait, 30*time.Second) || h.KeyField != "" || h.Store != nil {
 				t.Fatalf("handler %+v: want the default scope, key field and store, wait 30s", h)
 			}
 			proxy, last := exampleProxy(t, routes)
@@ -228,85 +235,15 @@ func TestExampleCaddyfiles(t *testing.T) {
 // Every example also loads and provisions in a real Caddy (`caddy validate`):
 // the TLS transport, the placeholders and the default Badger store included.
 func TestExampleValidate(t *testing.T) {
-	bin := buildCaddy(t)
 	files, err := filepath.Glob("testdata/examples/*.Caddyfile")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no examples: %v", err)
 	}
 	for _, file := range files {
-		dir := t.TempDir()
-		cmd := exec.Command(bin, "validate", "--config", file, "--adapter", "caddyfile")
-		cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir+"/data", "XDG_CONFIG_HOME="+dir+"/config")
-		if out, err := cmd.CombinedOutput(); err != nil || !bytes.Contains(out, []byte("Valid configuration")) {
+		if out, err := caddyCommand(t, time.Minute, "validate", "--config", file, "--adapter", "caddyfile"); err != nil || !strings.Contains(out, "Valid configuration") {
 			t.Errorf("caddy validate %s: %v\n%s", file, err, out)
 		}
 	}
-}
-
-// filesBackend is an upload endpoint in the shape of OpenAI's POST /v1/files:
-// a multipart form with a purpose and a file gives a new file object.
-type filesBackend struct {
-	mu      sync.Mutex
-	creates int
-	last    []byte // the last body, as received
-}
-
-func (f *filesBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	_, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || params["boundary"] == "" {
-		http.Error(w, "not multipart", http.StatusBadRequest)
-		return
-	}
-	form, err := multipart.NewReader(bytes.NewReader(body), params["boundary"]).ReadForm(1 << 30)
-	if err != nil || len(form.Value["purpose"]) != 1 || len(form.File["file"]) != 1 {
-		http.Error(w, fmt.Sprintf("want a purpose and a file: %v", err), http.StatusBadRequest)
-		return
-	}
-	defer form.RemoveAll()
-	f.mu.Lock()
-	f.creates++
-	n := f.creates
-	f.last = body
-	f.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]any{
-		"id": fmt.Sprintf("file-%d", n), "object": "file", "bytes": form.File["file"][0].Size,
-		"created_at": time.Now().UnixNano(), "filename": form.File["file"][0].Filename, "purpose": form.Value["purpose"][0],
-	})
-}
-
-func (f *filesBackend) count() (int, []byte) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.creates, f.last
-}
-
-// multipartUpload is an upload form of content with the given boundary
-// ("" for a random one, as curl -F and Go's multipart.Writer pick).
-func multipartUpload(t *testing.T, boundary string, content []byte) (string, []byte) {
-	t.Helper()
-	var buf bytes.Buffer
-	mw := multipart.NewWriter(&buf)
-	if boundary != "" {
-		if err := mw.SetBoundary(boundary); err != nil {
-			t.Fatal(err)
-		}
-	}
-	_ = mw.WriteField("purpose", "batch")
-	fw, err := mw.CreateFormFile("file", "batch.jsonl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = fw.Write(content)
-	if err := mw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return mw.FormDataContentType(), buf.Bytes()
 }
 
 // The gateway example itself, in a real Caddy in front of real upstreams:
@@ -314,13 +251,24 @@ func multipartUpload(t *testing.T, boundary string, content []byte) (string, []b
 // once and its retry is replayed byte for byte; another file under the same
 // key is a conflict.
 func TestExampleGatewayFileUpload(t *testing.T) {
-	files := &filesBackend{}
 	batches := batchesbackend.New()
-	mux := http.NewServeMux()
-	mux.Handle("/v1/files", files)
-	mux.Handle("/", batches)
-	upstream := httptest.NewServer(mux)
-	defer upstream.Close()
+	up := testupstream.Start(t, func(w http.ResponseWriter, r *http.Request, n int) {
+		if r.URL.Path == "/v1/files" {
+			filesUpstream(w, r, n)
+			return
+		}
+		batches.ServeHTTP(w, r)
+	})
+	upstream := up.Addr()
+	// uploads are the requests that reached the files endpoint.
+	uploads := func() (n int, last []byte) {
+		for _, r := range up.Requests() {
+			if strings.HasPrefix(r.RequestURI, "/v1/files") {
+				n, last = n+1, r.Body
+			}
+		}
+		return n, last
+	}
 
 	src, err := os.ReadFile("testdata/examples/gateway.Caddyfile")
 	if err != nil {
@@ -329,40 +277,28 @@ func TestExampleGatewayFileUpload(t *testing.T) {
 	site := string(src)
 	for old, repl := range map[string]string{
 		":8080 {":        fmt.Sprintf("http://localhost:%d {", httpPort),
-		"localhost:9000": upstream.Listener.Addr().String(),
+		"localhost:9000": upstream,
 	} {
 		if strings.Count(site, old) != 1 {
 			t.Fatalf("gateway.Caddyfile has %q %d times, want once", old, strings.Count(site, old))
 		}
 		site = strings.Replace(site, old, repl, 1)
 	}
-	globals := fmt.Sprintf("{\n\tadmin localhost:%d\n\thttp_port %d\n\thttps_port %d\n\t%s\n}\n", adminPort, httpPort, httpsPort, quietLog)
-	newTester(t).InitServer(globals+site, "caddyfile")
+	newTester(t).InitServer(globalOptions(quietLog)+site, "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
 
-	client := &http.Client{Timeout: 20 * time.Second}
+	client := newClient(t)
 	base := fmt.Sprintf("http://localhost:%d", httpPort)
-	key := fmt.Sprintf("upload-%d", time.Now().UnixNano())
+	key := uniqueKey("upload")
 	upload := func(contentType string, body []byte, key string) reply {
 		t.Helper()
-		req, err := http.NewRequest(http.MethodPost, base+"/v1/files", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", contentType)
-		req.Header.Set("Authorization", "Bearer sk-examples")
+		headers := []string{"Content-Type", contentType, "Authorization", "Bearer sk-examples"}
 		if key != "" {
-			req.Header.Set("Idempotency-Key", key)
+			headers = append(headers, "Idempotency-Key", key)
 		}
-		res, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		b, err := io.ReadAll(res.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return reply{Status: res.StatusCode, Header: res.Header, Body: b}
+		return sendTo(t, client, http.MethodPost, base+"/v1/files", body, headers...)
 	}
 
 	// 3 MiB: over the default max_body of 1 MiB, under the example's 200MiB.
@@ -374,7 +310,7 @@ func TestExampleGatewayFileUpload(t *testing.T) {
 	if first.Status != http.StatusOK || first.Header.Get("Idempotent-Replayed") != "" {
 		t.Fatalf("first upload: %d %s", first.Status, first.Body)
 	}
-	if n, got := files.count(); n != 1 || !bytes.Equal(got, body) {
+	if n, got := uploads(); n != 1 || !bytes.Equal(got, body) {
 		t.Fatalf("upstream got %d uploads, the last one intact: %v", n, bytes.Equal(got, body))
 	}
 
@@ -382,7 +318,7 @@ func TestExampleGatewayFileUpload(t *testing.T) {
 	if retry.Status != http.StatusOK || !bytes.Equal(retry.Body, first.Body) || retry.Header.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("retry: %d %q (replayed %q), want the first answer %s replayed", retry.Status, retry.Body, retry.Header.Get("Idempotent-Replayed"), first.Body)
 	}
-	if n, _ := files.count(); n != 1 {
+	if n, _ := uploads(); n != 1 {
 		t.Fatalf("the retry went upstream: %d uploads", n)
 	}
 
@@ -395,7 +331,7 @@ func TestExampleGatewayFileUpload(t *testing.T) {
 	if r := upload(newType, newBoundary, key); r.Status != http.StatusOK || !bytes.Equal(r.Body, first.Body) || r.Header.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("the same file under a new boundary: %d %q, want the first answer replayed", r.Status, r.Body)
 	}
-	if n, _ := files.count(); n != 1 {
+	if n, _ := uploads(); n != 1 {
 		t.Fatalf("a conflicting upload went upstream: %d uploads", n)
 	}
 

@@ -1,4 +1,4 @@
-package caddyidempotency
+package e2e
 
 import (
 	"bytes"
@@ -17,31 +17,31 @@ import (
 // any order. Other content under the key is a conflict, and a multipart
 // body that does not parse is refused before anything is claimed.
 func TestFidelityMultipart(t *testing.T) {
-	up := testupstream.Start(t, fidFilesUpstream)
-	fidLoad(t, fidSite(fidLocalSite(), "idempotency {\n\t\tstore memory\n\t}", "reverse_proxy "+up.Addr()))
-	c := fidClient(t, "")
+	up := testupstream.Start(t, filesUpstream)
+	loadSites(t, siteBlock(localSite(), "idempotency {\n\t\tstore memory\n\t}", "reverse_proxy "+up.Addr()))
+	c := siteClient(t, "")
 	upload := func(t *testing.T, contentType string, body []byte, key string) reply {
 		t.Helper()
-		return fidSend(t, c, http.MethodPost, fidURL("/v1/files"), body, "Content-Type", contentType, "Idempotency-Key", key)
+		return sendTo(t, c, http.MethodPost, siteURL("/v1/files"), body, "Content-Type", contentType, "Idempotency-Key", key)
 	}
 	content := []byte(`{"custom_id":"r1","method":"POST","url":"/v1/chat/completions","body":{}}` + "\n")
 
 	t.Run("new boundary on retry", func(t *testing.T) {
-		key := fidKey("upload")
+		key := uniqueKey("upload")
 		before := up.Count()
-		typeA, bodyA := fidMultipart(t, content)
-		typeB, bodyB := fidMultipart(t, content)
+		typeA, bodyA := multipartUpload(t, "", content)
+		typeB, bodyB := multipartUpload(t, "", content)
 		if bytes.Equal(bodyA, bodyB) {
 			t.Fatal("the two attempts have the same bytes; want two boundaries")
 		}
 		first := upload(t, typeA, bodyA, key)
-		fidFresh(t, first)
+		mustFresh(t, first)
 		if !bytes.Equal(up.Last().Body, bodyA) {
 			t.Fatal("the upload did not reach the upstream as sent")
 		}
-		fidReplay(t, upload(t, typeB, bodyB, key), first)
-		otherType, other := fidMultipart(t, append([]byte(`{"custom_id":"r0"}`+"\n"), content...))
-		fidConflict(t, upload(t, otherType, other, key))
+		mustReplay(t, upload(t, typeB, bodyB, key), first)
+		otherType, other := multipartUpload(t, "", append([]byte(`{"custom_id":"r0"}`+"\n"), content...))
+		mustConflict(t, upload(t, otherType, other, key))
 		if n := up.Count() - before; n != 1 {
 			t.Fatalf("upstream saw %d uploads, want 1", n)
 		}
@@ -55,7 +55,7 @@ func TestFidelityMultipart(t *testing.T) {
 		{"no delimiter line", "multipart/form-data; boundary=xyz", "purpose=batch"},
 	} {
 		t.Run("malformed: "+bad.name, func(t *testing.T) {
-			key := fidKey("malformed")
+			key := uniqueKey("malformed")
 			before := up.Count()
 			r := upload(t, bad.contentType, []byte(bad.body), key)
 			r.apiError(t, http.StatusBadRequest, "invalid_multipart")
@@ -63,31 +63,37 @@ func TestFidelityMultipart(t *testing.T) {
 				t.Fatalf("x-should-retry %q, upstream saw %d requests, want 0", r.Header.Get("x-should-retry"), up.Count()-before)
 			}
 			// Nothing was claimed: a good upload under the same key runs.
-			ct, body := fidMultipart(t, content)
-			fidFresh(t, upload(t, ct, body, key))
+			ct, body := multipartUpload(t, "", content)
+			mustFresh(t, upload(t, ct, body, key))
 		})
 	}
 
 	t.Run("urlencoded pair order", func(t *testing.T) {
 		const form = "application/x-www-form-urlencoded"
-		key := fidKey("form")
+		key := uniqueKey("form")
 		before := up.Count()
 		first := upload(t, form, []byte("a=1&b=2"), key)
-		fidFresh(t, first)
-		fidReplay(t, upload(t, form, []byte("b=2&a=1"), key), first)
-		fidConflict(t, upload(t, form, []byte("a=1&b=3"), key))
+		mustFresh(t, first)
+		mustReplay(t, upload(t, form, []byte("b=2&a=1"), key), first)
+		mustConflict(t, upload(t, form, []byte("a=1&b=3"), key))
 		if n := up.Count() - before; n != 1 {
 			t.Fatalf("upstream saw %d requests, want 1", n)
 		}
 	})
 }
 
-// fidMultipart is an upload form (purpose, file) of content under a random
-// boundary, as an SDK builds it on each attempt.
-func fidMultipart(t *testing.T, content []byte) (contentType string, body []byte) {
+// multipartUpload is an upload form (purpose, file) of content with the
+// given boundary ("" for a random one, as curl -F, Go's multipart.Writer and
+// an SDK that builds its form anew on each attempt pick).
+func multipartUpload(t *testing.T, boundary string, content []byte) (contentType string, body []byte) {
 	t.Helper()
 	var buf bytes.Buffer
 	mw := multipart.NewWriter(&buf)
+	if boundary != "" {
+		if err := mw.SetBoundary(boundary); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := mw.WriteField("purpose", "batch"); err != nil {
 		t.Fatal(err)
 	}
@@ -104,9 +110,9 @@ func fidMultipart(t *testing.T, content []byte) (contentType string, body []byte
 	return mw.FormDataContentType(), buf.Bytes()
 }
 
-// fidFilesUpstream answers a multipart upload in the shape of OpenAI's
+// filesUpstream answers a multipart upload in the shape of OpenAI's
 // POST /v1/files with a new file object, and any other request by echoing.
-func fidFilesUpstream(w http.ResponseWriter, r *http.Request, n int) {
+func filesUpstream(w http.ResponseWriter, r *http.Request, n int) {
 	if !strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/") {
 		testupstream.Echo("obj")(w, r, n)
 		return

@@ -1,4 +1,4 @@
-package caddyidempotency
+package e2e
 
 import (
 	"bufio"
@@ -17,8 +17,8 @@ import (
 )
 
 const (
-	fidChunks   = 5
-	fidChunkGap = 300 * time.Millisecond
+	streamChunks   = 5
+	streamChunkGap = 300 * time.Millisecond
 )
 
 // A keyed stream reaches its client as the upstream writes it, while its
@@ -38,25 +38,25 @@ func TestFidelityStreams(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var finished atomic.Int32 // streams the upstream has ended
-			up := testupstream.Start(t, fidStreamUpstream(&finished))
+			up := testupstream.Start(t, streamUpstream(&finished))
 			lines := []string{"idempotency {\n\t\t" + tc.block + "\n\t}", "reverse_proxy " + up.Addr()}
 			if tc.encode {
 				lines = append([]string{"encode gzip"}, lines...)
 			}
-			fidLoad(t, fidSite(fidLocalSite(), lines...))
-			c := fidClient(t, "")
-			key := fidKey("stream")
+			loadSites(t, siteBlock(localSite(), lines...))
+			c := siteClient(t, "")
+			key := uniqueKey("stream")
 			body := []byte(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
 			retry := func() reply {
-				return fidSend(t, c, http.MethodPost, fidURL("/v1/chat/completions"), body, "Idempotency-Key", key)
+				return sendTo(t, c, http.MethodPost, siteURL("/v1/chat/completions"), body, "Idempotency-Key", key)
 			}
 
-			req, err := http.NewRequest(http.MethodPost, fidURL("/v1/chat/completions"), bytes.NewReader(body))
+			req, err := http.NewRequest(http.MethodPost, siteURL("/v1/chat/completions"), bytes.NewReader(body))
 			if err != nil {
 				t.Fatal(err)
 			}
 			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Authorization", "Bearer sk-fidelity")
+			req.Header.Set("Authorization", tenantA)
 			req.Header.Set("Idempotency-Key", key)
 			if tc.encode {
 				req.Header.Set("Accept-Encoding", "gzip")
@@ -92,10 +92,10 @@ func TestFidelityStreams(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := first + string(rest)
-			if res.StatusCode != http.StatusOK || got != fidStream() || res.Header.Get("Idempotent-Replayed") != "" {
-				t.Fatalf("stream: %d (Idempotent-Replayed %q) %q, want 200 %q", res.StatusCode, res.Header.Get("Idempotent-Replayed"), got, fidStream())
+			if res.StatusCode != http.StatusOK || got != sseStream() || res.Header.Get("Idempotent-Replayed") != "" {
+				t.Fatalf("stream: %d (Idempotent-Replayed %q) %q, want 200 %q", res.StatusCode, res.Header.Get("Idempotent-Replayed"), got, sseStream())
 			}
-			if firstAt >= time.Second || doneAtFirst != 0 || total < (fidChunks-1)*fidChunkGap {
+			if firstAt >= time.Second || doneAtFirst != 0 || total < (streamChunks-1)*streamChunkGap {
 				t.Fatalf("first chunk after %s (upstream finished: %d), whole stream after %s: want the first chunk under 1s, before the upstream's end",
 					firstAt, doneAtFirst, total)
 			}
@@ -104,10 +104,10 @@ func TestFidelityStreams(t *testing.T) {
 			live := reply{Status: res.StatusCode, Body: []byte(got)}
 			for _, r := range []reply{<-duplicate, retry()} {
 				if !tc.stored {
-					fidNotStored(t, r)
+					mustNotStored(t, r)
 					continue
 				}
-				fidReplay(t, r, live)
+				mustReplay(t, r, live)
 				if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
 					t.Fatalf("replayed Content-Type %q", ct)
 				}
@@ -141,17 +141,17 @@ func TestFidelityTooLarge(t *testing.T) {
 				_ = http.NewResponseController(w).Flush() // without a Content-Length: chunked
 				_, _ = w.Write(answer[100:])
 			})
-			open := fidOpener(t, gate)
-			fidLoad(t, fidSite(fidLocalSite(), "idempotency {\n\t\tstore memory\n\t\twait 10s\n\t\tmax_response 1KiB\n\t}", "reverse_proxy "+up.Addr()))
-			c := fidClient(t, "")
-			key := fidKey("large")
+			open := opener(t, gate)
+			loadSites(t, siteBlock(localSite(), "idempotency {\n\t\tstore memory\n\t\twait 10s\n\t\tmax_response 1KiB\n\t}", "reverse_proxy "+up.Addr()))
+			c := siteClient(t, "")
+			key := uniqueKey("large")
 			send := func() reply {
-				return fidSend(t, c, http.MethodPost, fidURL("/v1/responses"), []byte(`{"model":"m"}`), "Idempotency-Key", key)
+				return sendTo(t, c, http.MethodPost, siteURL("/v1/responses"), []byte(`{"model":"m"}`), "Idempotency-Key", key)
 			}
 
 			owner := make(chan reply, 1)
 			go func() { owner <- send() }()
-			fidWaitFor(t, "the owner upstream", func() bool { return up.Count() == 1 })
+			waitFor(t, "the owner upstream", func() bool { return up.Count() == 1 })
 			const duplicates = 3
 			waiting := make(chan reply, duplicates)
 			for range duplicates {
@@ -164,14 +164,14 @@ func TestFidelityTooLarge(t *testing.T) {
 			open()
 
 			first := <-owner
-			fidFresh(t, first)
+			mustFresh(t, first)
 			if !bytes.Equal(first.Body, answer) {
 				t.Fatalf("the owner got %d bytes, want the upstream's %d", len(first.Body), len(answer))
 			}
 			for range duplicates {
-				fidNotStored(t, <-waiting)
+				mustNotStored(t, <-waiting)
 			}
-			fidNotStored(t, send())
+			mustNotStored(t, send())
 			if up.Count() != 1 {
 				t.Fatalf("upstream ran %d times, want 1", up.Count())
 			}
@@ -179,33 +179,33 @@ func TestFidelityTooLarge(t *testing.T) {
 	}
 }
 
-// fidStreamUpstream writes fidStream as server-sent events, one event every
-// fidChunkGap, flushing each, and counts the streams it has ended.
-func fidStreamUpstream(finished *atomic.Int32) testupstream.Handler {
+// streamUpstream writes sseStream as server-sent events, one event every
+// streamChunkGap, flushing each, and counts the streams it has ended.
+func streamUpstream(finished *atomic.Int32) testupstream.Handler {
 	return func(w http.ResponseWriter, r *http.Request, n int) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		w.Header().Set("Cache-Control", "no-cache")
 		w.WriteHeader(http.StatusOK)
-		for i := range fidChunks {
+		for i := range streamChunks {
 			if i > 0 {
-				time.Sleep(fidChunkGap) // a model producing its next tokens
+				time.Sleep(streamChunkGap) // a model producing its next tokens
 			}
-			_, _ = io.WriteString(w, fidEvent(i))
+			_, _ = io.WriteString(w, sseEvent(i))
 			_ = http.NewResponseController(w).Flush()
 		}
 		finished.Add(1)
 	}
 }
 
-func fidEvent(i int) string {
+func sseEvent(i int) string {
 	return fmt.Sprintf("data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok%d\"}}]}\n\n", i)
 }
 
-// fidStream is the whole stream fidStreamUpstream writes.
-func fidStream() string {
+// sseStream is the whole stream streamUpstream writes.
+func sseStream() string {
 	var b strings.Builder
-	for i := range fidChunks {
-		b.WriteString(fidEvent(i))
+	for i := range streamChunks {
+		b.WriteString(sseEvent(i))
 	}
 	return b.String()
 }

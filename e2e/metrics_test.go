@@ -1,10 +1,9 @@
-package caddyidempotency
+package e2e
 
 import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,22 +13,17 @@ import (
 	"time"
 
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
-	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 )
 
 // scrape reads Caddy's /metrics from the admin endpoint and returns the
 // value of each idempotency sample, by its name and labels as printed.
 func scrape(t *testing.T) map[string]float64 {
 	t.Helper()
-	res, err := http.Get(fmt.Sprintf("http://localhost:%d/metrics", adminPort))
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
+	r := admin(t, http.MethodGet, "/metrics", "")
+	if r.Status != http.StatusOK {
+		t.Fatalf("GET /metrics: status %d", r.Status)
 	}
-	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
-	if err != nil || res.StatusCode != http.StatusOK {
-		t.Fatalf("GET /metrics: status %d, err %v", res.StatusCode, err)
-	}
+	body := r.Body
 	samples := map[string]float64{}
 	for _, m := range regexp.MustCompile(`(?m)^(caddy_http_idempotency_\S+) (\S+)$`).FindAllStringSubmatch(string(body), -1) {
 		v, err := strconv.ParseFloat(m[2], 64)
@@ -81,12 +75,11 @@ func TestMetricsOnCaddysEndpoint(t *testing.T) {
 	}
 
 	// A request upstream is in flight until it finishes.
-	block := make(chan struct{})
-	s.backend.SetFault(batchesbackend.Fault{Block: block, Times: 1})
-	done := make(chan reply)
+	open := holdNextCreate(t, s.backend)
+	done := make(chan reply, 1)
 	go func() { done <- s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", k3) }()
-	waitFor(t, func() bool { return scrape(t)["caddy_http_idempotency_in_flight"] == 1 })
-	close(block)
+	waitFor(t, "the request in flight", func() bool { return scrape(t)["caddy_http_idempotency_in_flight"] == 1 })
+	open()
 	<-done
 	if got := scrape(t)["caddy_http_idempotency_in_flight"]; got != 0 {
 		t.Errorf("in_flight = %v once the request finished, want 0", got)
@@ -107,19 +100,16 @@ func TestMetricsOnCaddysEndpoint(t *testing.T) {
 // The outcome and key hash are placeholders a deferred header can carry, and
 // fields of the access log entry.
 func TestOutcomePlaceholdersAndAccessLog(t *testing.T) {
-	s := newStack(t, "\t\tstore memory")
 	accessLog := filepath.Join(t.TempDir(), "access.log")
-	site := fmt.Sprintf("\tlog {\n\t\toutput file %s\n\t}\n"+
-		"\theader >X-Idempotency-Outcome {http.idempotency.outcome}\n"+
-		"\theader >X-Idempotency-Key-Hash {http.idempotency.key_hash}\n", accessLog) +
-		idempotencySite("\t\tstore memory", s.upstream)
-	s.tester.InitServer(testCaddyfile(quietLog, site), "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
+	s := newSiteStack(t, quietLog, func(upstream string) string {
+		return fmt.Sprintf("\tlog {\n\t\toutput file %s\n\t}\n"+
+			"\theader >X-Idempotency-Outcome {http.idempotency.outcome}\n"+
+			"\theader >X-Idempotency-Key-Hash {http.idempotency.key_hash}\n", accessLog) +
+			idempotencySite("\t\tstore memory", upstream)
+	})
 
 	body := createBody(t, nil, "")
-	key := "p-1-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	key := uniqueKey("p-1")
 	auth := []string{"Authorization", "Bearer sk-placeholder", "Idempotency-Key", key}
 	first := s.send(http.MethodPost, "/v1/batches", body, auth...)
 	replay := s.send(http.MethodPost, "/v1/batches", body, auth...)

@@ -1,14 +1,10 @@
-package caddyidempotency
+package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"testing"
-	"time"
 
-	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 	"github.com/caddy-idempotency/caddy-idempotency/internal/redistest"
 )
@@ -22,35 +18,15 @@ func TestJSONConfig(t *testing.T) {
 // The Redis store in its JSON form.
 func TestJSONConfigRedis(t *testing.T) {
 	s := loadJSONConfig(t, fmt.Sprintf(`{"backend": "redis", "url": %q, "key_prefix": %q, "pool_size": 4,
-		"dial_timeout": "1s", "read_timeout": "1s", "write_timeout": "1s"}`, redistest.URL(t), uniquePrefix("json")))
+		"dial_timeout": "1s", "read_timeout": "1s", "write_timeout": "1s"}`, redistest.URL(t), redistest.UniquePrefix("json")))
 	checkJSONConfig(t, s)
-}
-
-// "wait": 0 is no wait, while a missing wait is the engine's default.
-func TestJSONWait(t *testing.T) {
-	for in, want := range map[string]time.Duration{
-		`{}`:                   0, // the engine's DefaultWait
-		`{"wait": 0}`:          idempotency.NoWait,
-		`{"wait": "0s"}`:       idempotency.NoWait,
-		`{"wait": "5s"}`:       5 * time.Second,
-		`{"wait": 1000000000}`: time.Second,
-		`{"wait": "30s"}`:      idempotency.DefaultWait,
-	} {
-		var h Handler
-		if err := json.Unmarshal([]byte(in), &h); err != nil {
-			t.Fatalf("%s: %v", in, err)
-		}
-		if got := h.wait(); got != want {
-			t.Errorf("%s: engine wait %v, want %v", in, got, want)
-		}
-	}
 }
 
 // loadJSONConfig loads a JSON config with every handler field set and the
 // given store, in front of a new backend.
 func loadJSONConfig(t *testing.T, storeJSON string) *stack {
 	backend := batchesbackend.New()
-	upstream := httptest.NewServer(backend)
+	upstream := serveBackend(t, backend)
 	tester := newTester(t)
 	tester.InitServer(fmt.Sprintf(`{
 		"admin": {"listen": "localhost:%d"},
@@ -82,12 +58,11 @@ func loadJSONConfig(t *testing.T, storeJSON string) *stack {
 				}]
 			}]
 		}}}}
-	}`, adminPort, httpPort, httpsPort, httpPort, storeJSON, upstream.Listener.Addr().String()), "json")
+	}`, adminPort, httpPort, httpsPort, httpPort, storeJSON, upstream), "json")
 	if t.Failed() {
 		t.FailNow()
 	}
-	t.Cleanup(upstream.Close)
-	return &stack{t: t, backend: backend, url: fmt.Sprintf("http://localhost:%d", httpPort), client: http.DefaultClient}
+	return &stack{t: t, backend: backend, url: fmt.Sprintf("http://localhost:%d", httpPort), client: newClient(t)}
 }
 
 func checkJSONConfig(t *testing.T, s *stack) {

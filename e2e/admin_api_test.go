@@ -1,12 +1,10 @@
-package caddyidempotency
+package e2e
 
 import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"regexp"
@@ -19,65 +17,8 @@ import (
 	"github.com/caddy-idempotency/caddy-idempotency/internal/redistest"
 )
 
-// The credential request() sends, which is the handler's default scope.
-const adminScope = "Bearer sk-tenant-a"
-
-var adminClient = &http.Client{Timeout: 20 * time.Second}
-
-// admin calls Caddy's admin endpoint; headers are name, value pairs.
-func admin(t *testing.T, method, path, body string, headers ...string) reply {
-	t.Helper()
-	req, err := http.NewRequest(method, fmt.Sprintf("http://localhost:%d%s", adminPort, path), strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(headers); i += 2 {
-		if strings.EqualFold(headers[i], "Host") {
-			req.Host = headers[i+1]
-			continue
-		}
-		req.Header.Set(headers[i], headers[i+1])
-	}
-	res, err := adminClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return reply{Status: res.StatusCode, Header: res.Header, Body: b}
-}
-
-// json decodes an admin answer of status want into v.
-func (r reply) json(t *testing.T, want int, v any) {
-	t.Helper()
-	if r.Status != want {
-		t.Fatalf("status %d, want %d; body %s", r.Status, want, r.Body)
-	}
-	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
-		t.Fatalf("Content-Type %q; body %s", ct, r.Body)
-	}
-	if err := json.Unmarshal(r.Body, v); err != nil {
-		t.Fatalf("decoding %s: %v", r.Body, err)
-	}
-}
-
-// adminErr checks Caddy's admin error answer: status and {"error": "..."}
-// holding every one of parts.
-func (r reply) adminErr(t *testing.T, status int, parts ...string) {
-	t.Helper()
-	var e struct {
-		Error string `json:"error"`
-	}
-	r.json(t, status, &e)
-	for _, p := range parts {
-		if !strings.Contains(e.Error, p) {
-			t.Fatalf("error %q does not say %q", e.Error, p)
-		}
-	}
-}
+// The scope of the records the harness's requests make: their credential.
+const adminScope = tenantA
 
 type adminRecordJSON struct {
 	Store       string              `json:"store"`
@@ -117,13 +58,6 @@ func adminStats(t *testing.T, query string) adminStatsJSON {
 	return st
 }
 
-// newBackendServer serves backend on loopback for t; it returns its host:port.
-func newBackendServer(t *testing.T, backend *batchesbackend.Server) string {
-	srv := httptest.NewServer(backend)
-	t.Cleanup(srv.Close)
-	return srv.Listener.Addr().String()
-}
-
 var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // A completed record through a real Caddy and Badger: inspected by scope and
@@ -135,14 +69,9 @@ func TestAdminInspectAndPurgeCompleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	logFile.Close()
-	backend := batchesbackend.New()
-	upstream := newBackendServer(t, backend)
-	s := &stack{t: t, tester: newTester(t), backend: backend, url: fmt.Sprintf("http://localhost:%d", httpPort), client: adminClient}
 	globals := fmt.Sprintf("log {\n\t\toutput file %s\n\t\tformat json\n\t\tlevel DEBUG\n\t}", logFile.Name())
-	s.tester.InitServer(testCaddyfile(globals, idempotencySite("\t\tstore badger "+storeDir(t), upstream)), "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
+	s := newSiteStack(t, globals, func(upstream string) string { return idempotencySite("\t\tstore badger "+storeDir(t), upstream) })
+	backend := s.backend
 
 	body := createBody(t, nil, "")
 	before := time.Now().Add(-time.Second)
@@ -249,20 +178,12 @@ func loggedKeyHashes(t *testing.T, path string) map[string]bool {
 func TestAdminInFlightPurge(t *testing.T) {
 	s := newStack(t, "\t\twait 0\n\t\tstore badger "+storeDir(t))
 	body := createBody(t, nil, "")
-	release := make(chan struct{})
-	s.backend.SetFault(batchesbackend.Fault{Block: release, Times: 1})
+	open := holdNextCreate(t, s.backend)
 	first := make(chan reply, 1)
 	go func() {
 		first <- sendTo(t, s.client, http.MethodPost, s.url+"/v1/batches", body, "Idempotency-Key", "adm-flight")
 	}()
-	defer func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	}()
-	waitUntil(t, "the first request upstream", func() bool { return s.backend.Requests() == 1 })
+	waitFor(t, "the first request upstream", func() bool { return s.backend.Requests() == 1 })
 
 	var rec adminRecordJSON
 	path := byScopeAndKey(adminScope, "adm-flight")
@@ -277,7 +198,7 @@ func TestAdminInFlightPurge(t *testing.T) {
 
 	admin(t, http.MethodDelete, path, "").json(t, http.StatusOK, &struct{}{})
 	admin(t, http.MethodGet, path, "").adminErr(t, http.StatusNotFound)
-	close(release)
+	open()
 	owner := (<-first).batch(t) // its client still gets its answer
 	admin(t, http.MethodGet, path, "").adminErr(t, http.StatusNotFound, "no live record")
 
@@ -289,17 +210,6 @@ func TestAdminInFlightPurge(t *testing.T) {
 	admin(t, http.MethodGet, path, "").json(t, http.StatusOK, &rec)
 	if rec.State != "completed" {
 		t.Fatalf("after the retry: %+v", rec)
-	}
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -317,15 +227,14 @@ func TestAdminStats(t *testing.T) {
 	if r := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "st-released"); r.Status != http.StatusInternalServerError {
 		t.Fatalf("status %d, want the upstream's 500", r.Status)
 	}
-	release := make(chan struct{})
-	s.backend.SetFault(batchesbackend.Fault{Block: release, Times: 1})
+	open := holdNextCreate(t, s.backend)
 	done := make(chan reply, 1)
 	go func() {
 		done <- sendTo(t, s.client, http.MethodPost, s.url+"/v1/batches", body, "Idempotency-Key", "st-flight")
 	}()
-	waitUntil(t, "st-flight upstream", func() bool { return s.backend.Requests() == 5 })
+	waitFor(t, "st-flight upstream", func() bool { return s.backend.Requests() == 5 })
 	st := adminStats(t, "")
-	close(release)
+	open()
 	if st.Total != 3 || st.InFlight != 1 || st.Completed != 2 {
 		t.Fatalf("stats %+v, want 3: 1 in flight, 2 completed", st)
 	}
@@ -341,9 +250,8 @@ func TestAdminSeveralStores(t *testing.T) {
 	const password = "admin-test-redis-secret"
 	srv := redistest.StartTLS(t, password)
 	dir := storeDir(t)
-	backend := batchesbackend.New()
-	upstream := newBackendServer(t, backend)
-	site := fmt.Sprintf(`	@redis header X-Store redis
+	site := func(upstream string) string {
+		return fmt.Sprintf(`	@redis header X-Store redis
 	@badger not header X-Store redis
 	idempotency @badger {
 		store badger %s
@@ -355,14 +263,11 @@ func TestAdminSeveralStores(t *testing.T) {
 		}
 	}
 	reverse_proxy %s`, dir, password, srv.Addr(), srv.CAFile(), upstream)
-	s := &stack{t: t, tester: newTester(t), backend: backend, url: fmt.Sprintf("http://localhost:%d", httpPort), client: adminClient}
-	s.tester.InitServer(testCaddyfile(quietLog, site), "caddyfile")
-	if t.Failed() {
-		t.FailNow()
 	}
+	s := newSiteStack(t, quietLog, site)
 
 	listing := admin(t, http.MethodGet, "/idempotency/stores", "")
-	var stores []struct{ Name, Backend string }
+	var stores []storeJSON
 	listing.json(t, http.StatusOK, &stores)
 	badgerName, redisName := "badger:"+dir, "redis:"+srv.Addr()+"/0/admin-test:"
 	if len(stores) != 2 || stores[0].Name != badgerName || stores[0].Backend != "badger" || stores[1].Name != redisName || stores[1].Backend != "redis" {

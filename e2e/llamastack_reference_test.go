@@ -1,4 +1,4 @@
-package caddyidempotency
+package e2e
 
 import (
 	"encoding/json"

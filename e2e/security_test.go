@@ -1,7 +1,8 @@
-package caddyidempotency
+package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -11,8 +12,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
+
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 )
+
+// Another tenant's record is independent: other parameters under the same
+// key are no conflict, and each tenant replays its own.
+func TestTenantsAreIndependent(t *testing.T) {
+	s := newStack(t, "store badger "+storeDir(t))
+	body := createBody(t, nil, "")
+	a := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "shared", "Authorization", "Bearer sk-a").batch(t)
+	// Other parameters under the same key: no conflict, since it is B's own record.
+	b := s.send(http.MethodPost, "/v1/batches", createBody(t, map[string]any{"input_file_id": "file-b"}, ""),
+		"Idempotency-Key", "shared", "Authorization", "Bearer sk-b").batch(t)
+	if a.ID == b.ID || s.backend.Creates() != 2 {
+		t.Fatalf("tenants share a record: %s %s, creates %d", a.ID, b.ID, s.backend.Creates())
+	}
+	if again := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "shared", "Authorization", "Bearer sk-a").batch(t); again.ID != a.ID {
+		t.Fatalf("tenant A replayed %s, want %s", again.ID, a.ID)
+	}
+}
 
 // Tenant B, using the key tenant A has in flight, neither waits for A, nor
 // is told the key is in use, nor sees A's response: B's request runs as if A
@@ -24,22 +44,19 @@ func TestTenantCannotSeeOrBlockAnotherTenantsKey(t *testing.T) {
 	asA := []string{"Idempotency-Key", key, "Authorization", "Bearer sk-tenant-a"}
 	asB := []string{"Idempotency-Key", key, "Authorization", "Bearer sk-tenant-b"}
 
-	block := make(chan struct{})
-	s.backend.SetFault(batchesbackend.Fault{Block: block, Times: 1})
+	open := holdNextCreate(t, s.backend)
 	aDone := make(chan reply, 1)
 	go func() { aDone <- sendTo(t, s.client, http.MethodPost, s.url+"/v1/batches", body, asA...) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.backend.Requests() == 0 {
-		if time.Now().After(deadline) {
-			close(block)
-			t.Fatal("tenant A's create never reached the backend")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "tenant A's create upstream", func() bool { return s.backend.Requests() == 1 })
 
+	// B's deadline is shorter than the wait: a B made to wait behind A fails
+	// here, and does not wait on until A's end.
 	start := time.Now()
-	b := s.send(http.MethodPost, "/v1/batches", body, asB...)
+	b, err := request(&http.Client{Timeout: 4 * time.Second, Transport: s.client.Transport}, http.MethodPost, s.url+"/v1/batches", body, asB...)
 	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("tenant B was held behind A: no answer after %s: %v", took, err)
+	}
 	bBatch := b.batch(t) // not 409 in_use, and not a wait for A
 	if b.Header.Get("Idempotent-Replayed") != "" || took > 2*time.Second {
 		t.Fatalf("tenant B was held or answered from A's record (replayed %q, took %s)", b.Header.Get("Idempotent-Replayed"), took)
@@ -48,7 +65,7 @@ func TestTenantCannotSeeOrBlockAnotherTenantsKey(t *testing.T) {
 	s.send(http.MethodPost, "/v1/batches", createBody(t, map[string]any{"input_file_id": "file-b"}, ""), asB...).
 		apiError(t, http.StatusConflict, "idempotency_key_reused")
 
-	close(block)
+	open()
 	aBatch := (<-aDone).batch(t)
 	if aBatch.ID == bBatch.ID || s.backend.Creates() != 2 {
 		t.Fatalf("tenants share a batch: A %s, B %s, creates %d", aBatch.ID, bBatch.ID, s.backend.Creates())
@@ -68,7 +85,6 @@ func TestTenantCannotSeeOrBlockAnotherTenantsKey(t *testing.T) {
 // credential, on every path: stored, replayed, reused, in flight, rejected,
 // released, store down.
 func TestLogsCarryNoKeyThroughCaddy(t *testing.T) {
-	s := newStack(t, "\t\tstore test_failing")
 	dir := t.TempDir()
 	mainLog, accessLog := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "access.log")
 	globals := fmt.Sprintf("log {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}", mainLog)
@@ -79,10 +95,9 @@ func TestLogsCarryNoKeyThroughCaddy(t *testing.T) {
 		}
 	}
 `, accessLog)
-	s.tester.InitServer(testCaddyfile(globals, accessLogWithFilter+idempotencySite("\t\tstore test_failing", s.upstream)), "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
+	s := newSiteStack(t, globals, func(upstream string) string {
+		return accessLogWithFilter + idempotencySite("\t\tstore test_failing", upstream)
+	})
 	t.Cleanup(func() { storeDown.Store(false) })
 	backend := s.backend
 
@@ -146,5 +161,47 @@ func TestLogsCarryNoKeyThroughCaddy(t *testing.T) {
 	// The control: both logs really recorded these requests.
 	if handlerLines < 7 || accessLines < 8 || decisions < 8 {
 		t.Fatalf("only %d handler lines (%d decisions) and %d access log lines: the paths were not logged", handlerLines, decisions, accessLines)
+	}
+}
+
+// Neither the client's key nor its credential may reach the store.
+func TestSecretsNeverStored(t *testing.T) {
+	dir := storeDir(t)
+	s := newStack(t, "store badger "+dir)
+	const key, credential = "key-3f9a7c1e-visible", "sk-secret-credential-8d2b"
+	body := createBody(t, nil, "")
+	created := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", key, "Authorization", "Bearer "+credential).batch(t)
+	s.send(http.MethodPost, "/v1/batches", createBody(t, nil, key+"-field"), "Authorization", "Bearer "+credential).batch(t)
+
+	// Every key and value in the database, once a reload has released it.
+	s.load("store memory", s.upstream)
+	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var entries int
+	sawRecord := false // the control: the stored response is in here
+	err = db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.DefaultIteratorOptions)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			entries++
+			entry := append(it.Item().KeyCopy(nil), v...)
+			sawRecord = sawRecord || bytes.Contains(entry, []byte(created.ID))
+			for _, secret := range []string{key, credential, "backend_session"} {
+				if bytes.Contains(entry, []byte(secret)) {
+					t.Errorf("a stored entry holds %q", secret)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil || entries != 2 || !sawRecord {
+		t.Fatalf("scanning the store: %d entries (want 2), stored batch found %v, %v", entries, sawRecord, err)
 	}
 }

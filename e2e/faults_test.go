@@ -1,4 +1,4 @@
-package caddyidempotency
+package e2e
 
 import (
 	"bytes"
@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,46 +16,49 @@ import (
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 )
 
-// Faults around the request in flight: the process dies, a handler below
-// panics, the upstream hangs.
+// Faults around the request in flight: the upstream fails or hangs, a
+// handler below panics, the process dies.
 
-// watchFaults wraps a batches backend and signals on the returned channel each
-// time a POST starts waiting on a Block or Delay fault: the backend waits on
-// the request context's Done, and nothing before that asks for it.
-func watchFaults(backend http.Handler) (http.Handler, <-chan struct{}) {
-	taken := make(chan struct{}, 16)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost {
-			r = r.WithContext(&doneProbe{Context: r.Context(), taken: taken})
-		}
-		backend.ServeHTTP(w, r)
-	}), taken
-}
-
-type doneProbe struct {
-	context.Context
-	once  sync.Once
-	taken chan<- struct{}
-}
-
-func (c *doneProbe) Done() <-chan struct{} {
-	c.once.Do(func() { c.taken <- struct{}{} })
-	return c.Context.Done()
-}
-
-func waitTaken(t *testing.T, taken <-chan struct{}) {
-	t.Helper()
-	select {
-	case <-taken:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the backend did not take the blocking fault within 10s")
+func TestRetryAfterUpstreamErrorReachesBackend(t *testing.T) {
+	for _, status := range []int{http.StatusInternalServerError, http.StatusBadRequest, http.StatusTooManyRequests} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			s := newStack(t, "store badger "+storeDir(t))
+			s.backend.SetFault(batchesbackend.Fault{Status: status, Times: 1})
+			body := createBody(t, nil, "")
+			if r := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-retry"); r.Status != status {
+				t.Fatalf("first status %d, want %d", r.Status, status)
+			}
+			b := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-retry").batch(t)
+			if s.backend.Requests() != 2 || s.backend.Creates() != 1 {
+				t.Fatalf("backend requests %d creates %d, want 2 and 1", s.backend.Requests(), s.backend.Creates())
+			}
+			if again := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-retry").batch(t); again.ID != b.ID {
+				t.Fatalf("success was not stored: %s then %s", b.ID, again.ID)
+			}
+		})
 	}
 }
 
-func mustReplay(t *testing.T, r reply, want []byte) {
-	t.Helper()
-	if r.Status != http.StatusOK || r.Header.Get("Idempotent-Replayed") != "true" || !bytes.Equal(r.Body, want) {
-		t.Fatalf("got %d replayed=%q %s, want a replay of %s", r.Status, r.Header.Get("Idempotent-Replayed"), r.Body, want)
+// A kill -9 loses no completed record: the restarted process replays it.
+func TestReplayAfterProcessKillAndRestart(t *testing.T) {
+	backend := batchesbackend.New()
+	upstream := serveBackend(t, backend)
+	port := freePort()
+	config := processCaddyfile(port, "store badger "+t.TempDir(), upstream)
+	client := &http.Client{Timeout: 10 * time.Second}
+	body := createBody(t, nil, "")
+
+	first := startCaddy(t, config, port)
+	created := sendTo(t, client, http.MethodPost, first.url+"/v1/batches", body, "Idempotency-Key", "k-kill").batch(t)
+	first.kill()
+
+	second := startCaddy(t, config, port)
+	r := sendTo(t, client, http.MethodPost, second.url+"/v1/batches", body, "Idempotency-Key", "k-kill")
+	if b := r.batch(t); b.ID != created.ID || b.CreatedAt != created.CreatedAt || r.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("after kill -9 and restart got %s, want replay of %s", b.ID, created.ID)
+	}
+	if n := backend.Creates(); n != 1 {
+		t.Fatalf("backend creates = %d, want 1", n)
 	}
 }
 
@@ -68,15 +69,11 @@ func TestKillWithRequestInFlight(t *testing.T) {
 	const lockTimeout = 4 * time.Second
 	backend := batchesbackend.New()
 	watched, taken := watchFaults(backend)
-	upstream := httptest.NewServer(watched)
-	defer upstream.Close()
-	release := make(chan struct{})
-	defer close(release)
+	upstream := serveBackend(t, watched)
 
 	dir := t.TempDir()
 	port := freePort()
-	config := processCaddyfile(port, fmt.Sprintf("store badger %s\n\t\tlock_timeout %s\n\t\tttl 24h\n\t\twait 0", dir, lockTimeout),
-		upstream.Listener.Addr().String())
+	config := processCaddyfile(port, fmt.Sprintf("store badger %s\n\t\tlock_timeout %s\n\t\tttl 24h\n\t\twait 0", dir, lockTimeout), upstream)
 	client := &http.Client{Timeout: 10 * time.Second}
 	bodyOf := func(i int) string {
 		return createBody(t, map[string]any{"metadata": map[string]string{"n": fmt.Sprint(i)}}, "")
@@ -84,14 +81,13 @@ func TestKillWithRequestInFlight(t *testing.T) {
 
 	first := startCaddy(t, config, port)
 	const done = 20
-	created := make([][]byte, done)
+	created := make([]reply, done)
 	for i := range created {
-		r := sendTo(t, client, http.MethodPost, first.url+"/v1/batches", bodyOf(i), "Idempotency-Key", fmt.Sprint("k-done-", i))
-		r.batch(t)
-		created[i] = r.Body
+		created[i] = sendTo(t, client, http.MethodPost, first.url+"/v1/batches", bodyOf(i), "Idempotency-Key", fmt.Sprint("k-done-", i))
+		created[i].batch(t)
 	}
 
-	backend.SetFault(batchesbackend.Fault{Block: release, Times: 1})
+	holdNextCreate(t, backend)
 	inFlight := bodyOf(done)
 	lost := make(chan error, 1)
 	go func() {
@@ -141,7 +137,7 @@ func TestKillWithRequestInFlight(t *testing.T) {
 	if r.Header.Get("Idempotent-Replayed") != "" || backend.Creates() != done+1 || backend.Requests() != done+2 {
 		t.Fatalf("take-over: replayed %q, creates %d, requests %d; want a new create", r.Header.Get("Idempotent-Replayed"), backend.Creates(), backend.Requests())
 	}
-	mustReplay(t, sendTo(t, client, http.MethodPost, second.url+"/v1/batches", inFlight, "Idempotency-Key", "k-in-flight"), r.Body)
+	mustReplay(t, sendTo(t, client, http.MethodPost, second.url+"/v1/batches", inFlight, "Idempotency-Key", "k-in-flight"), r)
 	t.Logf("restart %s; first check %s after the kill; key free after %s (lock_timeout %s)",
 		restart.Round(time.Millisecond), checkAt.Round(time.Millisecond), freedAfter.Round(time.Millisecond), lockTimeout)
 
@@ -151,35 +147,12 @@ func TestKillWithRequestInFlight(t *testing.T) {
 		t.Fatalf("opening the store after kill -9: %v", err)
 	}
 	defer store.Close()
-	for key, want := range map[string][]byte{"k-done-7": created[7], "k-in-flight": r.Body} {
+	for key, want := range map[string][]byte{"k-done-7": created[7].Body, "k-in-flight": r.Body} {
 		rec, ok, err := store.Get(context.Background(), idempotency.NewRecordKey(fmt.Sprintf("127.0.0.1@:%d", port), "Bearer sk-tenant-a", key))
 		if err != nil || !ok || rec.State != idempotency.StateCompleted || !bytes.Equal(rec.Response.Body, want) {
 			t.Fatalf("record %s after the second kill: ok %v, err %v, state %v", key, ok, err, rec.State)
 		}
 	}
-}
-
-// siteStack is newStack with a site block of the test's own: site gets the
-// backend's host:port and returns what goes inside http://localhost:<port> { }.
-func siteStack(t *testing.T, site func(upstream string) string) (*stack, <-chan struct{}) {
-	t.Helper()
-	backend := batchesbackend.New()
-	watched, taken := watchFaults(backend)
-	upstream := httptest.NewServer(watched)
-	t.Cleanup(upstream.Close)
-	s := &stack{
-		t:        t,
-		tester:   newTester(t),
-		backend:  backend,
-		upstream: upstream.Listener.Addr().String(),
-		url:      fmt.Sprintf("http://localhost:%d", httpPort),
-		client:   &http.Client{Timeout: 20 * time.Second},
-	}
-	s.tester.InitServer(testCaddyfile(quietLog, site(s.upstream)), "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
-	return s, taken
 }
 
 func panicSite(t *testing.T, opts string) func(string) string {
@@ -203,7 +176,7 @@ func panicSite(t *testing.T, opts string) func(string) string {
 func TestPanicDownstreamReleasesKey(t *testing.T) {
 	for _, tc := range []struct{ name, opts string }{{"panic", ""}, {"ErrAbortHandler", "abort"}} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, _ := siteStack(t, panicSite(t, tc.opts))
+			s := newSiteStack(t, quietLog, panicSite(t, tc.opts))
 			// A fresh connection each time, so net/http never resends the
 			// keyed POST on its own after the server drops the connection.
 			fresh := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
@@ -224,7 +197,7 @@ func TestPanicDownstreamReleasesKey(t *testing.T) {
 			if retry.Header.Get("Idempotent-Replayed") != "" || s.backend.Creates() != 1 {
 				t.Fatalf("retry after the panic: replayed %q, creates %d", retry.Header.Get("Idempotent-Replayed"), s.backend.Creates())
 			}
-			mustReplay(t, sendTo(t, fresh, http.MethodPost, s.url+"/v1/batches", body, "Idempotency-Key", "k-panic"), retry.Body)
+			mustReplay(t, sendTo(t, fresh, http.MethodPost, s.url+"/v1/batches", body, "Idempotency-Key", "k-panic"), retry)
 			if n := s.backend.Creates(); n != 1 {
 				t.Fatalf("backend creates = %d, want 1", n)
 			}
@@ -237,13 +210,10 @@ func TestPanicDownstreamReleasesKey(t *testing.T) {
 // reused; the late 2xx is stored and replays.
 func TestHungUpstreamKeepsKeyInFlight(t *testing.T) {
 	const lockTimeout = 300 * time.Millisecond
-	s, taken := siteStack(t, func(upstream string) string {
+	s := newSiteStack(t, quietLog, func(upstream string) string {
 		return idempotencySite(fmt.Sprintf("\t\tstore badger %s\n\t\tlock_timeout %s\n\t\twait 0", storeDir(t), lockTimeout), upstream)
 	})
-	release := make(chan struct{})
-	unblock := sync.OnceFunc(func() { close(release) })
-	t.Cleanup(unblock) // before the backend's Close, which waits for its requests
-	s.backend.SetFault(batchesbackend.Fault{Block: release, Times: 1})
+	unblock := holdNextCreate(t, s.backend)
 	body := createBody(t, nil, "")
 
 	owner := make(chan reply, 1)
@@ -251,7 +221,7 @@ func TestHungUpstreamKeepsKeyInFlight(t *testing.T) {
 	go func() {
 		owner <- sendTo(t, s.client, http.MethodPost, s.url+"/v1/batches", body, "Idempotency-Key", "k-hang")
 	}()
-	waitTaken(t, taken)
+	waitTaken(t, s.taken)
 	time.Sleep(4 * lockTimeout)
 
 	for i := 0; i < 3; i++ {
@@ -271,7 +241,7 @@ func TestHungUpstreamKeepsKeyInFlight(t *testing.T) {
 	unblock()
 	first := <-owner
 	first.batch(t)
-	mustReplay(t, s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-hang"), first.Body)
+	mustReplay(t, s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-hang"), first)
 	if s.backend.Requests() != 1 || s.backend.Creates() != 1 {
 		t.Fatalf("backend requests %d creates %d, want 1 and 1", s.backend.Requests(), s.backend.Creates())
 	}
@@ -282,19 +252,16 @@ func TestHungUpstreamKeepsKeyInFlight(t *testing.T) {
 // in_use: the lease renewal keeps it from taking the key over.
 func TestHungUpstreamWaitThenInUse(t *testing.T) {
 	const lockTimeout, wait = 200 * time.Millisecond, 800 * time.Millisecond
-	s, taken := siteStack(t, func(upstream string) string {
+	s := newSiteStack(t, quietLog, func(upstream string) string {
 		return idempotencySite(fmt.Sprintf("\t\tstore badger %s\n\t\tlock_timeout %s\n\t\twait %s", storeDir(t), lockTimeout, wait), upstream)
 	})
-	release := make(chan struct{})
-	unblock := sync.OnceFunc(func() { close(release) })
-	t.Cleanup(unblock) // before the backend's Close, which waits for its requests
-	s.backend.SetFault(batchesbackend.Fault{Block: release, Times: 1})
+	unblock := holdNextCreate(t, s.backend)
 	body := createBody(t, nil, "")
 	owner := make(chan reply, 1)
 	go func() {
 		owner <- sendTo(t, s.client, http.MethodPost, s.url+"/v1/batches", body, "Idempotency-Key", "k-hang-wait")
 	}()
-	waitTaken(t, taken)
+	waitTaken(t, s.taken)
 
 	start := time.Now()
 	r := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-hang-wait")
@@ -306,7 +273,7 @@ func TestHungUpstreamWaitThenInUse(t *testing.T) {
 	unblock()
 	first := <-owner
 	first.batch(t)
-	mustReplay(t, s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-hang-wait"), first.Body)
+	mustReplay(t, s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-hang-wait"), first)
 	if s.backend.Requests() != 1 || s.backend.Creates() != 1 {
 		t.Fatalf("backend requests %d creates %d, want 1 and 1", s.backend.Requests(), s.backend.Creates())
 	}
@@ -317,7 +284,7 @@ func TestHungUpstreamWaitThenInUse(t *testing.T) {
 // record is released: the retry goes upstream again. (Had the upstream
 // created a batch anyway, the retry would create a second: not guaranteed.)
 func TestProxyTimeoutReleasesKey(t *testing.T) {
-	s, taken := siteStack(t, func(upstream string) string {
+	s := newSiteStack(t, quietLog, func(upstream string) string {
 		return fmt.Sprintf(`	idempotency /v1/batches {
 		store badger %s
 		lock_timeout 300ms
@@ -328,9 +295,7 @@ func TestProxyTimeoutReleasesKey(t *testing.T) {
 		}
 	}`, storeDir(t), upstream)
 	})
-	release := make(chan struct{})
-	defer close(release)
-	s.backend.SetFault(batchesbackend.Fault{Block: release, Times: 1})
+	holdNextCreate(t, s.backend)
 	body := createBody(t, nil, "")
 
 	start := time.Now()
@@ -340,7 +305,7 @@ func TestProxyTimeoutReleasesKey(t *testing.T) {
 		t.Fatalf("hung upstream: %d %s, want Caddy's 504", r.Status, r.Body)
 	}
 	select {
-	case <-taken:
+	case <-s.taken:
 	default:
 		t.Fatal("the request never reached the blocking fault")
 	}
@@ -351,6 +316,6 @@ func TestProxyTimeoutReleasesKey(t *testing.T) {
 		t.Fatalf("retry after 504: replayed %q, requests %d, creates %d; want it upstream",
 			retry.Header.Get("Idempotent-Replayed"), s.backend.Requests(), s.backend.Creates())
 	}
-	mustReplay(t, s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-timeout"), retry.Body)
+	mustReplay(t, s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-timeout"), retry)
 	t.Logf("504 after %s (response_header_timeout 500ms)", took.Round(time.Millisecond))
 }

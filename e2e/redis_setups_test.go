@@ -1,4 +1,4 @@
-package caddyidempotency
+package e2e
 
 import (
 	"fmt"
@@ -10,6 +10,31 @@ import (
 
 	"github.com/caddy-idempotency/caddy-idempotency/internal/redistest"
 )
+
+// A Redis that speaks only TLS and wants a password: the store reaches it
+// with a rediss URL, the password from an env placeholder and a private CA;
+// without that CA the certificate is refused and keyed requests get 503.
+func TestRedisTLSWithPasswordThroughCaddy(t *testing.T) {
+	t.Setenv("TEST_REDIS_TLS_PASSWORD", "tls-test-password")
+	srv := redistest.StartTLS(t, "tls-test-password")
+	block := "\t\tstore redis rediss://" + srv.Addr() + " {\n\t\t\tpassword {env.TEST_REDIS_TLS_PASSWORD}\n\t\t\tdial_timeout 500ms\n"
+	body := createBody(t, nil, "")
+
+	s := newStack(t, block+"\t\t\ttls_ca_file "+srv.CAFile()+"\n\t\t}")
+	created := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "tls-1").batch(t)
+	r := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "tls-1")
+	if b := r.batch(t); b.ID != created.ID || r.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("over TLS got %s, want a replay of %s", b.ID, created.ID)
+	}
+	keys, err := srv.Client(t).Keys(t.Context(), "caddy-idempotency:r:*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("records in the TLS server: %v, %v", keys, err)
+	}
+
+	untrusted := newStack(t, block+"\t\t}")
+	untrusted.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "tls-2").
+		apiError(t, http.StatusServiceUnavailable, "idempotency_store_unavailable")
+}
 
 // A real Redis Cluster, named by all its nodes or by one seed with
 // `cluster`: creates replay and conflict through Caddy, and the records

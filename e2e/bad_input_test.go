@@ -1,4 +1,4 @@
-package caddyidempotency
+package e2e
 
 import (
 	"bufio"
@@ -8,11 +8,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 )
 
 // Hostile input over real HTTP through the in-process Caddy. Hostile requests
@@ -221,22 +218,21 @@ func TestHostileFingerprints(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			key := fmt.Sprintf("fingerprint-%d", i)
 			requests := s.backend.Requests()
-			release, owner, ownerDone := make(chan struct{}), make(chan reply, 1), make(chan struct{})
-			var unblock sync.Once
+			owner, ownerDone := make(chan reply, 1), make(chan struct{})
+			open := holdNextCreate(t, s.backend)
 			// On failure too: the owner must finish before t does.
-			defer func() { unblock.Do(func() { close(release) }); <-ownerDone }()
-			s.backend.SetFault(batchesbackend.Fault{Block: release, Times: 1})
+			defer func() { open(); <-ownerDone }()
 			go func() {
 				defer close(ownerDone)
 				owner <- sendTo(t, s.client, http.MethodPost, s.url+"/v1/batches", c.first, "Idempotency-Key", key, "Content-Type", c.ctype)
 			}()
-			waitFor(t, func() bool { return s.backend.Requests() == requests+1 })
+			waitFor(t, "the first request upstream", func() bool { return s.backend.Requests() == requests+1 })
 
 			sendTo(t, s.client, http.MethodPost, s.url+"/v1/batches", c.same, "Idempotency-Key", key, "Content-Type", c.ctype).
 				apiError(t, http.StatusConflict, "idempotency_key_in_use")
 			sendTo(t, s.client, http.MethodPost, s.url+"/v1/batches", c.other, "Idempotency-Key", key, "Content-Type", c.ctype).
 				apiError(t, http.StatusConflict, "idempotency_key_reused")
-			unblock.Do(func() { close(release) })
+			open()
 			backendRejected(t, <-owner)
 			if got := s.backend.Requests() - requests; got != 1 {
 				t.Fatalf("backend received %d requests, want 1", got)
@@ -255,11 +251,7 @@ func TestHostileStalledBody(t *testing.T) {
 	s := newHostileStack(t)
 	const key = "stalled-body"
 	requests := s.backend.Requests()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dial(t, strings.TrimPrefix(s.url, "http://"))
 	sent := time.Now()
 	fmt.Fprintf(conn, "POST /v1/batches HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer sk-tenant-a\r\n"+
 		"Content-Type: application/json\r\nIdempotency-Key: %s\r\nContent-Length: 200\r\n\r\n%s",
@@ -287,18 +279,13 @@ func TestHostileStalledBody(t *testing.T) {
 	}
 }
 
-// newHostileStack is newStack with hostileBlock, reloaded with Caddy's
-// read_body timeout set so a stalled body cannot hold a connection forever.
+// newHostileStack is newStack with hostileBlock and Caddy's read_body
+// timeout set so a stalled body cannot hold a connection forever.
 func newHostileStack(t *testing.T) *stack {
 	t.Helper()
 	block := hostileBlock + storeDir(t)
-	s := newStack(t, block)
 	readBodyTimeout := "servers {\n\t\ttimeouts {\n\t\t\tread_body 2s\n\t\t}\n\t}\n\t"
-	s.tester.InitServer(testCaddyfile(readBodyTimeout+quietLog, idempotencySite(block, s.upstream)), "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
-	return s
+	return newSiteStack(t, readBodyTimeout+quietLog, func(upstream string) string { return idempotencySite(block, upstream) })
 }
 
 // rawPost sends POST /v1/batches as written, on its own connection, and reads
@@ -307,13 +294,9 @@ func newHostileStack(t *testing.T) *stack {
 func rawPost(t *testing.T, s *stack, headers []string, body string, chunked bool) reply {
 	t.Helper()
 	host := strings.TrimPrefix(s.url, "http://")
-	conn, err := net.Dial("tcp", host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dial(t, host)
 	var b strings.Builder
-	fmt.Fprintf(&b, "POST /v1/batches HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer sk-tenant-a\r\nConnection: close\r\n", host)
+	fmt.Fprintf(&b, "POST /v1/batches HTTP/1.1\r\nHost: %s\r\nAuthorization: %s\r\nConnection: close\r\n", host, tenantA)
 	for _, h := range headers {
 		b.WriteString(h + "\r\n")
 	}
@@ -329,7 +312,6 @@ func rawPost(t *testing.T, s *stack, headers []string, body string, chunked bool
 		fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n%s", len(body), body)
 	}
 	go func() { _, _ = io.WriteString(conn, b.String()) }() // fails once the server stops reading; the response tells
-	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
 	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		t.Fatalf("reading the response: %v", err)
@@ -340,4 +322,19 @@ func rawPost(t *testing.T, s *stack, headers []string, body string, chunked bool
 		t.Fatalf("reading the response body: %v", err)
 	}
 	return reply{Status: res.StatusCode, Header: res.Header, Body: got}
+}
+
+// dial opens a TCP connection to addr for a hand-written request; every
+// read and write on it has a deadline, and t's end closes it.
+func dial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if err := conn.SetDeadline(time.Now().Add(requestTimeout)); err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }

@@ -1,11 +1,8 @@
-package caddyidempotency
+package e2e
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -13,13 +10,6 @@ import (
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 	"github.com/caddy-idempotency/caddy-idempotency/internal/redistest"
 )
-
-// uniquePrefix keeps tests that share one Redis apart.
-func uniquePrefix(name string) string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return name + "-" + hex.EncodeToString(b) + ":"
-}
 
 // Two cmd/caddy processes share one Redis behind a load balancer that
 // spreads duplicates over both: one upstream create, one batch for everyone,
@@ -29,15 +19,14 @@ func TestFleetSharesOneRedis(t *testing.T) {
 	backend := batchesbackend.New()
 	// Slow enough that the duplicates overlap the create on both instances.
 	backend.SetFault(batchesbackend.Fault{Delay: 300 * time.Millisecond, Times: 1})
-	upstream := httptest.NewServer(backend)
-	defer upstream.Close()
+	upstream := serveBackend(t, backend)
 	// The instances listen on two ports, so their hosts differ: a namespace
 	// puts them on the same records, as one host name behind a load balancer does.
-	block := fmt.Sprintf("\t\twait 10s\n\t\tnamespace fleet\n\t\tstore redis %s {\n\t\t\tkey_prefix %s\n\t\t}", redisURL, uniquePrefix("fleet"))
+	block := fmt.Sprintf("\t\twait 10s\n\t\tnamespace fleet\n\t\tstore redis %s {\n\t\t\tkey_prefix %s\n\t\t}", redisURL, redistest.UniquePrefix("fleet"))
 	portA, portB := freePort(), freePort()
 	instances := []*caddyProcess{
-		startCaddy(t, processCaddyfile(portA, block, upstream.Listener.Addr().String()), portA),
-		startCaddy(t, processCaddyfile(portB, block, upstream.Listener.Addr().String()), portB),
+		startCaddy(t, processCaddyfile(portA, block, upstream), portA),
+		startCaddy(t, processCaddyfile(portB, block, upstream), portB),
 	}
 
 	const clients = 40
@@ -98,17 +87,14 @@ func TestFleetOwnerKilledMidRequest(t *testing.T) {
 	redisURL := redistest.URL(t)
 	backend := batchesbackend.New()
 	watched, taken := watchFaults(backend)
-	upstream := httptest.NewServer(watched)
-	defer upstream.Close()
-	block := make(chan struct{})
-	defer close(block)
-	backend.SetFault(batchesbackend.Fault{Block: block, Times: 1})
+	upstream := serveBackend(t, watched)
+	holdNextCreate(t, backend)
 
 	const lease = 2 * time.Second
-	config := fmt.Sprintf("\t\twait 0\n\t\tnamespace fleet\n\t\tlock_timeout %s\n\t\tstore redis %s {\n\t\t\tkey_prefix %s\n\t\t}", lease, redisURL, uniquePrefix("fleet-kill"))
+	config := fmt.Sprintf("\t\twait 0\n\t\tnamespace fleet\n\t\tlock_timeout %s\n\t\tstore redis %s {\n\t\t\tkey_prefix %s\n\t\t}", lease, redisURL, redistest.UniquePrefix("fleet-kill"))
 	portA, portB := freePort(), freePort()
-	a := startCaddy(t, processCaddyfile(portA, config, upstream.Listener.Addr().String()), portA)
-	b := startCaddy(t, processCaddyfile(portB, config, upstream.Listener.Addr().String()), portB)
+	a := startCaddy(t, processCaddyfile(portA, config, upstream), portA)
+	b := startCaddy(t, processCaddyfile(portB, config, upstream), portB)
 	body := createBody(t, nil, "")
 	client := &http.Client{Timeout: 20 * time.Second}
 
@@ -122,7 +108,7 @@ func TestFleetOwnerKilledMidRequest(t *testing.T) {
 	sendTo(t, client, http.MethodPost, b.url+"/v1/batches", body, "Idempotency-Key", "fleet-kill").
 		apiError(t, http.StatusConflict, "idempotency_key_in_use")
 	var created batchesbackend.Batch
-	waitFor(t, func() bool {
+	waitFor(t, "the key free on the other instance", func() bool {
 		r := sendTo(t, client, http.MethodPost, b.url+"/v1/batches", body, "Idempotency-Key", "fleet-kill")
 		if r.Status == http.StatusConflict {
 			return false
