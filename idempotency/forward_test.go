@@ -1,26 +1,19 @@
 package idempotency
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
+	"slices"
 	"strconv"
-	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
-	"time"
-
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 )
-
-func withHeader(name, value string) reqOpt {
-	return func(r *http.Request) { r.Header.Set(name, value) }
-}
 
 // What the owner sends upstream: the bytes as sent, unless the key field
 // had to come out of an encoded body; never Expect; always asking for the
@@ -154,170 +147,38 @@ var sameLength = func() []byte {
 	return b
 }()
 
-// A flushed response reaches the client as it comes; when it ends, the
-// record is completed with the whole stream if it fits max_response, and
-// without it if not. Either way the upstream runs once.
-func TestStreamedResponse(t *testing.T) {
-	for _, tc := range []struct {
-		name        string
-		maxResponse int64
-		eventStream bool
-		kept        bool
-	}{
-		{"event stream kept", 1 << 20, true, true},
-		{"flushed JSON kept", 1 << 20, false, true},
-		{"event stream over max_response", 64, true, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			next := make(chan struct{})
-			obs := &observed{}
-			s := newStack(t, Config{MaxResponse: tc.maxResponse, Observe: obs.observe}, func(w http.ResponseWriter, r *http.Request, n int64) {
-				if tc.eventStream {
-					w.Header().Set("Content-Type", "text/event-stream")
-				} else {
-					w.Header().Set("Content-Type", "application/json")
-				}
-				for i := range 5 {
-					fmt.Fprintf(w, "data: {\"chunk\":%d,\"call\":%d,\"pad\":%q}\n\n", i, n, strings.Repeat("x", 20))
-					http.NewResponseController(w).Flush()
-					if i < 4 && n == 1 {
-						select { // the next chunk only once the client has this one
-						case <-next:
-						case <-time.After(testTimeout):
-							return
-						}
-					}
-				}
-			})
-			req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, s.front.URL+batchesPath, strings.NewReader(createBody))
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Idempotency-Key", "k-stream")
-			resp, err := s.client.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			var whole bytes.Buffer
-			rd := bufio.NewReader(io.TeeReader(resp.Body, &whole))
-			for i := range 5 {
-				line, err := rd.ReadString('\n')
-				if err != nil || !strings.Contains(line, fmt.Sprintf(`"chunk":%d`, i)) {
-					t.Fatalf("chunk %d: %q, %v", i, line, err)
-				}
-				_, _ = rd.ReadString('\n')
-				if i < 4 {
-					next <- struct{}{} // reached only if chunk i arrived before the upstream ended
-				}
-			}
-			_, _ = io.Copy(io.Discard, rd)
-			resp.Body.Close()
-			waitFor(t, func() bool { _, ok := getRecord(t, s.store, s.ns(), "", "k-stream"); return ok })
-			rec, _ := getRecord(t, s.store, s.ns(), "", "k-stream")
-			if rec.State != StateCompleted || rec.Response.NotStored == tc.kept {
-				t.Fatalf("record %+v, want completed, kept %v", rec, tc.kept)
-			}
-			if d := obs.take(); len(d) != 1 || d[0].Outcome != OutcomeStreamed {
-				t.Fatalf("decisions %+v, want one streamed", d)
-			}
-			retry := s.post(t, createBody, withKey("k-stream"))
-			if tc.kept {
-				wantStatus(t, retry, http.StatusOK)
-				if !retry.replayed() || !bytes.Equal(retry.body, whole.Bytes()) {
-					t.Fatalf("replay %q (replayed %v), want the whole stream %q", retry.body, retry.replayed(), whole.Bytes())
-				}
-				wantHeader(t, retry, "Content-Length", strconv.Itoa(whole.Len()))
-			} else {
-				wantError(t, retry, http.StatusConflict, CodeResponseNotStored)
-			}
-			s.up.wantCalls(t, 1)
-		})
-	}
-}
-
-// A client that leaves mid-stream does not stop the stream's record: the
-// upstream runs to its end and the retry replays it.
-func TestStreamClientLeaves(t *testing.T) {
-	first := make(chan struct{})
-	s := newStack(t, Config{}, func(w http.ResponseWriter, r *http.Request, n int64) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		fmt.Fprintf(w, "data: 0\n\n")
-		http.NewResponseController(w).Flush()
-		<-first
-		for i := 1; i < 3; i++ {
-			fmt.Fprintf(w, "data: %d\n\n", i)
-		}
+// The stored response goes to the client with its own Content-Length, and
+// the upstream's framing headers are not stored.
+func TestStoredResponseFraming(t *testing.T) {
+	h, store := newHandler(t, Config{})
+	w := httptest.NewRecorder()
+	err := h.Handle(w, jsonRequest(t, "k-frame", createBody), func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, `{"id":`)
+		_, _ = io.WriteString(w, `"batch_1"}`)
+		return nil
 	})
-	ctx, cancel := context.WithCancel(t.Context())
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.front.URL+batchesPath, strings.NewReader(createBody))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", "k-left")
-	resp, err := s.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	line, _ := bufio.NewReader(resp.Body).ReadString('\n')
-	if line != "data: 0\n" {
-		t.Fatalf("first line %q", line)
+	const want = `{"id":"batch_1"}`
+	if w.Code != http.StatusCreated || w.Body.String() != want || w.Header().Get("Content-Length") != strconv.Itoa(len(want)) {
+		t.Fatalf("client got %d %q with Content-Length %q, want 201 %s with its length", w.Code, w.Body, w.Header().Get("Content-Length"), want)
 	}
-	cancel()
-	resp.Body.Close()
-	close(first)
-	waitFor(t, func() bool {
-		rec, ok := getRecord(t, s.store, s.ns(), "", "k-left")
-		return ok && rec.State == StateCompleted
-	})
-	retry := s.post(t, createBody, withKey("k-left"))
-	wantStatus(t, retry, http.StatusOK)
-	if string(retry.body) != "data: 0\n\ndata: 1\n\ndata: 2\n\n" {
-		t.Fatalf("replay %q, want the whole stream", retry.body)
+	rec, ok := getRecord(t, store, newRequestNS, "", "k-frame")
+	if !ok || rec.State != StateCompleted || rec.Response.Status != http.StatusCreated || string(rec.Response.Body) != want {
+		t.Fatalf("stored %+v (found %v), want the 201", rec, ok)
 	}
-	s.up.wantCalls(t, 1)
-}
+	if rec.Response.Header.Get("Content-Length") != "" || rec.Response.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("stored headers %v, want Content-Type without Content-Length", rec.Response.Header)
+	}
 
-// frontCoder stands for Caddy's encode in front of the handler: it writes
-// its Content-Encoding into the header map it shares with the handler when
-// the response starts, and passes the bytes on.
-type frontCoder struct{ http.ResponseWriter }
-
-func (f frontCoder) WriteHeader(status int) {
-	f.Header().Set("Content-Encoding", "x-front")
-	f.Header().Del("Content-Length")
-	f.ResponseWriter.WriteHeader(status)
-}
-
-func (f frontCoder) Flush() { http.NewResponseController(f.ResponseWriter).Flush() }
-
-// A stream stores the upstream's header as it went out, not what a handler
-// in front wrote into the shared map when the stream started.
-func TestStreamBehindFrontCoder(t *testing.T) {
-	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request, n int64) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		for i := range 3 {
-			fmt.Fprintf(w, "data: %d\n\n", i)
-			http.NewResponseController(w).Flush()
-		}
-	})
-	h, store := newHandler(t, Config{})
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.Middleware(newProxy(t, up.srv.URL)).ServeHTTP(frontCoder{w}, r)
-	}))
-	t.Cleanup(front.Close)
-	s := &stack{up: up, h: h, store: store, front: front, client: front.Client()}
-	first := s.post(t, createBody, withKey("k-front"), withHeader("Accept-Encoding", "gzip"))
-	wantForwarded(t, first, http.StatusOK)
-	rec, ok := getRecord(t, store, s.ns(), "", "k-front")
-	if !ok || rec.State != StateCompleted || rec.Response.NotStored || rec.Response.Header.Get("Content-Encoding") != "" {
-		t.Fatalf("record %+v (found %v), want the stream kept with the upstream's own header", rec, ok)
+	// The replay recomputes the length and marks itself.
+	r := answerAlone(t, h, jsonRequest(t, "k-frame", createBody), "a completed key")
+	if r.status != http.StatusCreated || string(r.body) != want || r.header.Get("Content-Length") != strconv.Itoa(len(want)) || !r.replayed() {
+		t.Fatalf("replay %d %q headers %v", r.status, r.body, r.header)
 	}
-	if string(rec.Response.Body) != "data: 0\n\ndata: 1\n\ndata: 2\n\n" {
-		t.Fatalf("stored %q, want the whole stream", rec.Response.Body)
-	}
-	retry := s.post(t, createBody, withKey("k-front"))
-	wantStatus(t, retry, http.StatusOK)
-	if !retry.replayed() || !bytes.Equal(retry.body, first.body) {
-		t.Fatalf("replay %q, want %q", retry.body, first.body)
-	}
-	up.wantCalls(t, 1)
 }
 
 // A handler that acts and writes nothing has answered 200 with no body, as
@@ -328,7 +189,7 @@ func TestNothingWrittenIsStored(t *testing.T) {
 	next := func(w http.ResponseWriter, r *http.Request) error { calls++; return nil }
 	for range 2 {
 		w := httptest.NewRecorder()
-		if err := h.Handle(w, jsonRequest("k-silent", createBody), next); err != nil {
+		if err := h.Handle(w, jsonRequest(t, "k-silent", createBody), next); err != nil {
 			t.Fatal(err)
 		}
 		if w.Code != http.StatusOK || w.Body.Len() != 0 {
@@ -343,57 +204,113 @@ func TestNothingWrittenIsStored(t *testing.T) {
 	}
 }
 
-// A connection taken over (an upgrade) is not the recorder's to keep: the
-// record is released, never stored as the empty 200 nothing was written as.
-func TestHijackedIsReleased(t *testing.T) {
-	obs := &observed{}
-	s := newStack(t, Config{Observe: obs.observe}, nil)
-	h := s.h
-	front := httptest.NewServer(h.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, rw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Errorf("Hijack through the recorder: %v", err)
-			return
-		}
-		defer conn.Close()
-		_, _ = rw.WriteString("HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-		_ = rw.Flush()
-	})))
-	t.Cleanup(front.Close)
-	s.front, s.client = front, front.Client()
-	r := s.post(t, createBody, withKey("k-hijack"))
-	if r.status != http.StatusCreated || string(r.body) != "ok" {
-		t.Fatalf("answer %d %q, want the hijacked 201", r.status, r.body)
+// A 103 Early Hints from upstream reaches the client at once; the final
+// response is what is stored.
+func TestEarlyHintsForwarded(t *testing.T) {
+	s := newStack(t, Config{}, func(w http.ResponseWriter, r *http.Request, n int64) {
+		w.Header().Set("Link", "</batch.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Link")
+		writeBatch(w, http.StatusCreated, n)
+	})
+	var hints []int
+	var mu sync.Mutex
+	ctx := httptrace.WithClientTrace(t.Context(), &httptrace.ClientTrace{
+		Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if h.Get("Link") != "" {
+				hints = append(hints, code)
+			}
+			return nil
+		},
+	})
+	first := s.send(ctx, createBody, withKey("k-hints"))
+	if first.err != nil {
+		t.Fatal(first.err)
 	}
-	// The client has its answer before the handler returns: wait for the
-	// record to be settled.
-	var d []Decision
-	waitFor(t, func() bool { d = append(d, obs.take()...); return len(d) > 0 })
-	if len(d) != 1 || d[0].Outcome != OutcomeReleased {
-		t.Fatalf("decisions %+v, want one released", d)
+	wantForwarded(t, first, http.StatusCreated)
+	mu.Lock()
+	if !slices.Equal(hints, []int{http.StatusEarlyHints}) {
+		t.Fatalf("client saw informational responses %v, want one 103 with its Link", hints)
 	}
-	waitFor(t, func() bool { _, ok := getRecord(t, s.store, s.ns(), "", "k-hijack"); return !ok })
-	if d := obs.take(); len(d) != 0 {
-		t.Fatalf("more decisions %+v, want one in all", d)
-	}
+	mu.Unlock()
+	wantReplayOf(t, s.post(t, createBody, withKey("k-hints")), first)
+	s.up.wantCalls(t, 1)
 }
 
-// A stream completed early (it outgrew max_response) stops renewing its
-// lease: no "lease lost" warning while the rest of it goes out.
-func TestCompletedStreamStopsRenewing(t *testing.T) {
-	core, logs := observer.New(zapcore.WarnLevel)
-	s := newStack(t, Config{MaxResponse: 10, Lease: 150 * time.Millisecond, Logger: zap.New(core)},
-		func(w http.ResponseWriter, r *http.Request, n int64) {
-			w.Header().Set("Content-Type", "text/event-stream")
-			for i := range 8 {
-				fmt.Fprintf(w, "data: %d, more than ten bytes\n\n", i)
-				http.NewResponseController(w).Flush()
-				time.Sleep(60 * time.Millisecond) // the stream outlives several renewals
-			}
-		})
-	wantStatus(t, s.post(t, createBody, withKey("k-long-stream")), http.StatusOK)
-	for _, e := range logs.All() {
-		t.Errorf("logged %s %q %v", e.Level, e.Message, e.ContextMap())
+// A client that gives up while its request is upstream must not cancel the
+// create: it finishes, is stored, and the client's retry replays it.
+func TestClientDisconnectDoesNotCancelUpstream(t *testing.T) {
+	m := NewMemoryStore()
+	t.Cleanup(func() { _ = m.Close() })
+	h, err := New(Config{Store: m})
+	if err != nil {
+		t.Fatal(err)
 	}
-	wantError(t, s.post(t, createBody, withKey("k-long-stream")), http.StatusConflict, CodeResponseNotStored)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	var upstreamCanceled atomic.Bool
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request, n int64) {
+		if n == 1 {
+			close(entered)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				upstreamCanceled.Store(true)
+				return
+			}
+		}
+		writeBatch(w, http.StatusOK, n)
+	})
+	proxy := newProxy(t, up.srv.URL)
+	var nextCtx atomic.Pointer[context.Context]
+	frontCanceled, frontDone := make(chan struct{}), make(chan struct{}, 2)
+	var frontCalls atomic.Int64
+	engine := h.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		nextCtx.CompareAndSwap(nil, &ctx)
+		proxy.ServeHTTP(w, r)
+	}))
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if frontCalls.Add(1) == 1 {
+			go func() { <-r.Context().Done(); close(frontCanceled) }()
+		}
+		engine.ServeHTTP(w, r)
+		frontDone <- struct{}{}
+	}))
+	t.Cleanup(front.Close)
+	t.Cleanup(open)
+	s := &stack{up: up, h: h, store: m, front: front, client: front.Client()}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	gone := make(chan result, 1)
+	go func() { gone <- s.send(ctx, createBody, withKey("k-gone")) }()
+	waitClosed(t, entered, "the owner to reach upstream")
+	cancel()
+	if r := recv(t, gone, "the canceled client"); r.err == nil {
+		t.Fatalf("the canceled client got a response: %d", r.status)
+	}
+	waitClosed(t, frontCanceled, "the front server to see the client leave")
+	// Cancellation reaches derived contexts synchronously: had next been
+	// given the client's context, it would be done by now.
+	if err := (*nextCtx.Load()).Err(); err != nil {
+		t.Fatalf("the upstream request's context ended with the client: %v", err)
+	}
+	open()
+	recv(t, frontDone, "the owner to finish")
+	if upstreamCanceled.Load() {
+		t.Fatal("the upstream saw its request canceled")
+	}
+	rec, ok := getRecord(t, m, s.ns(), "", "k-gone")
+	if !ok || rec.State != StateCompleted || !bytes.Contains(rec.Response.Body, []byte(`"call":1`)) {
+		t.Fatalf("record after the owner finished: %+v (found %v), want the completed response", rec, ok)
+	}
+	retry := s.post(t, createBody, withKey("k-gone"))
+	wantStatus(t, retry, http.StatusOK)
+	if !retry.replayed() || !bytes.Equal(retry.body, rec.Response.Body) {
+		t.Fatalf("retry got %s (replayed %v), want a replay of %s", retry.body, retry.replayed(), rec.Response.Body)
+	}
+	up.wantCalls(t, 1)
 }

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -29,7 +30,7 @@ func TestLogsCarryNoKeyOrCredential(t *testing.T) {
 	}))
 	const key, credential = "log-key-71c2", "sk-log-credential-55e0"
 	send := func(body string, headers ...string) {
-		r := httptest.NewRequest(http.MethodPost, "/v1/batches", strings.NewReader(body))
+		r := newRequest(t, http.MethodPost, "/v1/batches", strings.NewReader(body))
 		r.Header.Set("Content-Type", "application/json")
 		r.Header.Set("Authorization", "Bearer "+credential)
 		for i := 0; i+1 < len(headers); i += 2 {
@@ -58,6 +59,73 @@ func TestLogsCarryNoKeyOrCredential(t *testing.T) {
 		line := e.Message
 		for k, v := range e.ContextMap() {
 			line += fmt.Sprintf(" %s=%v", k, v)
+		}
+		if strings.Contains(line, key) || strings.Contains(line, credential) {
+			t.Errorf("log entry leaks a secret: %s", line)
+		}
+	}
+}
+
+// One debug line per decision, with the outcome, the key hash and the
+// request id; nothing at info for healthy requests.
+func TestDecisionLogLines(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	s := newStack(t, Config{Logger: zap.New(core), RequestID: func(r *http.Request) string { return r.Header.Get("X-Rid") }}, nil)
+	rid := func(id string) reqOpt { return func(r *http.Request) { r.Header.Set("X-Rid", id) } }
+	s.post(t, createBody, withKey("l-1"), rid("r-stored"))
+	s.post(t, createBody, withKey("l-1"), rid("r-replayed"))
+	s.post(t, createBody, rid("r-pass"))
+
+	want := map[string]Outcome{"r-stored": OutcomeStored, "r-replayed": OutcomeReplayed, "r-pass": OutcomePassthrough}
+	for _, e := range logs.All() {
+		if e.Level > zapcore.DebugLevel {
+			t.Errorf("a healthy request logged at %s: %s", e.Level, e.Message)
+		}
+	}
+	decisions := logs.FilterMessage("idempotency decision").All()
+	if len(decisions) != len(want) {
+		t.Fatalf("%d decision lines, want %d: %+v", len(decisions), len(want), decisions)
+	}
+	for _, e := range decisions {
+		fields := e.ContextMap()
+		id, _ := fields["request_id"].(string)
+		if fields["outcome"] != string(want[id]) {
+			t.Errorf("request %q: outcome %v, want %s", id, fields["outcome"], want[id])
+		}
+		_, hasHash := fields["key_hash"]
+		if hasHash != (id != "r-pass") {
+			t.Errorf("request %q: key_hash present %v", id, hasHash)
+		}
+	}
+}
+
+// The warn and error paths of a failing store name the key only by hash.
+func TestStoreFailureLogsCarryNoKey(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	fs := newFailingStore(t)
+	s := newStack(t, Config{Store: fs, Logger: zap.New(core), Lease: 150 * time.Millisecond}, nil)
+	const key, credential = "fail-log-key-9a1e", "sk-fail-log-4b2c"
+	auth := withAuth("Bearer " + credential)
+
+	fs.begin.Store(true)
+	s.post(t, createBody, withKey(key), auth) // error: begin
+	fs.begin.Store(false)
+	fs.complete.Store(true)
+	s.post(t, createBody, withKey(key+"-c"), auth) // error: complete
+	fs.complete.Store(false)
+	fs.release.Store(true)
+	s.post(t, "{", withKey(key+"-r"), auth) // rejected before the store
+	open := newStack(t, Config{Store: fs, Logger: zap.New(core), FailOpen: true}, nil)
+	fs.begin.Store(true)
+	open.post(t, createBody, withKey(key+"-o"), auth) // warn: fail_open
+
+	if logs.FilterLevelExact(zapcore.ErrorLevel).Len() < 2 || logs.FilterLevelExact(zapcore.WarnLevel).Len() < 1 {
+		t.Fatalf("the failure paths were not logged: %d entries", logs.Len())
+	}
+	for _, e := range logs.All() {
+		line := e.Message
+		for k, v := range e.ContextMap() {
+			line += " " + k + "=" + fmt.Sprint(v)
 		}
 		if strings.Contains(line, key) || strings.Contains(line, credential) {
 			t.Errorf("log entry leaks a secret: %s", line)

@@ -1,37 +1,12 @@
 package idempotency
 
 import (
-	"context"
+	"bytes"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
-
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 )
-
-// observed collects Observe calls.
-type observed struct {
-	mu  sync.Mutex
-	got []Decision
-}
-
-func (o *observed) observe(_ *http.Request, d Decision) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.got = append(o.got, d)
-}
-
-// take returns the decisions since the last take.
-func (o *observed) take() []Decision {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	got := o.got
-	o.got = nil
-	return got
-}
 
 // Every request gets exactly one decision, with the outcome of its path and
 // the record key when it had one.
@@ -88,25 +63,23 @@ func TestEveryRequestGetsOneDecision(t *testing.T) {
 // store_error.
 func TestDecisionsInFlightAndStoreError(t *testing.T) {
 	obs := &observed{}
-	release := make(chan struct{})
-	s := newStack(t, Config{Observe: obs.observe, Wait: NoWait}, func(w http.ResponseWriter, r *http.Request, n int64) {
-		<-release
-		writeBatch(w, http.StatusOK, n)
-	})
-	first := make(chan result)
-	go func() { first <- s.post(t, createBody, withKey("f-1")) }()
-	waitFor(t, func() bool {
-		_, ok, _ := s.store.Get(context.Background(), NewRecordKey(s.ns(), "", "f-1"))
-		return ok
-	})
+	g := newGate()
+	s := newStack(t, Config{Observe: obs.observe, Wait: NoWait}, g.respond)
+	t.Cleanup(g.open)
+	first := make(chan result, 1)
+	go func() { first <- s.send(t.Context(), createBody, withKey("f-1")) }()
+	waitClosed(t, g.entered, "the owner to reach upstream")
+	// A second owner would not be held: it would answer 200 at once.
 	if res := s.post(t, createBody, withKey("f-1")); res.status != http.StatusConflict {
 		t.Fatalf("duplicate: status %d, want 409", res.status)
 	}
 	if got := obs.take(); len(got) != 1 || got[0].Outcome != OutcomeInFlight {
 		t.Fatalf("duplicate: decisions %+v, want one in_flight", got)
 	}
-	close(release)
-	<-first
+	g.open()
+	if res := recv(t, first, "the owner's answer"); res.err != nil || res.status != http.StatusOK {
+		t.Fatalf("owner: status %d, err %v; want 200", res.status, res.err)
+	}
 	if got := obs.take(); len(got) != 1 || got[0].Outcome != OutcomeStored {
 		t.Fatalf("first: decisions %+v, want one stored", got)
 	}
@@ -122,79 +95,75 @@ func TestDecisionsInFlightAndStoreError(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached in 5s")
+// A Decision says what was answered and why, and how long the request had
+// been in the handler: from its arrival, so a forwarded request's Duration
+// covers its time upstream.
+func TestDecisionStatusReasonDuration(t *testing.T) {
+	type timed struct {
+		Decision
+		at time.Time // when Observe was told
+	}
+	var (
+		mu       sync.Mutex
+		got      []timed
+		upstream time.Duration // the last upstream call's own time
+	)
+	cfg := Config{MaxResponse: 64, Observe: func(_ *http.Request, d Decision) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, timed{d, time.Now()})
+	}}
+	s := newStack(t, cfg, func(w http.ResponseWriter, r *http.Request, n int64) {
+		start := time.Now()
+		defer func() { mu.Lock(); upstream = time.Since(start); mu.Unlock() }()
+		switch r.URL.Path {
+		case "/fail":
+			http.Error(w, "upstream failed", http.StatusInternalServerError)
+		case "/large":
+			_, _ = w.Write(bytes.Repeat([]byte("x"), 65))
+		default:
+			writeBatch(w, http.StatusOK, n)
+		}
+	})
+	for _, tc := range []struct {
+		name      string
+		body      string
+		opts      []reqOpt
+		outcome   Outcome
+		status    int
+		reason    string
+		forwarded bool // decided once the upstream has answered
+	}{
+		{"stored", createBody, []reqOpt{withKey("d-1")}, OutcomeStored, 200, "", true},
+		{"replayed", createBody, []reqOpt{withKey("d-1")}, OutcomeReplayed, 200, "", false},
+		{"conflict", `{"a":1}`, []reqOpt{withKey("d-1")}, OutcomeConflict, 409, CodeKeyReused, false},
+		{"rejected", `{"a":`, []reqOpt{withKey("d-2")}, OutcomeRejected, 400, CodeInvalidJSON, false},
+		{"released", createBody, []reqOpt{withKey("d-3"), withPath("/fail")}, OutcomeReleased, 500, "not stored", true},
+		{"not stored", createBody, []reqOpt{withKey("d-4"), withPath("/large")}, OutcomeNotStored, 200, "larger than max_response", true},
+		{"replay of a response not stored", createBody, []reqOpt{withKey("d-4"), withPath("/large")}, OutcomeReplayed, 409, CodeResponseNotStored, false},
+		{"passthrough", createBody, nil, OutcomePassthrough, 0, "", false}, // decided before it goes upstream
+	} {
+		sent := time.Now()
+		res := s.post(t, tc.body, tc.opts...)
+		mu.Lock()
+		ds, upstreamTime := got, upstream
+		got = nil
+		mu.Unlock()
+		if len(ds) != 1 {
+			t.Fatalf("%s: %d decisions %+v, want 1", tc.name, len(ds), ds)
+		}
+		d := ds[0]
+		if d.Outcome != tc.outcome || d.Status != tc.status || d.Reason != tc.reason {
+			t.Errorf("%s: decision %s, status %d, reason %q; want %s, %d, %q", tc.name, d.Outcome, d.Status, d.Reason, tc.outcome, tc.status, tc.reason)
+		}
+		if tc.status != 0 && res.status != tc.status {
+			t.Errorf("%s: answered %d, but the decision says %d", tc.name, res.status, d.Status)
+		}
+		if since := d.at.Sub(sent); d.Duration <= 0 || d.Duration > since {
+			t.Errorf("%s: Duration %v, want more than 0 and at most the %v since the request was sent", tc.name, d.Duration, since)
+		}
+		if tc.forwarded && d.Duration < upstreamTime {
+			t.Errorf("%s: Duration %v is shorter than the %v the upstream took", tc.name, d.Duration, upstreamTime)
 		}
 	}
-}
-
-// One debug line per decision, with the outcome, the key hash and the
-// request id; nothing at info for healthy requests.
-func TestDecisionLogLines(t *testing.T) {
-	core, logs := observer.New(zapcore.DebugLevel)
-	s := newStack(t, Config{Logger: zap.New(core), RequestID: func(r *http.Request) string { return r.Header.Get("X-Rid") }}, nil)
-	rid := func(id string) reqOpt { return func(r *http.Request) { r.Header.Set("X-Rid", id) } }
-	s.post(t, createBody, withKey("l-1"), rid("r-stored"))
-	s.post(t, createBody, withKey("l-1"), rid("r-replayed"))
-	s.post(t, createBody, rid("r-pass"))
-
-	want := map[string]Outcome{"r-stored": OutcomeStored, "r-replayed": OutcomeReplayed, "r-pass": OutcomePassthrough}
-	for _, e := range logs.All() {
-		if e.Level > zapcore.DebugLevel {
-			t.Errorf("a healthy request logged at %s: %s", e.Level, e.Message)
-		}
-	}
-	decisions := logs.FilterMessage("idempotency decision").All()
-	if len(decisions) != len(want) {
-		t.Fatalf("%d decision lines, want %d: %+v", len(decisions), len(want), decisions)
-	}
-	for _, e := range decisions {
-		fields := e.ContextMap()
-		id, _ := fields["request_id"].(string)
-		if fields["outcome"] != string(want[id]) {
-			t.Errorf("request %q: outcome %v, want %s", id, fields["outcome"], want[id])
-		}
-		_, hasHash := fields["key_hash"]
-		if hasHash != (id != "r-pass") {
-			t.Errorf("request %q: key_hash present %v", id, hasHash)
-		}
-	}
-}
-
-// purgedStore is a store whose records are purged while their owner is
-// upstream, as an operator can do through the admin API.
-type purgedStore struct{ Store }
-
-func (s purgedStore) Complete(ctx context.Context, key RecordKey, owner OwnerToken, _ Response, _ time.Duration) error {
-	if _, err := s.Store.(AdminStore).Purge(ctx, key); err != nil {
-		return err
-	}
-	return ErrNotOwner
-}
-
-// A record purged (or taken over) while its owner was upstream is not an
-// error: the client gets its answer, the outcome is released, and the log
-// line is a warning.
-func TestCompleteAfterPurgeIsReleased(t *testing.T) {
-	core, logs := observer.New(zapcore.DebugLevel)
-	obs := &observed{}
-	s := newStack(t, Config{Store: purgedStore{NewMemoryStore()}, Observe: obs.observe, Logger: zap.New(core)}, nil)
-	if res := s.post(t, createBody, withKey("pg-1")); res.status != http.StatusOK {
-		t.Fatalf("status %d, want the upstream's 200", res.status)
-	}
-	if got := obs.take(); len(got) != 1 || got[0].Outcome != OutcomeReleased {
-		t.Fatalf("decisions %+v, want one released", got)
-	}
-	if n := logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 0 {
-		t.Errorf("%d error lines for a purged record, want none", n)
-	}
-	if n := logs.FilterLevelExact(zapcore.WarnLevel).FilterMessageSnippet("purged").Len(); n != 1 {
-		t.Errorf("%d warnings naming the purge, want 1", n)
-	}
-	// The key is free: the retry goes upstream again.
-	s.post(t, createBody, withKey("pg-1"))
-	s.up.wantCalls(t, 2)
 }

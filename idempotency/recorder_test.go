@@ -43,18 +43,18 @@ func TestRecorderHoldsStorable2xx(t *testing.T) {
 	for _, status := range []int{http.StatusOK, http.StatusCreated, http.StatusAccepted, 299} {
 		t.Run(fmt.Sprint(status), func(t *testing.T) {
 			client, buf := newClientWriter(), new(bytes.Buffer)
-			rec := newRecorder(client, 10, buf)
-			rec.Header().Set("Content-Type", "application/json")
-			rec.WriteHeader(status)
-			_, _ = rec.Write([]byte("01234"))
-			_, _ = rec.Write([]byte("56789")) // exactly the limit
+			rw := newRecorder(client, 10, buf)
+			rw.Header().Set("Content-Type", "application/json")
+			rw.WriteHeader(status)
+			_, _ = rw.Write([]byte("01234"))
+			_, _ = rw.Write([]byte("56789")) // exactly the limit
 
 			wantEvents(t, client)
-			if !kept(rec) || rec.sending {
+			if !kept(rw) || rw.sending {
 				t.Fatal("a 2xx within the limit is not storable")
 			}
-			if rec.status != status || buf.String() != "0123456789" {
-				t.Fatalf("held status %d body %q, want %d %q", rec.status, buf, status, "0123456789")
+			if rw.status != status || buf.String() != "0123456789" {
+				t.Fatalf("held status %d body %q, want %d %q", rw.status, buf, status, "0123456789")
 			}
 			if client.header.Get("Content-Type") != "application/json" {
 				t.Fatal("headers set through the recorder are not the client's headers")
@@ -65,50 +65,50 @@ func TestRecorderHoldsStorable2xx(t *testing.T) {
 
 func TestRecorderImplicit200(t *testing.T) {
 	client, buf := newClientWriter(), new(bytes.Buffer)
-	rec := newRecorder(client, 100, buf)
-	_, _ = rec.Write([]byte("hi"))
+	rw := newRecorder(client, 100, buf)
+	_, _ = rw.Write([]byte("hi"))
 	wantEvents(t, client)
-	if !kept(rec) || rec.status != http.StatusOK || buf.String() != "hi" {
-		t.Fatalf("kept=%v status=%d body=%q, want true 200 \"hi\"", kept(rec), rec.status, buf)
+	if !kept(rw) || rw.status != http.StatusOK || buf.String() != "hi" {
+		t.Fatalf("kept=%v status=%d body=%q, want true 200 \"hi\"", kept(rw), rw.status, buf)
 	}
-	rec.WriteHeader(http.StatusInternalServerError) // superfluous: ignored
-	if rec.status != http.StatusOK || !kept(rec) {
-		t.Fatalf("a second WriteHeader changed the response: status %d", rec.status)
+	rw.WriteHeader(http.StatusInternalServerError) // superfluous: ignored
+	if rw.status != http.StatusOK || !kept(rw) {
+		t.Fatalf("a second WriteHeader changed the response: status %d", rw.status)
 	}
 }
 
 func TestRecorderNothingWritten(t *testing.T) {
-	rec := newRecorder(newClientWriter(), 100, new(bytes.Buffer))
-	if kept(rec) {
+	rw := newRecorder(newClientWriter(), 100, new(bytes.Buffer))
+	if kept(rw) {
 		t.Fatal("a response that was never written is storable")
 	}
 }
 
 func TestRecorderOverLimitPassesThrough(t *testing.T) {
 	client, buf := newClientWriter(), new(bytes.Buffer)
-	rec := newRecorder(client, 8, buf)
+	rw := newRecorder(client, 8, buf)
 	sends := 0
-	rec.onSend = func() {
+	rw.onSend = func() {
 		sends++
-		if !rec.overflow {
+		if !rw.overflow {
 			t.Error("onSend of an outgrown 2xx ran before overflow was set")
 		}
 		wantEvents(t, client) // decided before the header goes out
 	}
-	rec.onOverflow = func() { t.Error("onOverflow ran for a held response") }
-	rec.WriteHeader(http.StatusOK)
-	_, _ = rec.Write([]byte("abc"))
-	_, _ = rec.Write([]byte("defg"))
+	rw.onOverflow = func() { t.Error("onOverflow ran for a held response") }
+	rw.WriteHeader(http.StatusOK)
+	_, _ = rw.Write([]byte("abc"))
+	_, _ = rw.Write([]byte("defg"))
 	wantEvents(t, client) // 7 bytes: still held
-	_, _ = rec.Write([]byte("hij"))
+	_, _ = rw.Write([]byte("hij"))
 	wantEvents(t, client, "header 200", "write abcdefg", "write hij")
 	if sends != 1 || buf.Len() != 0 {
 		t.Fatalf("onSend ran %d times, copy holds %q; want once, dropped", sends, buf)
 	}
-	rec.Flush()
-	_, _ = rec.Write([]byte("klm"))
+	rw.Flush()
+	_, _ = rw.Write([]byte("klm"))
 	wantEvents(t, client, "header 200", "write abcdefg", "write hij", "flush", "write klm")
-	if kept(rec) {
+	if kept(rw) {
 		t.Fatal("a response over the limit is storable")
 	}
 	if client.body.String() != "abcdefghijklm" {
@@ -118,10 +118,10 @@ func TestRecorderOverLimitPassesThrough(t *testing.T) {
 
 func TestRecorderFirstWriteOverLimit(t *testing.T) {
 	client := newClientWriter()
-	rec := newRecorder(client, 4, new(bytes.Buffer))
-	_, _ = rec.Write([]byte("12345"))
+	rw := newRecorder(client, 4, new(bytes.Buffer))
+	_, _ = rw.Write([]byte("12345"))
 	wantEvents(t, client, "header 200", "write 12345")
-	if kept(rec) {
+	if kept(rw) {
 		t.Fatal("a response over the limit is storable")
 	}
 }
@@ -130,14 +130,14 @@ func TestRecorderNon2xxPassesThroughAtOnce(t *testing.T) {
 	for _, status := range []int{http.StatusMovedPermanently, http.StatusBadRequest, http.StatusConflict, http.StatusInternalServerError} {
 		t.Run(fmt.Sprint(status), func(t *testing.T) {
 			client, buf := newClientWriter(), new(bytes.Buffer)
-			rec := newRecorder(client, 1<<20, buf)
-			rec.WriteHeader(status)
+			rw := newRecorder(client, 1<<20, buf)
+			rw.WriteHeader(status)
 			wantEvents(t, client, fmt.Sprintf("header %d", status))
-			_, _ = rec.Write([]byte("oops"))
-			rec.Flush()
+			_, _ = rw.Write([]byte("oops"))
+			rw.Flush()
 			wantEvents(t, client, fmt.Sprintf("header %d", status), "write oops", "flush")
-			if kept(rec) || buf.Len() != 0 {
-				t.Fatalf("a %d is storable (%v) or held (%q)", status, kept(rec), buf)
+			if kept(rw) || buf.Len() != 0 {
+				t.Fatalf("a %d is storable (%v) or held (%q)", status, kept(rw), buf)
 			}
 		})
 	}
@@ -145,18 +145,18 @@ func TestRecorderNon2xxPassesThroughAtOnce(t *testing.T) {
 
 func TestRecorderInformationalForwarded(t *testing.T) {
 	client, buf := newClientWriter(), new(bytes.Buffer)
-	rec := newRecorder(client, 100, buf)
-	rec.Header().Set("Link", "</style.css>; rel=preload")
-	rec.WriteHeader(http.StatusEarlyHints)
+	rw := newRecorder(client, 100, buf)
+	rw.Header().Set("Link", "</style.css>; rel=preload")
+	rw.WriteHeader(http.StatusEarlyHints)
 	wantEvents(t, client, "header 103")
-	if rec.wroteHeader {
+	if rw.wroteHeader {
 		t.Fatal("103 was taken as the final response")
 	}
-	rec.WriteHeader(http.StatusCreated)
-	_, _ = rec.Write([]byte("done"))
+	rw.WriteHeader(http.StatusCreated)
+	_, _ = rw.Write([]byte("done"))
 	wantEvents(t, client, "header 103")
-	if !kept(rec) || rec.status != http.StatusCreated || buf.String() != "done" {
-		t.Fatalf("after a 103: kept=%v status=%d body=%q, want true 201 \"done\"", kept(rec), rec.status, buf)
+	if !kept(rw) || rw.status != http.StatusCreated || buf.String() != "done" {
+		t.Fatalf("after a 103: kept=%v status=%d body=%q, want true 201 \"done\"", kept(rw), rw.status, buf)
 	}
 }
 
@@ -164,58 +164,58 @@ func TestRecorderInformationalForwarded(t *testing.T) {
 // recorder keeps a copy while the copy fits the limit.
 func TestRecorderFlushStreams(t *testing.T) {
 	client, buf := newClientWriter(), new(bytes.Buffer)
-	rec := newRecorder(client, 10, buf)
+	rw := newRecorder(client, 10, buf)
 	sends, overflows := 0, 0
-	rec.onSend = func() { sends++ }
-	rec.onOverflow = func() { overflows++ }
-	rec.WriteHeader(http.StatusOK)
-	_, _ = rec.Write([]byte("ab"))
+	rw.onSend = func() { sends++ }
+	rw.onOverflow = func() { overflows++ }
+	rw.WriteHeader(http.StatusOK)
+	_, _ = rw.Write([]byte("ab"))
 	wantEvents(t, client)
-	rec.Flush()
+	rw.Flush()
 	wantEvents(t, client, "header 200", "write ab", "flush")
-	_, _ = rec.Write([]byte("cdefgh"))
-	rec.Flush()
+	_, _ = rw.Write([]byte("cdefgh"))
+	rw.Flush()
 	wantEvents(t, client, "header 200", "write ab", "flush", "write cdefgh", "flush")
-	if !kept(rec) || buf.String() != "abcdefgh" || sends != 1 || overflows != 0 {
-		t.Fatalf("kept=%v copy=%q sends=%d overflows=%d; want the whole stream kept, one send", kept(rec), buf, sends, overflows)
+	if !kept(rw) || buf.String() != "abcdefgh" || sends != 1 || overflows != 0 {
+		t.Fatalf("kept=%v copy=%q sends=%d overflows=%d; want the whole stream kept, one send", kept(rw), buf, sends, overflows)
 	}
-	_, _ = rec.Write([]byte("ijk")) // 11 bytes: the copy is dropped, the stream goes on
-	_, _ = rec.Write([]byte("lm"))
+	_, _ = rw.Write([]byte("ijk")) // 11 bytes: the copy is dropped, the stream goes on
+	_, _ = rw.Write([]byte("lm"))
 	wantEvents(t, client, "header 200", "write ab", "flush", "write cdefgh", "flush", "write ijk", "write lm")
-	if kept(rec) || buf.Len() != 0 || overflows != 1 || sends != 1 {
-		t.Fatalf("kept=%v copy=%q sends=%d overflows=%d; want the copy dropped once", kept(rec), buf, sends, overflows)
+	if kept(rw) || buf.Len() != 0 || overflows != 1 || sends != 1 {
+		t.Fatalf("kept=%v copy=%q sends=%d overflows=%d; want the copy dropped once", kept(rw), buf, sends, overflows)
 	}
 }
 
 // text/event-stream goes out with its header, before any flush.
 func TestRecorderEventStreamSentAtOnce(t *testing.T) {
 	client, buf := newClientWriter(), new(bytes.Buffer)
-	rec := newRecorder(client, 100, buf)
-	rec.Header().Set("Content-Type", "Text/Event-Stream; charset=utf-8")
-	rec.WriteHeader(http.StatusOK)
+	rw := newRecorder(client, 100, buf)
+	rw.Header().Set("Content-Type", "Text/Event-Stream; charset=utf-8")
+	rw.WriteHeader(http.StatusOK)
 	wantEvents(t, client, "header 200")
-	_, _ = rec.Write([]byte("data: 1\n\n"))
+	_, _ = rw.Write([]byte("data: 1\n\n"))
 	wantEvents(t, client, "header 200", "write data: 1\n\n")
-	if !kept(rec) || buf.String() != "data: 1\n\n" {
-		t.Fatalf("kept=%v copy=%q; want the event kept", kept(rec), buf)
+	if !kept(rw) || buf.String() != "data: 1\n\n" {
+		t.Fatalf("kept=%v copy=%q; want the event kept", kept(rw), buf)
 	}
 }
 
 // A flush before the header leaks nothing: there is nothing to send yet.
 func TestRecorderFlushBeforeHeader(t *testing.T) {
 	client := newClientWriter()
-	rec := newRecorder(client, 100, new(bytes.Buffer))
-	rec.Flush()
+	rw := newRecorder(client, 100, new(bytes.Buffer))
+	rw.Flush()
 	wantEvents(t, client)
-	if rec.sending {
+	if rw.sending {
 		t.Fatal("a flush before any header started sending")
 	}
 }
 
 func TestRecorderUnwrap(t *testing.T) {
 	client := newClientWriter()
-	rec := newRecorder(client, 100, new(bytes.Buffer))
-	if rec.Unwrap() != http.ResponseWriter(client) {
+	rw := newRecorder(client, 100, new(bytes.Buffer))
+	if rw.Unwrap() != http.ResponseWriter(client) {
 		t.Fatal("Unwrap does not return the client's writer")
 	}
 }
@@ -268,5 +268,5 @@ func TestStoredHeader(t *testing.T) {
 	}
 }
 
-// kept reports whether rec holds the whole 2xx response it saw so far.
-func kept(rec *recorder) bool { return rec.succeeded() && !rec.overflow }
+// kept reports whether rw holds the whole 2xx response it saw so far.
+func kept(rw *recorder) bool { return rw.succeeded() && !rw.overflow }

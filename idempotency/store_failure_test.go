@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -138,56 +136,37 @@ func TestStoreFailingComplete(t *testing.T) {
 	s.up.wantCalls(t, 1)
 }
 
-func TestRequireScope(t *testing.T) {
-	s := newStack(t, Config{RequireScope: true}, nil)
-	r := s.post(t, createBody, withKey("k-anon"))
-	wantError(t, r, http.StatusBadRequest, CodeScopeRequired)
-	wantHeader(t, r, "x-should-retry", "false")
-	wantError(t, s.post(t, keyedBody("k-anon")), http.StatusBadRequest, CodeScopeRequired)
-	s.up.wantCalls(t, 0)
-	// Keyless requests need no record, so no scope.
-	wantForwarded(t, s.post(t, createBody), http.StatusOK)
-	first := s.post(t, createBody, withKey("k-anon"), withAuth("Bearer sk-1"))
-	wantForwarded(t, first, http.StatusOK)
-	wantReplayOf(t, s.post(t, createBody, withKey("k-anon"), withAuth("Bearer sk-1")), first)
-	s.up.wantCalls(t, 2)
+// purgedStore is a store whose records are purged while their owner is
+// upstream, as an operator can do through the admin API.
+type purgedStore struct{ Store }
+
+func (s purgedStore) Complete(ctx context.Context, key RecordKey, owner OwnerToken, _ Response, _ time.Duration) error {
+	if _, err := s.Store.(AdminStore).Purge(ctx, key); err != nil {
+		return err
+	}
+	return ErrNotOwner
 }
 
-// The warn and error paths of a failing store name the key only by hash.
-func TestStoreFailureLogsCarryNoKey(t *testing.T) {
+// A record purged (or taken over) while its owner was upstream is not an
+// error: the client gets its answer, the outcome is released, and the log
+// line is a warning.
+func TestCompleteAfterPurgeIsReleased(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
-	fs := newFailingStore(t)
-	s := newStack(t, Config{Store: fs, Logger: zap.New(core), Lease: 150 * time.Millisecond}, nil)
-	const key, credential = "fail-log-key-9a1e", "sk-fail-log-4b2c"
-	auth := withAuth("Bearer " + credential)
-
-	fs.begin.Store(true)
-	s.post(t, createBody, withKey(key), auth) // error: begin
-	fs.begin.Store(false)
-	fs.complete.Store(true)
-	s.post(t, createBody, withKey(key+"-c"), auth) // error: complete
-	fs.complete.Store(false)
-	fs.release.Store(true)
-	s.post(t, "{", withKey(key+"-r"), auth) // rejected before the store
-	open := newStack(t, Config{Store: fs, Logger: zap.New(core), FailOpen: true}, nil)
-	fs.begin.Store(true)
-	open.post(t, createBody, withKey(key+"-o"), auth) // warn: fail_open
-
-	if logs.FilterLevelExact(zapcore.ErrorLevel).Len() < 2 || logs.FilterLevelExact(zapcore.WarnLevel).Len() < 1 {
-		t.Fatalf("the failure paths were not logged: %d entries", logs.Len())
+	obs := &observed{}
+	s := newStack(t, Config{Store: purgedStore{NewMemoryStore()}, Observe: obs.observe, Logger: zap.New(core)}, nil)
+	if res := s.post(t, createBody, withKey("pg-1")); res.status != http.StatusOK {
+		t.Fatalf("status %d, want the upstream's 200", res.status)
 	}
-	for _, e := range logs.All() {
-		line := e.Message
-		for k, v := range e.ContextMap() {
-			line += " " + k + "=" + fmt.Sprint(v)
-		}
-		if strings.Contains(line, key) || strings.Contains(line, credential) {
-			t.Errorf("log entry leaks a secret: %s", line)
-		}
+	if got := obs.take(); len(got) != 1 || got[0].Outcome != OutcomeReleased {
+		t.Fatalf("decisions %+v, want one released", got)
 	}
-}
-
-// keyedBody is createBody carrying key in its body field.
-func keyedBody(key string) string {
-	return strings.Replace(createBody, "{", `{"idempotency_key":"`+key+`",`, 1)
+	if n := logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 0 {
+		t.Errorf("%d error lines for a purged record, want none", n)
+	}
+	if n := logs.FilterLevelExact(zapcore.WarnLevel).FilterMessageSnippet("purged").Len(); n != 1 {
+		t.Errorf("%d warnings naming the purge, want 1", n)
+	}
+	// The key is free: the retry goes upstream again.
+	s.post(t, createBody, withKey("pg-1"))
+	s.up.wantCalls(t, 2)
 }
