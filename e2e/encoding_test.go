@@ -5,6 +5,7 @@ import (
 	"compress/flate"
 	"compress/gzip"
 	"compress/zlib"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -144,10 +145,8 @@ func encoded(t testing.TB, b []byte, newWriter func(io.Writer) (io.WriteCloser, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
+	_, err = w.Write(b)
+	if err := errors.Join(err, w.Close()); err != nil {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
