@@ -4,7 +4,9 @@
 package caddyidempotency
 
 import (
+	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -142,14 +144,30 @@ func (h *HandlerModule) Provision(ctx caddy.Context) error {
 }
 
 // Validate checks the configuration and builds the engine from it. Caddy
-// calls it right after Provision, before the handler serves a request.
+// calls it right after Provision, before the handler serves a request. An
+// error names the field as the config spells it.
 func (h *HandlerModule) Validate() error {
 	engine, err := idempotency.New(h.config)
+	if ce, ok := errors.AsType[*idempotency.ConfigError](err); ok {
+		return fmt.Errorf("idempotency: %s %s", cmp.Or(configFieldNames[ce.Field], ce.Field), ce.Msg)
+	}
 	if err != nil {
 		return err
 	}
 	h.engine = engine
 	return nil
+}
+
+// configFieldNames are the engine's Config fields by their names in the
+// JSON config and the Caddyfile.
+var configFieldNames = map[string]string{
+	"TTL":            "ttl",
+	"Lease":          "lock_timeout",
+	"MaxBody":        "max_body",
+	"MaxResponse":    "max_response",
+	"ConflictStatus": "conflict_status",
+	"Methods":        "methods",
+	"Store":          "store",
 }
 
 // serverListener names the Caddy server a request arrived on by its listen

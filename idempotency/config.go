@@ -1,7 +1,6 @@
 package idempotency
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -48,7 +47,9 @@ type Config struct {
 	// Namespace is shared by the requests whose records may meet. Default
 	// (""): the request's site, its host and listener (see
 	// DefaultNamespace), so two sites on one store never replay each
-	// other's responses.
+	// other's responses. With a store that outlives the process or serves
+	// a fleet, set it (or Listener) to a fixed name: a listener on another
+	// port, after a restart or on another instance, would be another site.
 	Namespace string
 	// Listener names the listener a request arrived on, for the default
 	// namespace: the Caddy adapter gives the server's listen addresses.
@@ -103,7 +104,7 @@ type Config struct {
 
 func (c *Config) setDefaults() error {
 	if c.Store == nil {
-		return errors.New("idempotency: Config.Store is required")
+		return configError("Store", "is required")
 	}
 	if c.KeyHeader == "" {
 		c.KeyHeader = DefaultKeyHeader
@@ -141,24 +142,37 @@ func (c *Config) setDefaults() error {
 	return c.validate()
 }
 
-// validate names the Config field at fault in Go's words (the Caddyfile's
-// lock_timeout is Config.Lease, for one).
+// ConfigError is a Config that New refuses. Field names the field at fault
+// as Go spells it ("Lease", "ConflictStatus"), so an adapter can name it in
+// its own configuration's words (the Caddyfile's lock_timeout is Lease).
+type ConfigError struct {
+	Field string // the Config field
+	Msg   string // what is wrong with it, e.g. "must be at least 100ms, not 10ms"
+}
+
+func (e *ConfigError) Error() string { return "idempotency: Config." + e.Field + " " + e.Msg }
+
+func configError(field, format string, args ...any) error {
+	return &ConfigError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// validate checks the fields that have rules beyond their type.
 func (c *Config) validate() error {
 	switch {
 	case c.TTL < time.Second:
-		return fmt.Errorf("idempotency: Config.TTL must be at least 1s, not %s", c.TTL)
+		return configError("TTL", "must be at least 1s, not %s", c.TTL)
 	case c.Lease < 100*time.Millisecond:
-		return fmt.Errorf("idempotency: Config.Lease must be at least 100ms, not %s", c.Lease)
+		return configError("Lease", "must be at least 100ms, not %s", c.Lease)
 	case c.MaxBody < 0:
-		return fmt.Errorf("idempotency: Config.MaxBody must be 0 (the default) or more bytes, not %d", c.MaxBody)
+		return configError("MaxBody", "must be 0 (the default) or more bytes, not %d", c.MaxBody)
 	case c.MaxResponse < 0:
-		return fmt.Errorf("idempotency: Config.MaxResponse must be 0 (the default) or more bytes, not %d", c.MaxResponse)
+		return configError("MaxResponse", "must be 0 (the default) or more bytes, not %d", c.MaxResponse)
 	case c.ConflictStatus != http.StatusConflict && c.ConflictStatus != http.StatusUnprocessableEntity:
-		return fmt.Errorf("idempotency: Config.ConflictStatus must be 409 or 422, not %d", c.ConflictStatus)
+		return configError("ConflictStatus", "must be 409 or 422, not %d", c.ConflictStatus)
 	}
 	for _, m := range c.Methods {
 		if !isUpperMethod(m) {
-			return fmt.Errorf("idempotency: Config.Methods: %q is not an upper-case HTTP method", m)
+			return configError("Methods", "holds %q, which is not an upper-case HTTP method", m)
 		}
 	}
 	return nil

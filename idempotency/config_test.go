@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"errors"
 	"net/http"
 	"slices"
 	"strings"
@@ -28,6 +29,8 @@ func TestNewRejectsBadConfig(t *testing.T) {
 			t.Errorf("%s: New accepted %+v", tc.field, tc.cfg)
 		} else if !strings.Contains(err.Error(), tc.field) {
 			t.Errorf("New(%+v) = %q, want an error naming %s", tc.cfg, err, tc.field)
+		} else if ce, ok := errors.AsType[*ConfigError](err); !ok || !strings.HasPrefix(tc.field, "Config."+ce.Field) {
+			t.Errorf("New(%+v) = %#v, want a *ConfigError for %s", tc.cfg, err, tc.field)
 		}
 	}
 	h, err := New(Config{Store: m})

@@ -21,7 +21,6 @@ const (
 
 	CodeInvalidEncoding   = "invalid_content_encoding"        // the body does not decode from its Content-Encoding
 	CodeInvalidMultipart  = "invalid_multipart"               // a keyed multipart/form-data body that does not parse
-	CodeInvalidForm       = "invalid_form"                    // a keyed form body that does not parse
 	CodeResponseNotStored = "idempotency_response_not_stored" // the first request succeeded; its response was not kept
 )
 

@@ -4,8 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"testing"
-
-	"github.com/caddy-idempotency/caddy-idempotency/idempotency/jcs"
 )
 
 func TestFingerprintEachFieldCounts(t *testing.T) {
@@ -120,14 +118,4 @@ func BenchmarkRecordKey(b *testing.B) {
 	for b.Loop() {
 		NewRecordKey("api.example.com", "Bearer sk-test-0123456789abcdef", "9f2c1e0a-batch-create")
 	}
-}
-
-// TestLeaseTakeover in handler_test.go still computes its fingerprint with
-// the names of before the jcs package; these keep it compiling until it
-// calls jcs.AppendJSONWithout and uses BodyJSON itself. Remove them then.
-const bodyJSON = BodyJSON
-
-func ParseJSON(body []byte, keyField string, dst []byte) (struct{ Canonical []byte }, error) {
-	c, _, err := jcs.AppendJSONWithout(dst[:0], body, keyField)
-	return struct{ Canonical []byte }{c}, err
 }
