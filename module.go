@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 )
@@ -108,15 +109,18 @@ func (h *HandlerModule) Provision(ctx caddy.Context) error {
 	if !ok {
 		return fmt.Errorf("module %T is not an idempotency store", mod)
 	}
-	scope := h.Scope
-	if scope == "" {
-		scope = DefaultScope
-	}
 	if h.metrics, err = newHandlerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering idempotency metrics: %w", err)
 	}
-	h.config = idempotency.Config{
-		Store:      provider.Store(),
+	h.config = h.engineConfig(provider.Store(), ctx.Logger())
+	return nil
+}
+
+// engineConfig is the engine's Config for this module's fields, on store.
+func (h *HandlerModule) engineConfig(store idempotency.Store, log *zap.Logger) idempotency.Config {
+	scope := cmp.Or(h.Scope, DefaultScope)
+	return idempotency.Config{
+		Store:      store,
 		KeyHeader:  h.KeyHeader,
 		KeyField:   h.KeyField,
 		RequireKey: h.RequireKey,
@@ -135,12 +139,11 @@ func (h *HandlerModule) Provision(ctx caddy.Context) error {
 		MaxResponse:    h.MaxResponse,
 		ConflictStatus: h.ConflictStatus,
 		FailOpen:       h.FailOpen,
-		Logger:         ctx.Logger(),
+		Logger:         log,
 		RequestID:      requestID,
 		Observe:        h.observe,
 		ObserveStore:   h.metrics.observeStore,
 	}
-	return nil
 }
 
 // Validate checks the configuration and builds the engine from it. Caddy

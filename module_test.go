@@ -26,7 +26,7 @@ func TestJSONWait(t *testing.T) {
 		`{"wait": 1000000000}`: time.Second,
 		`{"wait": "30s"}`:      idempotency.DefaultWait,
 	} {
-		var h Handler
+		var h HandlerModule
 		if err := json.Unmarshal([]byte(in), &h); err != nil {
 			t.Fatalf("%s: %v", in, err)
 		}
@@ -41,9 +41,10 @@ func TestJSONWait(t *testing.T) {
 // and one whose empty value means a default names it.
 func TestConventionFieldDocs(t *testing.T) {
 	modules := map[string][]string{
-		"module.go":       {"Handler"},
-		"stores.go":       {"BadgerStore", "MemoryStore"},
-		"stores_redis.go": {"RedisStore"},
+		"module.go":       {"HandlerModule"},
+		"store_badger.go": {"BadgerModule"},
+		"store_memory.go": {"MemoryModule"},
+		"store_redis.go":  {"RedisModule"},
 	}
 	// A default, or what happens without the field, in so many words.
 	statesDefault := regexp.MustCompile(`(?i)\bdefault\b|\brequired\b`)
@@ -105,4 +106,34 @@ func findStruct(f *ast.File, name string) *ast.StructType {
 func isBool(expr ast.Expr) bool {
 	id, ok := expr.(*ast.Ident)
 	return ok && id.Name == "bool"
+}
+
+// Validate names a field the engine refuses as the config spells it, so a
+// Caddy user reads lock_timeout, not the engine's Config.Lease.
+func TestValidateNamesConfigFields(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"lock_timeout": "10ms"}`:    "idempotency: lock_timeout must be at least 100ms, not 10ms",
+		`{"ttl": "10ms"}`:             "idempotency: ttl must be at least 1s, not 10ms",
+		`{"max_body": -1}`:            "idempotency: max_body must be 0",
+		`{"max_response": -1}`:        "idempotency: max_response must be 0",
+		`{"conflict_status": 400}`:    "idempotency: conflict_status must be 409 or 422, not 400",
+		`{"methods": ["post"]}`:       `idempotency: methods holds "post"`,
+		`{"lock_timeout": "1s"}`:      "",
+		`{"ttl": "1h", "wait": "0s"}`: "",
+	} {
+		var h HandlerModule
+		if err := json.Unmarshal([]byte(in), &h); err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		h.config = h.engineConfig(idempotency.NewMemoryStore(), nil)
+		err := h.Validate()
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("%s: Validate = %v, want nil", in, err)
+		case want == "" && h.engine == nil:
+			t.Errorf("%s: Validate built no engine", in)
+		case want != "" && (err == nil || !strings.HasPrefix(err.Error(), want)):
+			t.Errorf("%s: Validate = %v, want an error starting %q", in, err, want)
+		}
+	}
 }

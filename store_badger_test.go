@@ -12,11 +12,11 @@ import (
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 )
 
-func provisionBadger(t *testing.T, dir string) (*BadgerStore, error) {
+func provisionBadger(t *testing.T, dir string) (*BadgerModule, error) {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
-	b := &BadgerStore{Path: dir}
+	b := &BadgerModule{Path: dir}
 	return b, b.Provision(ctx)
 }
 

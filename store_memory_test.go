@@ -18,7 +18,7 @@ func TestMemoryStoreSharedAcrossConfigs(t *testing.T) {
 	defer cancel()
 	// An earlier test's Caddy config may still hold the process's store.
 	before, _ := memoryPool.References(memoryPoolKey)
-	oldCfg, newCfg := new(MemoryStore), new(MemoryStore)
+	oldCfg, newCfg := new(MemoryModule), new(MemoryModule)
 	if err := oldCfg.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}

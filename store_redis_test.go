@@ -23,7 +23,7 @@ func TestRedisStoreClientOptions(t *testing.T) {
 	}
 	repl := caddy.NewReplacer()
 
-	opts, err := (&RedisStore{URL: "rediss://user:pw@redis.internal:6380/3", TLSServerName: "other.internal"}).clientOptions(repl)
+	opts, err := (&RedisModule{URL: "rediss://user:pw@redis.internal:6380/3", TLSServerName: "other.internal"}).clientOptions(repl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func TestRedisStoreClientOptions(t *testing.T) {
 		t.Fatalf("from a rediss URL: %+v", opts)
 	}
 
-	opts, err = (&RedisStore{
+	opts, err = (&RedisModule{
 		Addresses: []string{"a:6379", "b:6379"}, Password: "{env.TEST_REDIS_PASSWORD}",
 		PoolSize: 7, ReadTimeout: caddy.Duration(time.Second),
 	}).clientOptions(repl)
@@ -56,16 +56,16 @@ func TestRedisStoreClientOptions(t *testing.T) {
 	}
 
 	for _, bad := range []struct {
-		store RedisStore
+		store RedisModule
 		want  string
 	}{
-		{RedisStore{}, "a url or at least one address"},
-		{RedisStore{URL: "redis://a:6379", Addresses: []string{"b:6379"}}, "not both"},
-		{RedisStore{URL: "http://a:6379"}, "url"},
-		{RedisStore{URL: "redis://a:6379", TLSCAFile: caFile}, "no PEM certificate"},
-		{RedisStore{URL: "redis://a:6379", TLSCAFile: caFile + ".missing"}, "tls_ca_file"},
-		{RedisStore{URL: "redis://a:6379", DialTimeout: -1}, "negative"},
-		{RedisStore{Addresses: []string{"a:26379"}, MasterName: "m", Cluster: true}, "exclude"},
+		{RedisModule{}, "a url or at least one address"},
+		{RedisModule{URL: "redis://a:6379", Addresses: []string{"b:6379"}}, "not both"},
+		{RedisModule{URL: "http://a:6379"}, "url"},
+		{RedisModule{URL: "redis://a:6379", TLSCAFile: caFile}, "no PEM certificate"},
+		{RedisModule{URL: "redis://a:6379", TLSCAFile: caFile + ".missing"}, "tls_ca_file"},
+		{RedisModule{URL: "redis://a:6379", DialTimeout: -1}, "negative"},
+		{RedisModule{Addresses: []string{"a:26379"}, MasterName: "m", Cluster: true}, "exclude"},
 	} {
 		if _, err := bad.store.clientOptions(repl); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%+v: error %v, want one mentioning %q", bad.store, err, bad.want)
@@ -80,9 +80,9 @@ func TestRedisStoreSharedAcrossConfigs(t *testing.T) {
 	url := redistest.URL(t)
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
-	oldCfg, newCfg := &RedisStore{URL: url, KeyPrefix: redistest.UniquePrefix("shared")}, &RedisStore{URL: url}
+	oldCfg, newCfg := &RedisModule{URL: url, KeyPrefix: redistest.UniquePrefix("shared")}, &RedisModule{URL: url}
 	newCfg.KeyPrefix = oldCfg.KeyPrefix
-	for _, c := range []*RedisStore{oldCfg, newCfg} {
+	for _, c := range []*RedisModule{oldCfg, newCfg} {
 		if err := c.Provision(ctx); err != nil {
 			t.Fatal(err)
 		}
