@@ -26,12 +26,15 @@ type exampleRoute struct {
 	Handle []json.RawMessage            `json:"handle"`
 }
 
-// exampleRoutes adapts testdata/examples/<name> with Caddy's Caddyfile
+// examplesDir holds the example Caddyfiles users copy, one per backend.
+const examplesDir = "../examples/caddyfiles"
+
+// exampleRoutes adapts examples/caddyfiles/<name> with Caddy's Caddyfile
 // adapter, which must give no warning, and returns the routes of its one
 // server.
 func exampleRoutes(t *testing.T, name string) []exampleRoute {
 	t.Helper()
-	path := filepath.Join("testdata", "examples", name)
+	path := filepath.Join(examplesDir, name)
 	src, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +145,7 @@ func plainUpstream(t *testing.T, h reverseproxy.Handler, dial string) {
 }
 
 func TestExampleCaddyfiles(t *testing.T) {
-	files, err := filepath.Glob("testdata/examples/*.Caddyfile")
+	files, err := filepath.Glob(filepath.Join(examplesDir, "*.Caddyfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +238,7 @@ func TestExampleCaddyfiles(t *testing.T) {
 // Every example also loads and provisions in a real Caddy (`caddy validate`):
 // the TLS transport, the placeholders and the default Badger store included.
 func TestExampleValidate(t *testing.T) {
-	files, err := filepath.Glob("testdata/examples/*.Caddyfile")
+	files, err := filepath.Glob(filepath.Join(examplesDir, "*.Caddyfile"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no examples: %v", err)
 	}
@@ -270,7 +273,7 @@ func TestExampleGatewayFileUpload(t *testing.T) {
 		return n, last
 	}
 
-	src, err := os.ReadFile("testdata/examples/gateway.Caddyfile")
+	src, err := os.ReadFile(filepath.Join(examplesDir, "gateway.Caddyfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
