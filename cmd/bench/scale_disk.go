@@ -83,32 +83,31 @@ func flatten(db *badger.DB) (time.Duration, error) {
 // and after closing, and reopens it to count the dead keys still stored.
 func (sr scaleRun) gcStep(dir, step string, product bool, gcInterval time.Duration, do func(db *badger.DB) (time.Duration, error)) (gcRow, error) {
 	row := gcRow{step: step}
-	var err error
+	var (
+		db      *badger.DB // nil for the product, whose store keeps its database to itself
+		closeDB func() error
+	)
 	if product {
 		// The product as it is: its own store, GC tick and compactors.
-		st, oerr := badgerstore.Open(badgerstore.Options{Dir: dir, GCInterval: gcInterval})
-		if oerr != nil {
-			return row, oerr
+		st, err := badgerstore.Open(badgerstore.Options{Dir: dir, GCInterval: gcInterval})
+		if err != nil {
+			return row, err
 		}
-		row.took, err = do(nil)
-		if err == nil {
-			row.open, err = du(dir)
-		}
-		if cerr := st.Close(); err == nil {
-			err = cerr
-		}
+		closeDB = st.Close
 	} else {
-		db, oerr := openRawBadger(dir)
-		if oerr != nil {
-			return row, oerr
+		raw, err := openRawBadger(dir)
+		if err != nil {
+			return row, err
 		}
-		row.took, err = do(db)
-		if err == nil {
-			row.open, err = du(dir)
-		}
-		if cerr := db.Close(); err == nil {
-			err = cerr
-		}
+		db, closeDB = raw, raw.Close
+	}
+	var err error
+	row.took, err = do(db)
+	if err == nil {
+		row.open, err = du(dir)
+	}
+	if cerr := closeDB(); err == nil {
+		err = cerr
 	}
 	if err != nil {
 		return row, err
@@ -116,8 +115,7 @@ func (sr scaleRun) gcStep(dir, step string, product bool, gcInterval time.Durati
 	if row.disk, err = du(dir); err != nil {
 		return row, err
 	}
-	db, err := openRawBadger(dir)
-	if err != nil {
+	if db, err = openRawBadger(dir); err != nil {
 		return row, err
 	}
 	defer db.Close()
