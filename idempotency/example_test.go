@@ -25,7 +25,7 @@ func Example() {
 	}))
 	defer backend.Close()
 
-	store := idempotency.NewMemoryStore() // idempotency.OpenBadger persists records
+	store := idempotency.NewMemoryStore() // badgerstore.Open persists records, redisstore.New shares them
 	defer store.Close()
 	h, err := idempotency.New(idempotency.Config{Store: store})
 	if err != nil {

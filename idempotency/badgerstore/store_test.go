@@ -69,10 +69,10 @@ func TestBadgerSecondOpenFails(t *testing.T) {
 	second, err := Open(Options{Dir: dir})
 	if err == nil {
 		second.Close()
-		t.Fatal("a second OpenBadger on a directory in use succeeded")
+		t.Fatal("a second Open on a directory in use succeeded")
 	}
 	if second != nil {
-		t.Errorf("a failed OpenBadger returned a store %p", second)
+		t.Errorf("a failed Open returned a store %p", second)
 	}
 	// The first store must be unaffected.
 	if _, _, err := s.Begin(t.Context(), idempotency.RecordKey{9}, idempotency.Fingerprint{}, idempotency.NewOwnerToken(), time.Minute); err != nil {
@@ -82,7 +82,7 @@ func TestBadgerSecondOpenFails(t *testing.T) {
 
 func TestBadgerOpenNeedsDir(t *testing.T) {
 	if s, err := Open(Options{}); err == nil || s != nil {
-		t.Errorf("OpenBadger without Dir = %v, %v; want nil and an error", s, err)
+		t.Errorf("Open without Dir = %v, %v; want nil and an error", s, err)
 	}
 }
 
