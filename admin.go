@@ -277,53 +277,50 @@ type namedStore struct {
 
 // adminStores holds the stores of the provisioned handlers, by name: a store
 // module registers its store once it has one, and Cleanup unregisters it.
-// Configs that share a store across a reload each hold a reference.
+// Configs that share a store across a reload each hold a registration.
 var adminStores storeRegistry
 
 type storeRegistry struct {
-	mu     sync.Mutex
-	stores map[string]*registeredStore
+	mu sync.Mutex
+	// stores are the live registrations of each name, oldest first. Stores of
+	// one name hold the same records, but not always one client: a reload
+	// that changes a Redis pool size opens a new one and closes the old, so
+	// the newest registration is the one to use.
+	stores map[string][]*namedStore
 }
 
-type registeredStore struct {
-	namedStore
-	refs int
-}
-
-// register adds a reference to the store named name (the first registered
-// store of that name stands for all: they hold the same records) and returns
-// the func that drops it, which may be called more than once.
+// register adds store under name and returns the func that removes that
+// registration, which may be called more than once.
 func (r *storeRegistry) register(name, backend string, store idempotency.Store) (unregister func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.stores == nil {
-		r.stores = make(map[string]*registeredStore)
+		r.stores = make(map[string][]*namedStore)
 	}
-	e := r.stores[name]
-	if e == nil {
-		e = &registeredStore{namedStore: namedStore{Name: name, Backend: backend, store: store}}
-		r.stores[name] = e
-	}
-	e.refs++
+	e := &namedStore{Name: name, Backend: backend, store: store}
+	r.stores[name] = append(r.stores[name], e)
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			r.mu.Lock()
 			defer r.mu.Unlock()
-			if e.refs--; e.refs == 0 && r.stores[name] == e {
+			live := slices.DeleteFunc(r.stores[name], func(x *namedStore) bool { return x == e })
+			if len(live) == 0 {
 				delete(r.stores, name)
+			} else {
+				r.stores[name] = live
 			}
 		})
 	}
 }
 
-// list returns the registered stores sorted by name.
+// list returns the newest registration of each name, sorted by name.
 func (r *storeRegistry) list() []namedStore {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	stores := make([]namedStore, 0, len(r.stores))
-	for _, e := range r.stores {
-		stores = append(stores, e.namedStore)
+	for _, live := range r.stores {
+		stores = append(stores, *live[len(live)-1])
 	}
 	slices.SortFunc(stores, func(a, b namedStore) int { return strings.Compare(a.Name, b.Name) })
 	return stores

@@ -2,6 +2,9 @@ package caddyidempotency
 
 import (
 	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,5 +116,38 @@ func TestRedisStoreSharedAcrossConfigs(t *testing.T) {
 	}
 	if _, _, err := store.Get(ctx, key); err == nil {
 		t.Fatal("the last cleanup left the client open")
+	}
+}
+
+// A reload that changes a Redis setting other than the address, database or
+// prefix opens a new client for the same store and closes the old one: the
+// admin API must then use the new config's client, not the closed one.
+func TestRedisAdminAfterReloadWithNewClient(t *testing.T) {
+	url, prefix := redistest.URL(t), redistest.UniquePrefix("admin-reload")
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	oldCfg := &RedisModule{URL: url, KeyPrefix: prefix}
+	newCfg := &RedisModule{URL: url, KeyPrefix: prefix, PoolSize: 5}
+	for _, c := range []*RedisModule{oldCfg, newCfg} {
+		if err := c.Provision(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if oldCfg.poolKey == newCfg.poolKey {
+		t.Fatal("the two setups share a client; the test needs two")
+	}
+	if err := oldCfg.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	defer newCfg.Cleanup()
+	for _, req := range []*http.Request{
+		httptest.NewRequest(http.MethodGet, "/idempotency/stats", nil),
+		httptest.NewRequest(http.MethodDelete, "/idempotency/records/"+strings.Repeat("ab", 32), nil),
+	} {
+		err := serveAdmin(httptest.NewRecorder(), req)
+		var apiErr caddy.APIError
+		if err != nil && !(errors.As(err, &apiErr) && apiErr.HTTPStatus == http.StatusNotFound) {
+			t.Fatalf("%s %s after the reload: %v", req.Method, req.URL.Path, err)
+		}
 	}
 }

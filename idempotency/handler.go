@@ -103,7 +103,7 @@ var (
 
 // refuse answers ref in the error envelope, reported as o with its code.
 func refuse(o Outcome, ref refusal) answer {
-	return answer{verdict: verdict{outcome: o, status: ref.status, reason: ref.code}, how: answerRefuse, refusal: ref}
+	return answer{verdict: verdict{outcome: o, status: ref.status, reason: ref.code, coded: true}, how: answerRefuse, refusal: ref}
 }
 
 // give answers the client as ans says, for every answer but forwarding.

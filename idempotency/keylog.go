@@ -50,7 +50,10 @@ func (l keyLogger) decision(v verdict) {
 	if v.status != 0 {
 		fields = append(fields, zap.Int("status", v.status))
 	}
-	if v.reason != "" {
+	switch {
+	case v.coded:
+		fields = append(fields, zap.String("code", v.reason))
+	case v.reason != "":
 		fields = append(fields, zap.String("reason", v.reason))
 	}
 	if v.detail.Key != "" {

@@ -99,6 +99,32 @@ func TestDecisionLogLines(t *testing.T) {
 	}
 }
 
+// A refusal's decision line names its error code as code; a release names
+// its reason as reason.
+func TestDecisionLogCodeAndReason(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	s := newStack(t, Config{Logger: zap.New(core)}, func(w http.ResponseWriter, r *http.Request, n int64) {
+		w.WriteHeader(http.StatusInternalServerError)
+	})
+	s.post(t, "{", withKey("lc-bad"))        // rejected: invalid_json
+	s.post(t, createBody, withKey("lc-500")) // released: not stored
+	lines := logs.FilterMessage("idempotency decision").All()
+	if len(lines) != 2 {
+		t.Fatalf("%d decision lines, want 2", len(lines))
+	}
+	for i, want := range []map[string]any{
+		{"outcome": string(OutcomeRejected), "code": CodeInvalidJSON},
+		{"outcome": string(OutcomeReleased), "reason": "not stored", "status": int64(500)},
+	} {
+		got := lines[i].ContextMap()
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("line %d: %s = %v, want %v (line %v)", i, k, got[k], v, got)
+			}
+		}
+	}
+}
+
 // The warn and error paths of a failing store name the key only by hash.
 func TestStoreFailureLogsCarryNoKey(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)

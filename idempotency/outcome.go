@@ -39,6 +39,8 @@ type Decision struct {
 	// Status is the status answered, when the handler knows it at decision
 	// time (a refusal, a replay, a stored, streamed or released response);
 	// 0 otherwise (a request passed through, an error before any response).
+	// For not_stored after an error or a panic that followed a 2xx, it is
+	// the upstream's 2xx: what the client then gets is the chain's to say.
 	Status int
 	// Reason says why: the error code of an answer in OpenAI's error
 	// envelope (rejected, conflict, in_flight, a 503 store_error, a replay of
@@ -57,6 +59,7 @@ type verdict struct {
 	outcome Outcome
 	status  int       // Decision.Status
 	reason  string    // Decision.Reason
+	coded   bool      // reason is the error code answered: logged as code
 	detail  zap.Field // one more field for the debug line, when its Key is set
 }
 

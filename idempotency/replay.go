@@ -11,7 +11,7 @@ import (
 func replay(resp *Response) answer {
 	v := verdict{outcome: OutcomeReplayed, status: resp.Status}
 	if resp.NotStored {
-		v.status, v.reason = http.StatusConflict, CodeResponseNotStored
+		v.status, v.reason, v.coded = http.StatusConflict, CodeResponseNotStored, true
 	}
 	return answer{verdict: v, how: answerReplay, replay: resp}
 }

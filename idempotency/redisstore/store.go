@@ -17,6 +17,9 @@ import (
 
 // DefaultPrefix namespaces the store's keys when Options.Prefix is empty.
 // Processes share records only when they use the same server and prefix.
+// The Caddy module's default is "caddy-idempotency:", which the engine's
+// Redis store also used before it became this package: set Prefix to it to
+// share records with those.
 const DefaultPrefix = "idempotency:"
 
 // redisRecordLayout: each record is one Redis string under
