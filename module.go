@@ -27,9 +27,10 @@ func init() {
 // never share a record.
 const DefaultScope = "{http.request.header.Authorization}"
 
-// HandlerModule is the http.handlers.idempotency module. It makes covered requests idempotent: the first request with a key
-// goes upstream and its 2xx response is stored; a retry with the same key and
-// parameters gets the stored response, one with other parameters a conflict.
+// HandlerModule is the http.handlers.idempotency module. It makes covered
+// requests idempotent: the first request with a key goes upstream and its 2xx
+// response is stored; a retry with the same key and parameters gets the
+// stored response, one with other parameters a conflict.
 type HandlerModule struct {
 	// The request header carrying the key. Default: Idempotency-Key.
 	KeyHeader string `json:"key_header,omitempty"`
@@ -82,8 +83,10 @@ type HandlerModule struct {
 	metrics *handlerMetrics
 }
 
-// StoreProvider is what a store module gives the handler; the module's own
-// Provision and Cleanup open and close what it provides.
+// StoreProvider is what a store module (namespace
+// http.handlers.idempotency.stores) gives the handler; the module's own
+// Provision and Cleanup open and close what it provides. A store module from
+// another plugin implements it to bring its own idempotency.Store.
 type StoreProvider interface {
 	Store() idempotency.Store
 }
