@@ -61,7 +61,7 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 	content, kind, wasEncoded := raw, BodyRaw, false // kind is of the canonical form
 	if codings := contentCodings(r.Header); len(codings) > 0 && len(raw) > 0 {
 		decoded, err := decodeContent(codings, raw, h.cfg.MaxBody)
-		var bad *ContentCodingError
+		var bad *contentCodingError
 		switch {
 		case err == nil:
 			content, wasEncoded = decoded, true

@@ -18,18 +18,18 @@ import (
 // body in such a coding hashes as the raw bytes; a response in one is not stored.
 var errUnknownCoding = errors.New("idempotency: unknown content coding")
 
-// ContentCodingError reports a body that does not decode from the coding its
+// contentCodingError reports a body that does not decode from the coding its
 // Content-Encoding names.
-type ContentCodingError struct {
+type contentCodingError struct {
 	Coding string
 	Err    error
 }
 
-func (e *ContentCodingError) Error() string {
+func (e *contentCodingError) Error() string {
 	return "the body is not valid " + e.Coding + ": " + e.Err.Error()
 }
 
-func (e *ContentCodingError) Unwrap() error { return e.Err }
+func (e *contentCodingError) Unwrap() error { return e.Err }
 
 // contentCodings returns the codings of a Content-Encoding header in the order
 // they were applied (RFC 9110 §8.4), without identity; nil when there are none.
@@ -93,7 +93,7 @@ func readLimited(r io.Reader, inLen int, limit int64) ([]byte, error) {
 // decodeContent undoes codings (gzip, x-gzip, deflate, zstd; the last applied
 // is undone first) and returns at most limit decoded bytes. A larger result is
 // an *http.MaxBytesError, so a small compressed body cannot expand past the
-// limit; a body that does not decode is a *ContentCodingError, and a coding
+// limit; a body that does not decode is a *contentCodingError, and a coding
 // not in the list, or more than maxCodings, is errUnknownCoding.
 func decodeContent(codings []string, body []byte, limit int64) ([]byte, error) {
 	if len(codings) > maxCodings {
@@ -141,7 +141,7 @@ func decodeOne(coding string, body []byte, limit int64) ([]byte, error) {
 		r.Close()
 	}
 	if err != nil {
-		return nil, &ContentCodingError{Coding: coding, Err: err}
+		return nil, &contentCodingError{Coding: coding, Err: err}
 	}
 	if int64(len(out)) > limit {
 		return nil, &http.MaxBytesError{Limit: limit}
