@@ -73,9 +73,9 @@ func (b *BadgerModule) Provision(ctx caddy.Context) error {
 	if dir == "" {
 		dir = filepath.Join(caddy.AppDataDir(), "idempotency")
 	}
-	dir, err := filepath.Abs(caddy.NewReplacer().ReplaceKnown(dir, ""))
+	dir, err := badgerDirectory(caddy.NewReplacer().ReplaceKnown(dir, ""))
 	if err != nil {
-		return err
+		return fmt.Errorf("badger store directory %s: %w", dir, err)
 	}
 	store, err := openPooledBadger(dir)
 	switch {
@@ -89,13 +89,25 @@ func (b *BadgerModule) Provision(ctx caddy.Context) error {
 	}
 }
 
+// badgerDirectory creates dir if need be and returns its absolute path with
+// no symbolic link in it: the one name of the directory, which the pool
+// keys its database by, so that a config naming it through a link shares
+// the database instead of finding it locked by this very process.
+func badgerDirectory(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return dir, err
+	}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return abs, err
+	}
+	return filepath.EvalSymlinks(abs)
+}
+
 // openPooledBadger opens dir, or takes another reference to its open
 // database.
 func openPooledBadger(dir string) (*badgerstore.Store, error) {
 	val, _, err := badgerPool.LoadOrNew(dir, func() (caddy.Destructor, error) {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, err
-		}
 		// The pooled database outlives this config, so it logs to Caddy's
 		// process logger rather than one that a reload may close.
 		s, err := badgerstore.Open(badgerstore.Options{

@@ -61,6 +61,38 @@ func TestBadgerStoreSharedAcrossConfigs(t *testing.T) {
 }
 
 // A Provision that failed holds nothing, so its Cleanup must release nothing.
+// A directory named through a symbolic link (or with a trailing "/.") is the
+// same directory: configs share its database instead of finding it locked
+// by their own process.
+func TestBadgerStoreOneDirectoryManyNames(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "records")
+	link := filepath.Join(root, "link")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	var stores []*BadgerModule
+	for _, name := range []string{dir, link, link + "/."} {
+		b, err := provisionBadger(t, name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Cleanup(func() { _ = b.Cleanup() })
+		if b.deferred != nil {
+			t.Fatalf("%s: the open was deferred, as if another process held the directory", name)
+		}
+		stores = append(stores, b)
+	}
+	for _, b := range stores[1:] {
+		if b.Store() != stores[0].Store() {
+			t.Fatal("two names of one directory got two databases")
+		}
+	}
+}
+
 func TestBadgerStoreCleanupAfterFailedProvision(t *testing.T) {
 	dir := t.TempDir()
 	live, err := provisionBadger(t, dir)
