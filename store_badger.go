@@ -75,7 +75,7 @@ func (b *BadgerModule) Provision(ctx caddy.Context) error {
 	}
 	dir, err := badgerDirectory(caddy.NewReplacer().ReplaceKnown(dir, ""))
 	if err != nil {
-		return fmt.Errorf("badger store directory %s: %w", dir, err)
+		return fmt.Errorf("opening badger store at %s: %w", dir, err)
 	}
 	store, err := openPooledBadger(dir)
 	switch {
