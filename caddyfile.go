@@ -42,7 +42,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_response    <size>
 //		conflict_status 409|422
 //		fail_open
-//		store           badger [<dir>] | memory
+//		store           badger [<dir>] | memory | redis [<url>] { ... }
 //	}
 func (h *HandlerModule) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name

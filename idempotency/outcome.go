@@ -14,12 +14,12 @@ type Outcome string
 const (
 	OutcomeStored      Outcome = "stored"      // claimed, forwarded, and the 2xx response stored
 	OutcomeStreamed    Outcome = "streamed"    // a 2xx the upstream flushed: passed on as it came, stored at its end if it fit MaxResponse; decided when it starts, however it ends
-	OutcomeNotStored   Outcome = "not_stored"  // a 2xx too large to keep: the record is completed without it, and retries are told so
+	OutcomeNotStored   Outcome = "not_stored"  // a 2xx not kept (too large, an undecodable coding, or broken off): the record is completed without it, and retries are told so
 	OutcomeReplayed    Outcome = "replayed"    // answered from a completed record
 	OutcomeConflict    Outcome = "conflict"    // key reused with other parameters
 	OutcomeInFlight    Outcome = "in_flight"   // answered 409 idempotency_key_in_use
 	OutcomePassthrough Outcome = "passthrough" // not covered, or no key: forwarded as is
-	OutcomeReleased    Outcome = "released"    // forwarded, not 2xx (or an error or panic before a 2xx, or a hijacked connection): the key is free again
+	OutcomeReleased    Outcome = "released"    // forwarded, not 2xx (or an error or panic before a 2xx, or a hijacked connection), or the record purged or taken over meanwhile: the key is free again
 	OutcomeRejected    Outcome = "rejected"    // bad input answered 4xx, nothing forwarded or claimed
 	OutcomeStoreError  Outcome = "store_error" // the store failed: 503, or forwarded unprotected with FailOpen, or the response could not be stored
 	OutcomeCanceled    Outcome = "canceled"    // the client left before it could be answered

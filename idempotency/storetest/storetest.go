@@ -2,7 +2,8 @@
 //
 // It uses real time with short leases, so it also fits stores whose clock is
 // not ours (Redis); each test waits by polling against a deadline. Tests run
-// in parallel on random keys, so a store shared between tests or runs is fine.
+// in parallel on random keys, so a store shared between tests or runs is fine,
+// except for AdminStats, which counts every record and needs a store of its own.
 package storetest
 
 import (
