@@ -28,7 +28,7 @@ func init() {
 // Origin checks and remote-admin access control, and nothing else.
 //
 //	GET    /idempotency/stores                   the stores in use
-//	GET    /idempotency/stats                    counts of live records
+//	GET    /idempotency/stats                    counts of live records: total, in_flight, completed, in_doubt
 //	GET    /idempotency/records?namespace=&scope=&key=   one record (&body=1: with its response)
 //	GET    /idempotency/records/<key hash>       the same, by the key_hash of the logs
 //	DELETE /idempotency/records...               purge it
@@ -117,10 +117,11 @@ func serveStats(w http.ResponseWriter, r *http.Request) error {
 	}
 	return writeJSON(w, struct {
 		Store     string `json:"store"`
-		Total     int64  `json:"total"`
+		Total     int64  `json:"total"` // in_flight + completed + in_doubt
 		InFlight  int64  `json:"in_flight"`
 		Completed int64  `json:"completed"`
-	}{s.Name, st.Total(), st.InFlight, st.Completed})
+		InDoubt   int64  `json:"in_doubt"`
+	}{s.Name, st.Total(), st.InFlight, st.Completed, st.InDoubt})
 }
 
 func serveRecord(w http.ResponseWriter, r *http.Request, path string) error {
@@ -228,7 +229,8 @@ type adminRecord struct {
 	Fingerprint string       `json:"fingerprint"`
 	Created     time.Time    `json:"created"`
 	LeaseUntil  *time.Time   `json:"lease_until,omitempty"`
-	Expires     *time.Time   `json:"expires,omitempty"`
+	Expires     *time.Time   `json:"expires,omitempty"` // completed: replays end; in doubt: the hold ends
+	Doubts      int          `json:"doubts,omitempty"`  // owners that could not find out whether the upstream acted
 	Status      int          `json:"status,omitempty"`
 	BodyBytes   *int         `json:"body_bytes,omitempty"`
 	Headers     *http.Header `json:"headers,omitempty"`
@@ -247,9 +249,10 @@ func newAdminRecord(store string, key idempotency.RecordKey, rec *idempotency.Re
 	if rec.State == idempotency.StateInFlight {
 		out.LeaseUntil = new(rec.LeaseUntil.UTC())
 	}
-	if rec.State == idempotency.StateCompleted {
+	if rec.State == idempotency.StateCompleted || rec.State == idempotency.StateInDoubt {
 		out.Expires = new(rec.ExpiresAt.UTC())
 	}
+	out.Doubts = rec.Doubts
 	if resp := rec.Response; resp != nil {
 		out.Status, out.BodyBytes = resp.Status, new(len(resp.Body))
 		if withBody {

@@ -298,6 +298,14 @@ func (d *deferredBadger) Release(ctx context.Context, key idempotency.RecordKey,
 	return s.Release(ctx, key, owner)
 }
 
+func (d *deferredBadger) Hold(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken, hold time.Duration) error {
+	store, err := d.open(ctx)
+	if err != nil {
+		return err
+	}
+	return store.Hold(ctx, key, owner, hold)
+}
+
 func (d *deferredBadger) Get(ctx context.Context, key idempotency.RecordKey) (idempotency.Record, bool, error) {
 	s, err := d.open(ctx)
 	if err != nil {

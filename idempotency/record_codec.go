@@ -18,6 +18,7 @@ import (
 //	leaseUntil   varint Unix ms   (flagLeaseUntil)
 //	createdAt    varint Unix ms   (flagCreatedAt)
 //	expiresAt    varint Unix ms   (flagExpiresAt)
+//	doubts       uvarint          (flagDoubts)
 //	response     (flagResponse):
 //	  status     varint
 //	  headers    uvarint count, then per name: uvarint len + name,
@@ -34,7 +35,8 @@ const (
 	flagExpiresAt
 	flagResponse
 	flagResponseNotStored
-	knownFlags = flagLeaseUntil | flagCreatedAt | flagExpiresAt | flagResponse | flagResponseNotStored
+	flagDoubts
+	knownFlags = flagLeaseUntil | flagCreatedAt | flagExpiresAt | flagResponse | flagResponseNotStored | flagDoubts
 )
 
 var errRecordTruncated = errors.New("idempotency: encoded record is truncated")
@@ -45,7 +47,7 @@ func (rec *Record) MarshalBinary() ([]byte, error) {
 	if rec.Response != nil && !validStatus(int64(rec.Response.Status)) {
 		return nil, fmt.Errorf("idempotency: cannot encode response status %d", rec.Response.Status)
 	}
-	size := 1 + 1 + len(rec.Fingerprint) + len(rec.Owner) + 1 + 3*binary.MaxVarintLen64
+	size := 1 + 1 + len(rec.Fingerprint) + len(rec.Owner) + 1 + 4*binary.MaxVarintLen64
 	if rec.Response != nil {
 		size += binary.MaxVarintLen64 + len(rec.Response.Body) + 2*binary.MaxVarintLen64
 		for name, values := range rec.Response.Header {
@@ -67,6 +69,9 @@ func (rec *Record) MarshalBinary() ([]byte, error) {
 	if !rec.ExpiresAt.IsZero() {
 		flags |= flagExpiresAt
 	}
+	if rec.Doubts > 0 {
+		flags |= flagDoubts
+	}
 	if rec.Response != nil {
 		flags |= flagResponse
 		if rec.Response.NotStored {
@@ -86,6 +91,9 @@ func (rec *Record) MarshalBinary() ([]byte, error) {
 	}
 	if flags&flagExpiresAt != 0 {
 		buf = binary.AppendVarint(buf, rec.ExpiresAt.UnixMilli())
+	}
+	if flags&flagDoubts != 0 {
+		buf = binary.AppendUvarint(buf, uint64(rec.Doubts))
 	}
 	if rec.Response != nil {
 		buf = appendResponse(buf, rec.Response)
@@ -165,6 +173,9 @@ func decodeHeader(d *decoder) (rec Record, flags byte, err error) {
 	}
 	if flags&flagExpiresAt != 0 {
 		rec.ExpiresAt = d.time()
+	}
+	if flags&flagDoubts != 0 {
+		rec.Doubts = int(min(d.uvarint(), 255))
 	}
 	return rec, flags, d.err
 }
@@ -288,7 +299,7 @@ func ReadRecordState(data []byte, now time.Time) (state State, live bool, err er
 	if err != nil {
 		return 0, false, err
 	}
-	if rec.State != StateInFlight && rec.State != StateCompleted {
+	if rec.State != StateInFlight && rec.State != StateCompleted && rec.State != StateInDoubt {
 		return 0, false, fmt.Errorf("idempotency: record in unknown state %d", rec.State)
 	}
 	return rec.State, rec.Live(now), nil

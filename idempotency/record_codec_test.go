@@ -48,6 +48,13 @@ func codecSamples() map[string]Record {
 			Response: &Response{Status: 200, Header: http.Header{}, Body: bytes.Repeat([]byte("0123456789"), 100_000)},
 		},
 		"pre-1970 time": {State: StateCompleted, ExpiresAt: time.UnixMilli(-5)},
+		"in doubt": {
+			State: StateInDoubt, Fingerprint: fp, CreatedAt: at, ExpiresAt: at.Add(24 * time.Hour), Doubts: 2,
+		},
+		"in flight taken over": {
+			State: StateInFlight, Fingerprint: fp, Owner: owner,
+			LeaseUntil: at.Add(30 * time.Second), CreatedAt: at, Doubts: 255,
+		},
 		"response not stored": {
 			State: StateCompleted, Fingerprint: fp, CreatedAt: at, ExpiresAt: at,
 			Response: &Response{Status: 201, Header: http.Header{}, NotStored: true},
@@ -76,6 +83,64 @@ func TestRecordCodecResponseNotStored(t *testing.T) {
 	data[flagsAt] |= flagResponseNotStored
 	if err := got.UnmarshalBinary(data); err == nil {
 		t.Fatal("a not-stored mark without a response decoded")
+	}
+}
+
+// Doubts is encoded only when there are some (flagDoubts), so a record
+// without doubts encodes as it did before the field existed; an in-doubt
+// record keeps its state, fingerprint, times and doubts, and its state
+// reads without a full decode.
+func TestRecordCodecDoubtsAndInDoubt(t *testing.T) {
+	const flagsAt = 1 + 1 + 32 + 16
+	inFlight := codecSamples()["in-flight"]
+	plain, _ := inFlight.MarshalBinary()
+	if plain[flagsAt]&flagDoubts != 0 {
+		t.Fatalf("a record without doubts has flagDoubts: % x", plain)
+	}
+	for _, doubts := range []int{1, 2, 127, 128, 255} {
+		rec := inFlight
+		rec.Doubts = doubts
+		data, err := rec.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if data[flagsAt]&flagDoubts == 0 || len(data) <= len(plain) {
+			t.Fatalf("Doubts %d encodes as % x, want flagDoubts and the count", doubts, data)
+		}
+		var got Record
+		if err := got.UnmarshalBinary(data); err != nil {
+			t.Fatalf("Doubts %d: %v", doubts, err)
+		}
+		if got.Doubts != doubts {
+			t.Errorf("Doubts %d decodes as %d", doubts, got.Doubts)
+		}
+		assertSameRecord(t, got, rec)
+	}
+
+	held := codecSamples()["in doubt"]
+	data, err := held.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Record
+	if err := got.UnmarshalBinary(data); err != nil {
+		t.Fatal(err)
+	}
+	assertSameRecord(t, got, held)
+	if got.State != StateInDoubt || got.State.String() != "in_doubt" || got.Owner != (OwnerToken{}) || got.Response != nil {
+		t.Errorf("in-doubt record decodes as %+v", got)
+	}
+	for _, tc := range []struct {
+		now  time.Time
+		live bool
+	}{{held.ExpiresAt.Add(-time.Millisecond), true}, {held.ExpiresAt, false}} {
+		state, live, err := ReadRecordState(data, tc.now)
+		if err != nil || state != StateInDoubt || live != tc.live {
+			t.Errorf("ReadRecordState at %v = %v, live %v, err %v; want in_doubt, live %v", tc.now, state, live, err, tc.live)
+		}
+	}
+	if _, _, err := ReadRecordState(withByte(data, 1, 4), held.CreatedAt); err == nil {
+		t.Error("ReadRecordState accepted state 4")
 	}
 }
 
@@ -229,6 +294,9 @@ func assertSameRecord(t *testing.T, got, want Record) {
 	}
 	if got.Owner != want.Owner {
 		diffs = append(diffs, "Owner")
+	}
+	if got.Doubts != want.Doubts {
+		diffs = append(diffs, "Doubts")
 	}
 	for _, tm := range []struct {
 		name      string

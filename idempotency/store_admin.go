@@ -19,14 +19,15 @@ type AdminStore interface {
 }
 
 // Stats counts a store's live records: in flight before their lease ends,
-// completed before they expire.
+// completed or in doubt before they expire.
 type Stats struct {
 	InFlight  int64
 	Completed int64
+	InDoubt   int64
 }
 
 // Total is the number of live records.
-func (s Stats) Total() int64 { return s.InFlight + s.Completed }
+func (s Stats) Total() int64 { return s.InFlight + s.Completed + s.InDoubt }
 
 // Add counts a record in state that is live or not.
 func (s *Stats) Add(state State, live bool) {
@@ -36,5 +37,7 @@ func (s *Stats) Add(state State, live bool) {
 		s.InFlight++
 	case state == StateCompleted:
 		s.Completed++
+	case state == StateInDoubt:
+		s.InDoubt++
 	}
 }

@@ -55,17 +55,14 @@ func (s *MemoryStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, 
 		s.lastSweep = now
 		s.records.Sweep(now)
 	}
-	if rec, ok := s.records[key]; ok && rec.Live(now) {
+	cur, found := s.records[key]
+	rec, owned := BeginRecord(cur, found, fp, owner, now, lease)
+	if !owned {
 		return copyRecord(rec), false, nil
 	}
-	rec := Record{
-		State:       StateInFlight,
-		Fingerprint: fp,
-		Owner:       owner,
-		LeaseUntil:  now.Add(lease),
-		CreatedAt:   now,
-	}
-	s.records[key] = rec
+	kept := rec
+	kept.Prior = 0 // told to this Begin only; Get and later Begins do not see it
+	s.records[key] = kept
 	return rec, true, nil
 }
 
@@ -107,6 +104,20 @@ func (s *MemoryStore) Release(ctx context.Context, key RecordKey, owner OwnerTok
 		return ErrNotOwner
 	}
 	delete(s.records, key)
+	return nil
+}
+
+func (s *MemoryStore) Hold(ctx context.Context, key RecordKey, owner OwnerToken, hold time.Duration) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	now := time.Now()
+	rec, ok := s.records.Owned(key, owner, now)
+	if !ok {
+		return ErrNotOwner
+	}
+	s.records[key] = rec.Held(now, hold)
 	return nil
 }
 

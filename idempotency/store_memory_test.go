@@ -38,3 +38,20 @@ func TestMemoryStoreSweepsDeadRecords(t *testing.T) {
 		}
 	}
 }
+
+// Prior is told to the Begin that takes a record over, not kept: the
+// memory store's record has none, so Get and later Begins see none.
+func TestMemoryStoreDoesNotKeepPrior(t *testing.T) {
+	s := NewMemoryStore()
+	defer s.Close()
+	key, fp := RecordKey{1}, Fingerprint{2}
+	now := time.Now()
+	s.records[key] = Record{State: StateInDoubt, Fingerprint: fp, CreatedAt: now.Add(-time.Minute), ExpiresAt: now.Add(time.Hour), Doubts: 3}
+	rec, owned, err := s.Begin(t.Context(), key, fp, NewOwnerToken(), time.Minute)
+	if err != nil || !owned || rec.Prior != StateInDoubt || rec.Doubts != 3 {
+		t.Fatalf("Begin = %+v owned %v err %v, want a takeover of the held record", rec, owned, err)
+	}
+	if kept := s.records[key]; kept.Prior != 0 || kept.Doubts != 3 || kept.Owner != rec.Owner {
+		t.Fatalf("stored record %+v, want the new owner's with 3 doubts and no Prior", kept)
+	}
+}

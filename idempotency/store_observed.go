@@ -7,11 +7,12 @@ import (
 
 // StoreCall is one call the Handler made to its Store, for Config.ObserveStore.
 type StoreCall struct {
-	Op       string        // "begin", "renew", "complete", "release" or "get"
+	Op       string        // "begin", "renew", "complete", "release", "hold" or "get"
 	Duration time.Duration // how long the call took
 	Err      error         // nil, ErrNotOwner, or the store's own failure
 	// Owned is true for a Begin that claimed the key: the request is now
-	// upstream, until the Complete or Release that follows (exactly one does).
+	// upstream, until the Complete, Release or Hold that follows (exactly
+	// one does).
 	Owned bool
 }
 
@@ -51,6 +52,13 @@ func (s observedStore) Release(ctx context.Context, key RecordKey, owner OwnerTo
 	start := time.Now()
 	err := s.Store.Release(ctx, key, owner)
 	s.report("release", start, err, false)
+	return err
+}
+
+func (s observedStore) Hold(ctx context.Context, key RecordKey, owner OwnerToken, hold time.Duration) error {
+	start := time.Now()
+	err := s.Store.Hold(ctx, key, owner, hold)
+	s.report("hold", start, err, false)
 	return err
 }
 

@@ -18,7 +18,8 @@ const claimStripes = 256
 // what makes Begin atomic (no optimistic-transaction retries), and the table
 // is the authority on ownership (Renew, Complete and Release need no read).
 // A dead process's in-flight records are on disk only; their tokens can
-// never come back, so they are never "owned" here.
+// never come back, so they are never "owned" here. Held (in-doubt) and
+// completed records have no owner and are on disk only too.
 type claimTable struct {
 	stripes [claimStripes]claimStripe
 }

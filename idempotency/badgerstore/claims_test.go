@@ -7,12 +7,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
+
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 )
 
 // An in-flight record left by a closed (or killed) store is on disk only: a
 // reopened store answers it as in flight until its lease ends, its old owner
-// can no longer complete it, and then the key can be taken over.
+// can no longer complete nor hold it, and then the key can be taken over by
+// a request with its fingerprint only, which is told so (Prior).
 func TestBadgerReopenedStoreHoldsButDoesNotOwnOldClaim(t *testing.T) {
 	dir := t.TempDir()
 	ctx := t.Context()
@@ -38,9 +41,70 @@ func TestBadgerReopenedStoreHoldsButDoesNotOwnOldClaim(t *testing.T) {
 	if err := s.Release(ctx, key, old); !errors.Is(err, idempotency.ErrNotOwner) {
 		t.Fatalf("Release by the closed store's owner = %v, want ErrNotOwner", err)
 	}
+	if err := s.Hold(ctx, key, old, time.Hour); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Fatalf("Hold by the closed store's owner = %v, want ErrNotOwner", err)
+	}
 	time.Sleep(time.Until(rec.LeaseUntil) + 10*time.Millisecond)
-	if _, owned, err := s.Begin(ctx, key, fp, idempotency.NewOwnerToken(), time.Minute); err != nil || !owned {
-		t.Fatalf("Begin after the old lease = owned %v, err %v, want a takeover", owned, err)
+	if other, owned, err := s.Begin(ctx, key, idempotency.Fingerprint{9}, idempotency.NewOwnerToken(), time.Minute); err != nil || owned || other.Owner != old {
+		t.Fatalf("Begin with another fingerprint after the old lease = %+v owned %v, err %v, want the dead owner's record", other, owned, err)
+	}
+	took, owned, err := s.Begin(ctx, key, fp, idempotency.NewOwnerToken(), time.Minute)
+	if err != nil || !owned || took.Prior != idempotency.StateInFlight || !took.CreatedAt.Equal(rec.CreatedAt) {
+		t.Fatalf("Begin after the old lease = %+v owned %v, err %v, want a takeover of the in-flight record created at %v", took, owned, err, rec.CreatedAt)
+	}
+}
+
+// A held record is on disk only, with a Badger TTL of its hold: a reopened
+// store still answers it, and the next request with its fingerprint takes
+// it over, keeping its creation time and doubts.
+func TestBadgerHeldRecordSurvivesReopen(t *testing.T) {
+	dir := t.TempDir()
+	ctx := t.Context()
+	key, fp, owner := idempotency.RecordKey{5}, idempotency.Fingerprint{6}, idempotency.NewOwnerToken()
+	s := openTestBadger(t, dir)
+	first, owned, err := s.Begin(ctx, key, fp, owner, time.Minute)
+	if err != nil || !owned {
+		t.Fatalf("Begin = owned %v, err %v", owned, err)
+	}
+	const hold = time.Hour
+	if err := s.Hold(ctx, key, owner, hold); err != nil {
+		t.Fatalf("Hold: %v", err)
+	}
+	stripe := s.claims.lock(key)
+	_, claimed := stripe.claims[key]
+	stripe.mu.Unlock()
+	if claimed {
+		t.Error("the claim table still holds the held record")
+	}
+	err = s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(badgerRecordKey(key))
+		if err != nil {
+			return err
+		}
+		if ttl := time.Until(time.Unix(int64(item.ExpiresAt()), 0)); ttl < hold-2*time.Second || ttl > hold+badgerTTLSlack+time.Second {
+			t.Errorf("Badger TTL of the held record = %v, want about %v", ttl, hold)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("reading the held record: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	s = openTestBadger(t, dir)
+	defer s.Close()
+	rec, ok, err := s.Get(ctx, key)
+	if err != nil || !ok || rec.State != idempotency.StateInDoubt || rec.Doubts != 1 || rec.Fingerprint != fp {
+		t.Fatalf("Get after reopen = %+v ok %v err %v, want the held record", rec, ok, err)
+	}
+	if _, owned, err := s.Begin(ctx, key, idempotency.Fingerprint{7}, idempotency.NewOwnerToken(), time.Minute); err != nil || owned {
+		t.Fatalf("Begin with another fingerprint = owned %v, err %v, want the held record", owned, err)
+	}
+	took, owned, err := s.Begin(ctx, key, fp, idempotency.NewOwnerToken(), time.Minute)
+	if err != nil || !owned || took.Prior != idempotency.StateInDoubt || took.Doubts != 1 || took.CreatedAt.UnixMilli() != first.CreatedAt.UnixMilli() {
+		t.Fatalf("Begin with its fingerprint = %+v owned %v, err %v, want a takeover of the held record", took, owned, err)
 	}
 }
 

@@ -130,27 +130,26 @@ func (s *Store) Begin(ctx context.Context, key idempotency.RecordKey, fp idempot
 	if cur, ok := stripe.claims[key]; ok && cur.Live(now) {
 		return cur, false, nil
 	}
+	// Otherwise the record on disk rules: this process's claim past its
+	// lease is there too, as are a held record, a completed one, and a dead
+	// process's in-flight record.
 	dbKey := badgerRecordKey(key)
 	cur, found, err := s.read(dbKey)
 	if err != nil {
 		return idempotency.Record{}, false, err
 	}
-	if found && cur.Live(now) {
-		return cur, false, nil
-	}
-	rec := idempotency.Record{
-		State:       idempotency.StateInFlight,
-		Fingerprint: fp,
-		Owner:       owner,
-		LeaseUntil:  now.Add(lease),
-		CreatedAt:   now,
+	rec, owned := idempotency.BeginRecord(cur, found, fp, owner, now, lease)
+	if !owned {
+		return rec, false, nil
 	}
 	// Written before the request goes upstream, so that after a crash the
 	// key stays in flight until the lease runs out, as it would in a fleet.
 	if err := s.write(dbKey, &rec, now); err != nil {
 		return idempotency.Record{}, false, err
 	}
-	stripe.claims[key] = rec
+	claim := rec
+	claim.Prior = 0 // told to this Begin only
+	stripe.claims[key] = claim
 	return rec, true, nil
 }
 
@@ -176,6 +175,23 @@ func (s *Store) Complete(ctx context.Context, key idempotency.RecordKey, owner i
 	defer stripe.mu.Unlock()
 	done := rec.Completed(&resp, now, ttl) // encoded at once: no copy of resp
 	if err := s.write(badgerRecordKey(key), &done, now); err != nil {
+		return err
+	}
+	delete(stripe.claims, key)
+	return nil
+}
+
+// Hold writes owner's in-flight record back in doubt until now+hold (see
+// idempotency.Record.Held) and drops the claim: a held record is on disk
+// only, and Begin takes it over from there.
+func (s *Store) Hold(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken, hold time.Duration) error {
+	stripe, rec, now, err := s.lockOwned(ctx, key, owner)
+	if err != nil {
+		return err
+	}
+	defer stripe.mu.Unlock()
+	held := rec.Held(now, hold)
+	if err := s.write(badgerRecordKey(key), &held, now); err != nil {
 		return err
 	}
 	delete(stripe.claims, key)
@@ -312,8 +328,8 @@ func readBadgerRecord(txn *badger.Txn, dbKey []byte) (idempotency.Record, bool, 
 }
 
 // writeBadgerRecord stores rec with a Badger TTL covering how long it must be
-// retained: a completed record until ExpiresAt, an in-flight one until
-// idempotency.InFlightRetention past its lease.
+// retained: a completed or in-doubt record until ExpiresAt, an in-flight one
+// until idempotency.InFlightRetention past its lease.
 func writeBadgerRecord(txn *badger.Txn, dbKey []byte, rec *idempotency.Record, now time.Time) error {
 	value, err := rec.MarshalBinary()
 	if err != nil {

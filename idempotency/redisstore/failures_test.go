@@ -24,7 +24,12 @@ func TestRedisForeignValue(t *testing.T) {
 	for _, v := range []string{
 		"garbage",                  // not the format at all
 		strings.Repeat("\x01", 50), // in flight but too short for an owner
-		"\x01\x02" + strings.Repeat("\x00", 40) + far + "\xff", // completed, response truncated
+		"\x01\x02" + strings.Repeat("\x00", 40) + far + "\xff",                                  // completed, response truncated
+		"\x01\x01" + strings.Repeat("\x01", 40) + far + strings.Repeat("\x02", 16) + "\x05",     // in flight, doubts without prior
+		"\x01\x01" + strings.Repeat("\x01", 40) + far + strings.Repeat("\x02", 16) + "\x01\x02", // in flight, prior "completed"
+		"\x01\x03" + strings.Repeat("\x01", 40) + far,                                           // in doubt without its doubts
+		"\x01\x03" + strings.Repeat("\x01", 40) + far + "\x01\x00",                              // in doubt, a byte too many
+		"\x01\x04" + strings.Repeat("\x01", 40) + far + "\x01",                                  // unknown state
 	} {
 		if err := c.Set(ctx, s.redisKey(key), v, time.Minute).Err(); err != nil {
 			t.Fatal(err)

@@ -18,7 +18,8 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 -- load returns the record, its state and its time at offset 42 (lease end
--- when in flight, expiry when completed), or nil when there is none.
+-- when in flight, expiry when completed or in doubt), or nil when there is
+-- none.
 local function load(key)
   local v = redis.call('GET', key)
   if not v then return nil end
@@ -38,30 +39,50 @@ local function owned(key, owner, now, retention)
 end
 `
 
-// ARGV: fingerprint, owner, lease ms, retention ms. Returns {owned, record}.
-// A live record by another owner is returned as is; a live in-flight record
-// of this same owner counts as owned, so a Begin the client retried after a
-// lost reply does not lock its own request out.
+// ARGV: fingerprint, owner, lease ms, retention ms. Returns {owned,
+// record, prior}, by idempotency.BeginRecord's rule. None retained: a new
+// in-flight record, owned, prior 0. A live in-flight record by another
+// owner, a completed one, or one in doubt or in flight past its lease with
+// another fingerprint: returned as is, not owned, prior 0. One in doubt or
+// in flight past its lease with this fingerprint: taken over, owned, keeping
+// createdAt and doubts, with prior its state (1 or 3), which the new record
+// keeps too. A live in-flight record of this same owner counts as owned
+// (with the prior it keeps), so a Begin the client retried after a lost
+// reply does not lock its own request out.
 var redisBegin = redis.NewScript(redisPrelude + `
 local now = now_ms()
+local fp, owner, retention = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local v, state, t = load(KEYS[1])
-if v and now < t then
-  if state == 1 and string.sub(v, 51, 66) == ARGV[2] then return {1, v} end
-  return {0, v}
+local created, doubts, prior = now, 0, 0
+if v then
+  local retained = now < t
+  if state == 1 then retained = now < t + retention end
+  if retained then
+    if state == 1 and now < t then
+      if string.sub(v, 51, 66) == owner then return {1, v, string.byte(v, 68) or 0} end
+      return {0, v, 0}
+    end
+    if (state ~= 1 and state ~= 3) or string.sub(v, 3, 34) ~= fp then return {0, v, 0} end
+    created = struct.unpack('>i8', v, 35)
+    if state == 1 then doubts = string.byte(v, 67) or 0 else doubts = string.byte(v, 51) or 0 end
+    prior = state
+  end
 end
 local lease = tonumber(ARGV[3])
-local rec = '\1\1' .. ARGV[1] .. struct.pack('>i8>i8', now, now + lease) .. ARGV[2]
-redis.call('SET', KEYS[1], rec, 'PX', lease + tonumber(ARGV[4]))
-return {1, rec}
+local rec = '\1\1' .. fp .. struct.pack('>i8>i8', created, now + lease) .. owner
+if doubts > 0 or prior > 0 then rec = rec .. string.char(doubts, prior) end
+redis.call('SET', KEYS[1], rec, 'PX', lease + retention)
+return {1, rec, prior}
 `)
 
-// ARGV: owner, lease ms, retention ms. Returns 1, or 0 when not owner.
+// ARGV: owner, lease ms, retention ms. Keeps the owner token and what
+// follows it (doubts, prior). Returns 1, or 0 when not owner.
 var redisRenew = redis.NewScript(redisPrelude + `
 local now = now_ms()
 local v = owned(KEYS[1], ARGV[1], now, tonumber(ARGV[3]))
 if not v then return 0 end
 local lease = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], string.sub(v, 1, 42) .. struct.pack('>i8', now + lease) .. ARGV[1],
+redis.call('SET', KEYS[1], string.sub(v, 1, 42) .. struct.pack('>i8', now + lease) .. string.sub(v, 51),
   'PX', lease + tonumber(ARGV[3]))
 return 1
 `)
@@ -77,6 +98,21 @@ redis.call('SET', KEYS[1], '\1\2' .. string.sub(v, 3, 42) .. struct.pack('>i8', 
 return 1
 `)
 
+// ARGV: owner, hold ms, retention ms. Turns owner's in-flight record into
+// one in doubt until now + hold (PX hold), keeping its fingerprint and
+// creation time, with one more doubt (at most 255). Returns 1, or 0 when
+// not owner.
+var redisHold = redis.NewScript(redisPrelude + `
+local now = now_ms()
+local v = owned(KEYS[1], ARGV[1], now, tonumber(ARGV[3]))
+if not v then return 0 end
+local hold = tonumber(ARGV[2])
+local doubts = math.min((string.byte(v, 67) or 0) + 1, 255)
+redis.call('SET', KEYS[1], '\1\3' .. string.sub(v, 3, 42) .. struct.pack('>i8', now + hold) .. string.char(doubts),
+  'PX', hold)
+return 1
+`)
+
 // ARGV: owner, retention ms. Returns 1, or 0 when not owner.
 var redisRelease = redis.NewScript(redisPrelude + `
 local v = owned(KEYS[1], ARGV[1], now_ms(), tonumber(ARGV[2]))
@@ -86,7 +122,7 @@ return 1
 `)
 
 // Returns {record} when it is live (in flight before its lease ends,
-// completed before it expires), else {}.
+// completed or in doubt before it expires), else {}.
 var redisGet = redis.NewScript(redisPrelude + `
 local v, _, t = load(KEYS[1])
 if v and now_ms() < t then return {v} end

@@ -24,23 +24,34 @@ const DefaultPrefix = "idempotency:"
 
 // redisRecordLayout: each record is one Redis string under
 // prefix + "r:" + hex(RecordKey), expiring with the record (PX): a completed
-// record at its ExpiresAt, an in-flight one InFlightRetention past its lease.
-// Its value, times as big-endian int64 Unix ms of the Redis server's clock:
+// or in-doubt record at its ExpiresAt, an in-flight one InFlightRetention
+// past its lease. Its value, times as big-endian int64 Unix ms of the Redis
+// server's clock:
 //
 //	offset  size
 //	0       1    format, 1
-//	1       1    state: 1 in flight, 2 completed
+//	1       1    state: 1 in flight, 2 completed, 3 in doubt
 //	2       32   fingerprint
 //	34      8    createdAt
-//	42      8    in flight: leaseUntil; completed: expiresAt
-//	50      16   in flight: owner token (the value ends here, 66 bytes)
+//	42      8    in flight: leaseUntil; completed, in doubt: expiresAt
+//	50      16   in flight: owner token
+//	66      1    in flight: doubts, 0..255            } only when either is
+//	67      1    in flight: prior state, 0, 1 or 3    } nonzero: 68 bytes,
+//	             else the value ends at the owner token (66 bytes, as
+//	             records written before these fields were)
+//	50      1    in doubt: doubts, 1..255 (the value ends here, 51 bytes)
 //	50      ...  completed: response, encoded by idempotency.AppendResponse
 //	             (status varint, headers, body), then one byte
 //	             redisResponseNotStored when its body was not kept
+//
+// Doubts saturates at 255 (Record.Doubts). The prior state is what the Begin
+// that wrote an in-flight record took over (Record.Prior), kept so that the
+// same owner's repeated Begin reports it again; Get does not return it.
 const (
 	redisFormat      = 1
 	redisHeaderLen   = 50
 	redisInFlightLen = redisHeaderLen + len(idempotency.OwnerToken{})
+	redisInDoubtLen  = redisHeaderLen + 1
 )
 
 // Options configure New.
@@ -86,19 +97,24 @@ func (s *Store) Begin(ctx context.Context, key idempotency.RecordKey, fp idempot
 		return idempotency.Record{}, false, err
 	}
 	arr, ok := res.([]any)
-	if !ok || len(arr) != 2 {
+	if !ok || len(arr) != 3 {
 		return idempotency.Record{}, false, s.badReply("begin", key, res)
 	}
 	owned, ok1 := arr[0].(int64)
 	value, ok2 := arr[1].(string)
-	if !ok1 || !ok2 {
+	prior, ok3 := arr[2].(int64)
+	if !ok1 || !ok2 || !ok3 || !validPrior(prior) {
 		return idempotency.Record{}, false, s.badReply("begin", key, res)
 	}
 	rec, err := s.decode(key, value)
 	if err != nil {
 		return idempotency.Record{}, false, err
 	}
-	return rec, owned == 1, nil
+	if owned != 1 {
+		return rec, false, nil
+	}
+	rec.Prior = idempotency.State(prior)
+	return rec, true, nil
 }
 
 func (s *Store) Renew(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken, lease time.Duration) error {
@@ -111,6 +127,10 @@ func (s *Store) Complete(ctx context.Context, key idempotency.RecordKey, owner i
 		return err
 	}
 	return s.runOwned(ctx, redisComplete, "complete", key, owner[:], millis(ttl), millis(idempotency.InFlightRetention), encoded)
+}
+
+func (s *Store) Hold(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken, hold time.Duration) error {
+	return s.runOwned(ctx, redisHold, "hold", key, owner[:], millis(hold), millis(idempotency.InFlightRetention))
 }
 
 func (s *Store) Release(ctx context.Context, key idempotency.RecordKey, owner idempotency.OwnerToken) error {
@@ -201,11 +221,24 @@ func decodeRedisRecord(v []byte) (idempotency.Record, error) {
 	at := time.UnixMilli(int64(binary.BigEndian.Uint64(v[42:50])))
 	switch rec.State {
 	case idempotency.StateInFlight:
-		if len(v) != redisInFlightLen {
-			return idempotency.Record{}, fmt.Errorf("redisstore: in-flight record of %d bytes, want %d", len(v), redisInFlightLen)
+		switch len(v) {
+		case redisInFlightLen:
+		case redisInFlightLen + 2: // doubts, prior
+			rec.Doubts = int(v[redisInFlightLen])
+			if !validPrior(int64(v[redisInFlightLen+1])) {
+				return idempotency.Record{}, fmt.Errorf("redisstore: in-flight record with unknown prior state %d", v[redisInFlightLen+1])
+			}
+		default:
+			return idempotency.Record{}, fmt.Errorf("redisstore: in-flight record of %d bytes, want %d or %d", len(v), redisInFlightLen, redisInFlightLen+2)
 		}
 		rec.LeaseUntil = at
-		copy(rec.Owner[:], v[redisHeaderLen:])
+		copy(rec.Owner[:], v[redisHeaderLen:redisInFlightLen])
+	case idempotency.StateInDoubt:
+		if len(v) != redisInDoubtLen {
+			return idempotency.Record{}, fmt.Errorf("redisstore: in-doubt record of %d bytes, want %d", len(v), redisInDoubtLen)
+		}
+		rec.ExpiresAt = at
+		rec.Doubts = int(v[redisHeaderLen])
 	case idempotency.StateCompleted:
 		rec.ExpiresAt = at
 		resp, rest, err := idempotency.ReadResponse(v[redisHeaderLen:])
@@ -225,6 +258,12 @@ func decodeRedisRecord(v []byte) (idempotency.Record, error) {
 		return idempotency.Record{}, fmt.Errorf("redisstore: record in unknown state %d", v[1])
 	}
 	return rec, nil
+}
+
+// validPrior reports whether p is a state Begin may have taken over:
+// none (0), in flight (a dead owner's) or in doubt.
+func validPrior(p int64) bool {
+	return p == 0 || p == int64(idempotency.StateInFlight) || p == int64(idempotency.StateInDoubt)
 }
 
 // appendResponse encodes resp as the completed record's tail: the response
@@ -291,6 +330,7 @@ func (s *Store) Stats(ctx context.Context) (idempotency.Stats, error) {
 		mu.Lock()
 		total.InFlight += st.InFlight
 		total.Completed += st.Completed
+		total.InDoubt += st.InDoubt
 		mu.Unlock()
 		return err
 	}

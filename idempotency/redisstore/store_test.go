@@ -98,8 +98,9 @@ func TestHandler(t *testing.T) {
 	storetest.RunHandler(t, func(t *testing.T) idempotency.Store { return newTestRedisStore(c) })
 }
 
-// A stale owner whose lease ran out and whose key was taken over can neither
-// renew, complete nor release: the new owner's record stays byte for byte.
+// A stale owner whose lease ran out and whose key was taken over (by a
+// request with its fingerprint) can neither renew, complete, release nor
+// hold: the new owner's record stays byte for byte.
 func TestRedisStaleOwnerRefusedAfterTakeover(t *testing.T) {
 	c := redisTestClient(t)
 	s := newTestRedisStore(c)
@@ -113,7 +114,7 @@ func TestRedisStaleOwnerRefusedAfterTakeover(t *testing.T) {
 	if !owned {
 		t.Fatal("first Begin not owned")
 	}
-	if _, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{2}, ownerB, time.Minute); owned {
+	if _, owned := mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, ownerB, time.Minute); owned {
 		t.Fatal("Begin took over a live lease")
 	}
 	time.Sleep(time.Until(recA.LeaseUntil)) // the lease must really pass
@@ -123,10 +124,10 @@ func TestRedisStaleOwnerRefusedAfterTakeover(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("no takeover within 3s of the lease's end")
 		}
-		recB, owned = mustRedisBegin(t, s, key, idempotency.Fingerprint{2}, ownerB, time.Minute)
+		recB, owned = mustRedisBegin(t, s, key, idempotency.Fingerprint{1}, ownerB, time.Minute)
 	}
-	if !recB.CreatedAt.After(recA.CreatedAt) || recB.Owner != ownerB {
-		t.Fatalf("takeover record %+v, want ownerB's with a new CreatedAt", recB)
+	if !recB.CreatedAt.Equal(recA.CreatedAt) || recB.Owner != ownerB || recB.Prior != idempotency.StateInFlight {
+		t.Fatalf("takeover record %+v, want ownerB's with A's CreatedAt and Prior in_flight", recB)
 	}
 	before, err := c.Get(ctx, rkey).Bytes()
 	if err != nil {
@@ -142,6 +143,9 @@ func TestRedisStaleOwnerRefusedAfterTakeover(t *testing.T) {
 	}
 	if err := s.Release(ctx, key, ownerA); !errors.Is(err, idempotency.ErrNotOwner) {
 		t.Errorf("stale Release = %v, want idempotency.ErrNotOwner", err)
+	}
+	if err := s.Hold(ctx, key, ownerA, time.Hour); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("stale Hold = %v, want idempotency.ErrNotOwner", err)
 	}
 	after, err := c.Get(ctx, rkey).Bytes()
 	if err != nil {

@@ -19,6 +19,7 @@ var adminTests = []struct {
 }{
 	{"AdminPurgeCompleted", testAdminPurgeCompleted},
 	{"AdminPurgeInFlight", testAdminPurgeInFlight},
+	{"AdminPurgeHeld", testAdminPurgeHeld},
 	{"AdminPurgeMissing", testAdminPurgeMissing},
 	{"AdminPurgeDeadRecords", testAdminPurgeDeadRecords},
 	{"AdminPurgeRacesComplete", testAdminPurgeRacesComplete},
@@ -95,6 +96,23 @@ func testAdminPurgeInFlight(t *testing.T, a idempotency.AdminStore, s idempotenc
 	wantInFlight(t, mustGet(t, s, key), ownerB, fpB)
 }
 
+// A held record is purged like any other: found, gone, and its key free for
+// any request, which takes nothing over.
+func testAdminPurgeHeld(t *testing.T, a idempotency.AdminStore, s idempotency.Store) {
+	key, fp := newKey(), newFingerprint()
+	mustHold(t, s, key, fp, longTTL)
+	if !purge(t, a, key) {
+		t.Fatal("Purge of a held record reported none")
+	}
+	wantAbsent(t, s, key)
+	fpB, ownerB := newFingerprint(), idempotency.NewOwnerToken()
+	rec := mustOwn(t, s, key, fpB, ownerB, longLease)
+	wantInFlight(t, rec, ownerB, fpB)
+	if rec.Prior != 0 || rec.Doubts != 0 {
+		t.Errorf("Begin after the purge: Prior %v, Doubts %d; want a fresh record", rec.Prior, rec.Doubts)
+	}
+}
+
 func wantOwnerLost(t *testing.T, s idempotency.Store, key idempotency.RecordKey, owner idempotency.OwnerToken) {
 	t.Helper()
 	if err := s.Renew(ctx(t), key, owner, longLease); !errors.Is(err, idempotency.ErrNotOwner) {
@@ -105,6 +123,9 @@ func wantOwnerLost(t *testing.T, s idempotency.Store, key idempotency.RecordKey,
 	}
 	if err := s.Release(ctx(t), key, owner); !errors.Is(err, idempotency.ErrNotOwner) {
 		t.Errorf("Release by the purged owner = %v, want ErrNotOwner", err)
+	}
+	if err := s.Hold(ctx(t), key, owner, longTTL); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Hold by the purged owner = %v, want ErrNotOwner", err)
 	}
 }
 
@@ -213,20 +234,30 @@ func testAdminStats(t *testing.T, a idempotency.AdminStore, s idempotency.Store)
 	expiring, owner := own(longLease)
 	complete(expiring, owner, shortLease)
 	lapsing, _ := own(shortLease)
-	if st := stats(t, a); st != (idempotency.Stats{InFlight: 4, Completed: 3}) || st.Total() != 7 {
-		t.Fatalf("Stats = %+v (total %d), want 4 in flight and 3 completed", st, st.Total())
+	var held []idempotency.RecordKey
+	for range 2 {
+		key := newKey()
+		mustHold(t, s, key, newFingerprint(), longTTL)
+		held = append(held, key)
+	}
+	ending := newKey()
+	mustHold(t, s, ending, newFingerprint(), shortLease)
+	if st := stats(t, a); st != (idempotency.Stats{InFlight: 4, Completed: 3, InDoubt: 3}) || st.Total() != 10 {
+		t.Fatalf("Stats = %+v (total %d), want 4 in flight, 3 completed and 3 in doubt", st, st.Total())
 	}
 	waitFor(t, "the short records to lapse", func() bool {
 		_, ok1 := get(t, s, expiring)
 		_, ok2 := get(t, s, lapsing)
-		return !ok1 && !ok2
+		_, ok3 := get(t, s, ending)
+		return !ok1 && !ok2 && !ok3
 	})
-	if st := stats(t, a); st != (idempotency.Stats{InFlight: 3, Completed: 2}) {
-		t.Fatalf("Stats after expiry = %+v, want 3 in flight and 2 completed", st)
+	if st := stats(t, a); st != (idempotency.Stats{InFlight: 3, Completed: 2, InDoubt: 2}) {
+		t.Fatalf("Stats after expiry = %+v, want 3 in flight, 2 completed and 2 in doubt", st)
 	}
 	purge(t, a, inFlight[0])
-	if st := stats(t, a); st != (idempotency.Stats{InFlight: 2, Completed: 2}) {
-		t.Fatalf("Stats after a purge = %+v, want 2 in flight and 2 completed", st)
+	purge(t, a, held[0])
+	if st := stats(t, a); st != (idempotency.Stats{InFlight: 2, Completed: 2, InDoubt: 1}) || st.Total() != 5 {
+		t.Fatalf("Stats after two purges = %+v (total %d), want 2 in flight, 2 completed and 1 in doubt", st, st.Total())
 	}
 }
 

@@ -168,6 +168,10 @@ func checkConsistent(rec idempotency.Record) error {
 		if rec.Response == nil {
 			return fmt.Errorf("completed record without a response: %+v", rec)
 		}
+	case idempotency.StateInDoubt:
+		if rec.Owner != (idempotency.OwnerToken{}) || rec.Response != nil || rec.Doubts < 1 {
+			return fmt.Errorf("in-doubt record with an owner, a response or no doubt: %+v", rec)
+		}
 	default:
 		return fmt.Errorf("record in unknown state: %+v", rec)
 	}

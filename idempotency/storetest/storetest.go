@@ -45,7 +45,14 @@ func Run(t *testing.T, newStore func(t *testing.T) idempotency.Store) {
 		{"ReleaseFreesKey", testReleaseFreesKey},
 		{"RenewExtendsLease", testRenewExtendsLease},
 		{"LeaseExpiryTakeover", testLeaseExpiryTakeover},
+		{"LeaseExpiryOtherFingerprintConflicts", testLeaseExpiryOtherFingerprintConflicts},
 		{"LateOwnerMayComplete", testLateOwnerMayComplete},
+		{"LateOwnerMayHold", testLateOwnerMayHold},
+		{"HoldByOwner", testHoldByOwner},
+		{"HoldNotOwner", testHoldNotOwner},
+		{"HeldTakeover", testHeldTakeover},
+		{"HeldOtherFingerprintConflicts", testHeldOtherFingerprintConflicts},
+		{"HeldExpiry", testHeldExpiry},
 		{"MissingKeyNotOwner", testMissingKeyNotOwner},
 		{"OtherTokenNotOwner", testOtherTokenNotOwner},
 		{"CompletedNotOwner", testCompletedNotOwner},
@@ -55,6 +62,7 @@ func Run(t *testing.T, newStore func(t *testing.T) idempotency.Store) {
 		{"CanceledContext", testCanceledContext},
 		{"ResponseNotAliased", testResponseNotAliased},
 		{"RacingBeginOneOwner", testRacingBeginOneOwner},
+		{"RacingBeginHeldOneOwner", testRacingBeginHeldOneOwner},
 		{"ConcurrentMixedOps", testConcurrentMixedOps},
 	}
 	for _, tc := range tests {
@@ -76,6 +84,9 @@ func testBeginOnEmptyOwns(t *testing.T, s idempotency.Store) {
 	wantInFlight(t, rec, owner, fp)
 	wantNear(t, "LeaseUntil", rec.LeaseUntil, start.Add(longLease))
 	wantNear(t, "CreatedAt", rec.CreatedAt, start)
+	if rec.Prior != 0 || rec.Doubts != 0 {
+		t.Errorf("fresh record: Prior %v, Doubts %d; want none", rec.Prior, rec.Doubts)
+	}
 
 	got := mustGet(t, s, key)
 	wantInFlight(t, got, owner, fp)
@@ -171,52 +182,91 @@ func testRenewExtendsLease(t *testing.T, s idempotency.Store) {
 	}
 }
 
+// A dead owner's key (its lease ran out) is taken over by a request with
+// its fingerprint, which learns so from Prior and keeps CreatedAt: the
+// upstream may have acted on the key since then. The old owner has lost it.
 func testLeaseExpiryTakeover(t *testing.T, s idempotency.Store) {
-	key, fpA, ownerA := newKey(), newFingerprint(), idempotency.NewOwnerToken()
-	recA := mustOwn(t, s, key, fpA, ownerA, shortLease)
+	key, fp, ownerA := newKey(), newFingerprint(), idempotency.NewOwnerToken()
+	recA := mustOwn(t, s, key, fp, ownerA, shortLease)
 
-	fpB, ownerB := newFingerprint(), idempotency.NewOwnerToken()
-	if _, owned := mustBegin(t, s, key, fpB, ownerB, longLease); owned {
+	ownerB := idempotency.NewOwnerToken()
+	if _, owned := mustBegin(t, s, key, fp, ownerB, longLease); owned {
 		t.Fatal("Begin took over a lease that had not expired")
 	}
 	var recB idempotency.Record
 	waitFor(t, "takeover after lease expiry", func() bool {
 		var owned bool
-		recB, owned = mustBegin(t, s, key, fpB, ownerB, longLease)
+		recB, owned = mustBegin(t, s, key, fp, ownerB, longLease)
 		return owned
 	})
 	if tookAt := time.Now(); tookAt.Before(recA.LeaseUntil.Add(-clockSlack / 10)) {
 		t.Errorf("taken over at %v, before the lease ended at %v", tookAt, recA.LeaseUntil)
 	}
-	wantInFlight(t, recB, ownerB, fpB)
-	if !recB.CreatedAt.After(recA.CreatedAt) {
-		t.Errorf("takeover kept CreatedAt %v, want a fresh one after %v", recB.CreatedAt, recA.CreatedAt)
+	wantInFlight(t, recB, ownerB, fp)
+	if recB.Prior != idempotency.StateInFlight {
+		t.Errorf("Prior of the takeover = %v, want in_flight", recB.Prior)
+	}
+	wantSameMilli(t, "CreatedAt of the takeover", recB.CreatedAt, recA.CreatedAt)
+	if recB.Doubts != 0 {
+		t.Errorf("Doubts of the takeover = %d, want 0", recB.Doubts)
 	}
 
-	if err := s.Renew(ctx(t), key, ownerA, longLease); !errors.Is(err, idempotency.ErrNotOwner) {
-		t.Errorf("old owner's Renew after takeover = %v, want ErrNotOwner", err)
-	}
-	if err := s.Complete(ctx(t), key, ownerA, sampleResponse(), longTTL); !errors.Is(err, idempotency.ErrNotOwner) {
-		t.Errorf("old owner's Complete after takeover = %v, want ErrNotOwner", err)
-	}
-	if err := s.Release(ctx(t), key, ownerA); !errors.Is(err, idempotency.ErrNotOwner) {
-		t.Errorf("old owner's Release after takeover = %v, want ErrNotOwner", err)
-	}
+	wantOwnerGone(t, s, key, ownerA, "old owner after takeover")
 	got := mustGet(t, s, key)
-	wantInFlight(t, got, ownerB, fpB)
+	wantInFlight(t, got, ownerB, fp)
 	wantNear(t, "new owner's LeaseUntil", got.LeaseUntil, recB.LeaseUntil)
+	wantSameMilli(t, "CreatedAt read back", got.CreatedAt, recA.CreatedAt)
+	if got.Prior != 0 {
+		t.Errorf("Get returned Prior %v; only the Begin that takes over tells it", got.Prior)
+	}
 
 	resp := sampleResponse()
 	if err := s.Complete(ctx(t), key, ownerB, cloneResponse(resp), longTTL); err != nil {
 		t.Fatalf("new owner's Complete: %v", err)
 	}
-	wantCompleted(t, mustGet(t, s, key), fpB, resp)
+	wantCompleted(t, mustGet(t, s, key), fp, resp)
+}
+
+// A dead owner's key is not taken over by a request with another
+// fingerprint: the upstream may have acted on the key with other
+// parameters. That request gets the dead owner's record, until its own
+// request (the same fingerprint) takes the key over.
+func testLeaseExpiryOtherFingerprintConflicts(t *testing.T, s idempotency.Store) {
+	key, fpA, ownerA := newKey(), newFingerprint(), idempotency.NewOwnerToken()
+	recA := mustOwn(t, s, key, fpA, ownerA, shortLease)
+	waitFor(t, "lease expiry", func() bool {
+		_, ok := get(t, s, key)
+		return !ok
+	})
+	sleepUntil(recA.LeaseUntil.Add(shortLease)) // well past it on any clock
+
+	fpB, ownerB := newFingerprint(), idempotency.NewOwnerToken()
+	rec, owned := mustBegin(t, s, key, fpB, ownerB, longLease)
+	if owned {
+		t.Fatal("Begin with another fingerprint took over a dead owner's key")
+	}
+	wantInFlight(t, rec, ownerA, fpA)
+	wantNear(t, "LeaseUntil of the dead owner's record", rec.LeaseUntil, recA.LeaseUntil)
+	if rec.Prior != 0 {
+		t.Errorf("Prior of a Begin that does not own = %v, want none", rec.Prior)
+	}
+
+	ownerC := idempotency.NewOwnerToken()
+	recC := mustOwn(t, s, key, fpA, ownerC, longLease)
+	wantInFlight(t, recC, ownerC, fpA)
+	if recC.Prior != idempotency.StateInFlight {
+		t.Errorf("Prior of the takeover = %v, want in_flight", recC.Prior)
+	}
+	if err := s.Hold(ctx(t), key, ownerA, longTTL); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("old owner's Hold after takeover = %v, want ErrNotOwner", err)
+	}
+	wantInFlight(t, mustGet(t, s, key), ownerC, fpA)
 }
 
 // An owner whose lease passed but whose key nobody took over may still
 // complete: nothing conflicts, and its response is the honest outcome. Stores
-// keep such a record for a while (a minute in this package) past its lease;
-// the test is late by more than any second-granular TTL rounding.
+// keep such a record for idempotency.InFlightRetention past its lease; the
+// test is late by more than any second-granular TTL rounding.
 func testLateOwnerMayComplete(t *testing.T, s idempotency.Store) {
 	key, fp, owner := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	rec := mustOwn(t, s, key, fp, owner, shortLease)
@@ -243,6 +293,9 @@ func testMissingKeyNotOwner(t *testing.T, s idempotency.Store) {
 	if err := s.Renew(ctx(t), key, owner, longLease); !errors.Is(err, idempotency.ErrNotOwner) {
 		t.Errorf("Renew on a missing key = %v, want ErrNotOwner", err)
 	}
+	if err := s.Hold(ctx(t), key, owner, longTTL); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Hold on a missing key = %v, want ErrNotOwner", err)
+	}
 	wantAbsent(t, s, key)
 }
 
@@ -258,6 +311,9 @@ func testOtherTokenNotOwner(t *testing.T, s idempotency.Store) {
 	}
 	if err := s.Release(ctx(t), key, other); !errors.Is(err, idempotency.ErrNotOwner) {
 		t.Errorf("Release by another token = %v, want ErrNotOwner", err)
+	}
+	if err := s.Hold(ctx(t), key, other, longTTL); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Hold by another token = %v, want ErrNotOwner", err)
 	}
 	got := mustGet(t, s, key)
 	wantInFlight(t, got, owner, fp)
@@ -280,6 +336,9 @@ func testCompletedNotOwner(t *testing.T, s idempotency.Store) {
 	}
 	if err := s.Release(ctx(t), key, owner); !errors.Is(err, idempotency.ErrNotOwner) {
 		t.Errorf("Release on a completed record = %v, want ErrNotOwner", err)
+	}
+	if err := s.Hold(ctx(t), key, owner, longTTL); !errors.Is(err, idempotency.ErrNotOwner) {
+		t.Errorf("Hold on a completed record = %v, want ErrNotOwner", err)
 	}
 	wantCompleted(t, mustGet(t, s, key), fp, resp)
 }
@@ -307,6 +366,9 @@ func testTTLExpiry(t *testing.T, s idempotency.Store) {
 	wantInFlight(t, got, ownerB, fpB)
 	if got.Response != nil {
 		t.Errorf("fresh record after expiry carries the old Response %+v", got.Response)
+	}
+	if got.Prior != 0 {
+		t.Errorf("Prior of a Begin after the completed record expired = %v, want none", got.Prior)
 	}
 }
 
@@ -371,6 +433,9 @@ func testCanceledContext(t *testing.T, s idempotency.Store) {
 	}
 	if err := s.Complete(canceled, key, owner, sampleResponse(), longTTL); !errors.Is(err, context.Canceled) {
 		t.Errorf("Complete with a canceled context = %v, want context.Canceled", err)
+	}
+	if err := s.Hold(canceled, key, owner, longTTL); !errors.Is(err, context.Canceled) {
+		t.Errorf("Hold with a canceled context = %v, want context.Canceled", err)
 	}
 	if got := mustGet(t, s, key); got.State != idempotency.StateInFlight || got.Owner != owner {
 		t.Errorf("record after canceled calls = %+v, want still in flight under its owner", got)
