@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
 	"slices"
@@ -78,25 +79,59 @@ type apiError struct {
 }
 
 // Server is the in-memory Batches API. It is safe for concurrent use.
+//
+// Every batch belongs to a tenant: the value of the Authorization header of
+// the request that created it (a request without one is the tenant ""). GET,
+// list and cancel only see the caller's own batches; another tenant's batch
+// id is answered 404 exactly like a missing one.
 type Server struct {
-	creates  atomic.Int64
-	requests atomic.Int64
+	creates   atomic.Int64
+	requests  atomic.Int64
+	lists     atomic.Int64
+	honourKey atomic.Bool
 
 	mu      sync.Mutex
-	batches map[string]*Batch
-	order   []string // creation order, oldest first
+	batches map[string]*entry  // by batch id, all tenants
+	tenants map[string]*tenant // by Authorization header value
+	seq     uint64             // insertion counter, ties created_at
 	last    Received
 	fault   Fault
 }
 
 // New returns an empty Server.
-func New() *Server { return &Server{batches: map[string]*Batch{}} }
+func New() *Server { return &Server{batches: map[string]*entry{}, tenants: map[string]*tenant{}} }
 
-// Creates reports how many batches POST /v1/batches has created.
+// Creates reports how many batches POST /v1/batches has created, over all
+// tenants. Seeded batches and idempotency-key replays are not counted.
 func (s *Server) Creates() int64 { return s.creates.Load() }
+
+// CreatesFor reports how many batches POST /v1/batches has created for tenant
+// (an Authorization header value).
+func (s *Server) CreatesFor(tenant string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t := s.tenants[tenant]; t != nil {
+		return t.creates
+	}
+	return 0
+}
 
 // Requests reports how many POST /v1/batches requests arrived at all.
 func (s *Server) Requests() int64 { return s.requests.Load() }
+
+// Lists reports how many GET /v1/batches (list) requests arrived at all,
+// including rejected ones.
+func (s *Server) Lists() int64 { return s.lists.Load() }
+
+// HonourIdempotencyKey makes POST /v1/batches accept a string body field
+// idempotency_key the way OGX (llama-stack) does: a later create by the same
+// tenant with the same key and the same parameters (input_file_id, endpoint,
+// completion_window, metadata) answers the batch the key first created (200,
+// nothing new created); the same key with other parameters is a 409. The key
+// is recorded when the batch is created, so it holds even when a Fault with
+// After lost that first answer. Without this, idempotency_key is an unknown
+// field (400), as on OpenAI.
+func (s *Server) HonourIdempotencyKey() { s.honourKey.Store(true) }
 
 // LastCreate returns a copy of the last POST /v1/batches request received.
 func (s *Server) LastCreate() Received {
@@ -119,12 +154,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/v1/batches" && r.Method == http.MethodPost:
 		s.create(w, r)
 	case path == "/v1/batches" && r.Method == http.MethodGet:
-		s.list(w)
+		s.list(w, r)
 	case sub && r.Method == http.MethodGet && rest != "" && !strings.Contains(rest, "/"):
-		s.get(w, rest)
+		s.get(w, r.Header.Get("Authorization"), rest)
 	case sub && r.Method == http.MethodPost && strings.HasSuffix(rest, "/cancel") &&
 		strings.Count(rest, "/") == 1 && rest != "/cancel":
-		s.cancel(w, strings.TrimSuffix(rest, "/cancel"))
+		s.cancel(w, r.Header.Get("Authorization"), strings.TrimSuffix(rest, "/cancel"))
 	default:
 		writeError(w, http.StatusNotFound, fmt.Sprintf("Invalid URL (%s %s)", r.Method, path), "invalid_request_error", "", "")
 	}
@@ -160,44 +195,76 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// A fault strikes before the create (nothing made) or, with After, once
+	// the batch exists, so that its answer is lost.
 	f := s.takeFault()
-	if !wait(r.Context(), f) {
-		return // client went away; nothing useful to answer
-	}
-	if f.Status != 0 {
-		writeFault(w, f.Status)
+	if !f.After && !strike(w, r, f) {
 		return
+	}
+	status, reply := s.createBatch(r.Header.Get("Authorization"), r.Header.Get("Content-Type"), body)
+	if f.After && !strike(w, r, f) {
+		return
+	}
+	writeJSON(w, status, reply)
+}
+
+// createBatch validates a create body and, if it is valid, creates the batch
+// for tenant (or finds the one its idempotency key made). It answers the
+// status and the JSON value to reply with.
+func (s *Server) createBatch(tenant, contentType string, body []byte) (int, any) {
+	b, key, bad := validate(contentType, body, s.honourKey.Load())
+	if bad != nil {
+		return http.StatusBadRequest, errorBody(bad.msg, "invalid_request_error", bad.param, "")
 	}
 
-	b, status, msg, param := validate(r.Header.Get("Content-Type"), body)
-	if status != 0 {
-		writeError(w, status, msg, "invalid_request_error", param, "")
-		return
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tenant(tenant)
+	if key != nil {
+		if e := t.keys[*key]; e != nil {
+			if !sameParams(e.b, b) {
+				return http.StatusConflict, errorBody(fmt.Sprintf("Idempotency key '%s' was previously used with different parameters. Either use a new idempotency key or ensure all parameters match the original request.", *key), "invalid_request_error", "idempotency_key", "idempotency_key_reused")
+			}
+			settle(e.b)
+			return http.StatusOK, ptr(e.b.clone())
+		}
 	}
 	b.ID = "batch_" + randHex(12)
 	b.Object = "batch"
 	b.Status = "validating"
 	b.CreatedAt = time.Now().Unix()
 	b.ExpiresAt = ptr(b.CreatedAt + 24*60*60)
-
-	s.mu.Lock()
-	s.batches[b.ID] = b
-	s.order = append(s.order, b.ID)
-	out := *b
-	s.mu.Unlock()
+	e := s.insert(tenant, b)
+	if key != nil {
+		t.keys[*key] = e
+	}
+	t.creates++
 	s.creates.Add(1)
-	writeJSON(w, http.StatusOK, &out)
+	return http.StatusOK, ptr(b.clone())
 }
 
+// sameParams reports whether a create with parameters b matches the batch
+// stored as a (the parameters llama-stack compares for idempotency keys).
+func sameParams(a, b *Batch) bool {
+	return a.InputFileID == b.InputFileID && a.Endpoint == b.Endpoint &&
+		a.CompletionWindow == b.CompletionWindow &&
+		(a.Metadata == nil) == (b.Metadata == nil) && maps.Equal(a.Metadata, b.Metadata)
+}
+
+// invalid is a 400 answer to a create: its message and param ("" for none).
+type invalid struct{ msg, param string }
+
 // validate parses a create body the way OpenAI does: unknown top-level fields,
-// missing or mistyped required fields and bad values are all 400s.
-func validate(contentType string, body []byte) (b *Batch, status int, msg, param string) {
+// missing or mistyped required fields and bad values are all 400s. With
+// honourKey, a string idempotency_key is accepted and returned (null is as if
+// absent); without it, idempotency_key is an unknown field like any other.
+func validate(contentType string, body []byte, honourKey bool) (*Batch, *string, *invalid) {
 	if mt, _, err := mime.ParseMediaType(contentType); err != nil || mt != "application/json" {
-		return nil, http.StatusBadRequest, "Invalid Content-Type header (" + contentType + "), expected application/json.", ""
+		return nil, nil, &invalid{"Invalid Content-Type header (" + contentType + "), expected application/json.", ""}
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil || fields == nil {
-		return nil, http.StatusBadRequest, "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)", ""
+		return nil, nil, &invalid{"We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)", ""}
 	}
 	names := make([]string, 0, len(fields))
 	for name := range fields {
@@ -207,93 +274,88 @@ func validate(contentType string, body []byte) (b *Batch, status int, msg, param
 	for _, name := range names {
 		switch name {
 		case "input_file_id", "endpoint", "completion_window", "metadata":
+		case "idempotency_key":
+			if !honourKey {
+				return nil, nil, &invalid{"Unrecognized request argument supplied: " + name, name}
+			}
 		default:
-			return nil, http.StatusBadRequest, "Unrecognized request argument supplied: " + name, name
+			return nil, nil, &invalid{"Unrecognized request argument supplied: " + name, name}
 		}
 	}
-	b = &Batch{}
+	b := &Batch{}
 	for _, f := range []struct {
 		name string
 		dst  *string
 	}{{"input_file_id", &b.InputFileID}, {"endpoint", &b.Endpoint}, {"completion_window", &b.CompletionWindow}} {
 		raw, ok := fields[f.name]
 		if !ok || string(raw) == "null" {
-			return nil, http.StatusBadRequest, fmt.Sprintf("Missing required parameter: '%s'.", f.name), f.name
+			return nil, nil, &invalid{fmt.Sprintf("Missing required parameter: '%s'.", f.name), f.name}
 		}
 		if err := json.Unmarshal(raw, f.dst); err != nil {
-			return nil, http.StatusBadRequest, fmt.Sprintf("Invalid type for '%s': expected a string.", f.name), f.name
+			return nil, nil, &invalid{fmt.Sprintf("Invalid type for '%s': expected a string.", f.name), f.name}
 		}
 	}
 	if b.InputFileID == "" {
-		return nil, http.StatusBadRequest, "Invalid 'input_file_id': empty string.", "input_file_id"
+		return nil, nil, &invalid{"Invalid 'input_file_id': empty string.", "input_file_id"}
 	}
 	if !slices.Contains(endpoints, b.Endpoint) {
-		return nil, http.StatusBadRequest, fmt.Sprintf("Invalid value: '%s'. Supported values are: '%s'.", b.Endpoint, strings.Join(endpoints, "', '")), "endpoint"
+		return nil, nil, &invalid{fmt.Sprintf("Invalid value: '%s'. Supported values are: '%s'.", b.Endpoint, strings.Join(endpoints, "', '")), "endpoint"}
 	}
 	if b.CompletionWindow != "24h" {
-		return nil, http.StatusBadRequest, fmt.Sprintf("Invalid value: '%s'. Supported values are: '24h'.", b.CompletionWindow), "completion_window"
+		return nil, nil, &invalid{fmt.Sprintf("Invalid value: '%s'. Supported values are: '24h'.", b.CompletionWindow), "completion_window"}
 	}
 	if raw, ok := fields["metadata"]; ok && string(raw) != "null" {
 		if err := json.Unmarshal(raw, &b.Metadata); err != nil || b.Metadata == nil {
-			return nil, http.StatusBadRequest, "Invalid type for 'metadata': expected an object with string values.", "metadata"
+			return nil, nil, &invalid{"Invalid type for 'metadata': expected an object with string values.", "metadata"}
 		}
 		if len(b.Metadata) > 16 {
-			return nil, http.StatusBadRequest, fmt.Sprintf("Invalid 'metadata': too many properties. Expected an object with at most 16 properties, but got an object with %d properties instead.", len(b.Metadata)), "metadata"
+			return nil, nil, &invalid{fmt.Sprintf("Invalid 'metadata': too many properties. Expected an object with at most 16 properties, but got an object with %d properties instead.", len(b.Metadata)), "metadata"}
 		}
 		for k, v := range b.Metadata {
 			if len(k) > 64 || len(v) > 512 {
-				return nil, http.StatusBadRequest, "Invalid 'metadata': keys are limited to 64 characters and values to 512 characters.", "metadata"
+				return nil, nil, &invalid{"Invalid 'metadata': keys are limited to 64 characters and values to 512 characters.", "metadata"}
 			}
 		}
 	}
-	return b, 0, "", ""
+	var key *string
+	if raw, ok := fields["idempotency_key"]; ok && string(raw) != "null" {
+		key = new(string)
+		if err := json.Unmarshal(raw, key); err != nil {
+			return nil, nil, &invalid{"Invalid type for 'idempotency_key': expected a string.", "idempotency_key"}
+		}
+	}
+	return b, key, nil
 }
 
-func (s *Server) get(w http.ResponseWriter, id string) {
+func (s *Server) get(w http.ResponseWriter, tenant, id string) {
 	s.mu.Lock()
-	b, ok := s.batches[id]
+	e := s.lookup(tenant, id)
 	var out Batch
-	if ok {
-		settle(b)
-		out = *b
+	if e != nil {
+		settle(e.b)
+		out = e.b.clone()
 	}
 	s.mu.Unlock()
-	if !ok {
+	if e == nil {
 		writeNoBatch(w, id)
 		return
 	}
 	writeJSON(w, http.StatusOK, &out)
 }
 
-func (s *Server) list(w http.ResponseWriter) {
-	l := batchList{Object: "list", Data: []*Batch{}}
-	s.mu.Lock()
-	for i := len(s.order) - 1; i >= 0; i-- {
-		b := s.batches[s.order[i]]
-		settle(b)
-		c := *b
-		l.Data = append(l.Data, &c)
-	}
-	s.mu.Unlock()
-	if n := len(l.Data); n > 0 {
-		l.FirstID, l.LastID = &l.Data[0].ID, &l.Data[n-1].ID
-	}
-	writeJSON(w, http.StatusOK, &l)
-}
-
 // cancel moves a batch to "cancelling"; the next read of it finds it "cancelled".
-func (s *Server) cancel(w http.ResponseWriter, id string) {
+func (s *Server) cancel(w http.ResponseWriter, tenant, id string) {
 	s.mu.Lock()
-	b, ok := s.batches[id]
+	e := s.lookup(tenant, id)
 	var out Batch
-	if ok {
-		if b.Status != "cancelling" && b.Status != "cancelled" {
+	if e != nil {
+		if b := e.b; b.Status != "cancelling" && b.Status != "cancelled" {
 			b.Status, b.CancellingAt = "cancelling", ptr(time.Now().Unix())
 		}
-		out = *b
+		out = e.b.clone()
 	}
 	s.mu.Unlock()
-	if !ok {
+	if e == nil {
 		writeNoBatch(w, id)
 		return
 	}
@@ -312,6 +374,11 @@ func writeNoBatch(w http.ResponseWriter, id string) {
 }
 
 func writeError(w http.ResponseWriter, status int, msg, typ, param, code string) {
+	writeJSON(w, status, errorBody(msg, typ, param, code))
+}
+
+// errorBody is OpenAI's error envelope; empty param and code are null.
+func errorBody(msg, typ, param, code string) map[string]apiError {
 	e := apiError{Message: msg, Type: typ}
 	if param != "" {
 		e.Param = &param
@@ -319,7 +386,7 @@ func writeError(w http.ResponseWriter, status int, msg, typ, param, code string)
 	if code != "" {
 		e.Code = &code
 	}
-	writeJSON(w, status, map[string]apiError{"error": e})
+	return map[string]apiError{"error": e}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
