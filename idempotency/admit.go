@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"mime"
@@ -23,6 +24,10 @@ type admission struct {
 	// is then true and Content-Encoding must go).
 	upstream []byte
 	decoded  bool
+	// attempt is set when Config.Reconcile covers the request: what it
+	// needs to find the result of an ambiguous attempt (its Since is set
+	// by the claim).
+	attempt *Attempt
 }
 
 // refusal is a 4xx answer to bad input; nothing was claimed or forwarded.
@@ -84,6 +89,7 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 
 	upstream, decoded := raw, false
 	canonical := content
+	sentContent := content // the body the upstream's application reads, decoded
 	bufp := canonicalPool.Get().(*[]byte)
 	defer canonicalPool.Put(bufp)
 	switch {
@@ -103,8 +109,8 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		}
 		*bufp = canon[:0]
 		kind, canonical = BodyJSON, canon
-		if len(removed.Stripped) != len(content) { // the key field is removed before the request goes upstream
-			upstream, decoded = removed.Stripped, wasEncoded
+		if len(removed.Stripped) != len(content) && !h.cfg.ForwardKeyField { // the key field is removed before the request goes upstream
+			upstream, decoded, sentContent = removed.Stripped, wasEncoded, removed.Stripped
 		}
 		if removed.Found {
 			if err := ValidateKey(removed.Value); err != nil {
@@ -154,14 +160,27 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		return admission{}, &refusal{http.StatusBadRequest, CodeScopeRequired,
 			"A request with an idempotency key must identify its caller (for example with an Authorization header).", &retryNo}
 	}
-	return admission{
+	a := admission{
 		keyed:    true,
 		key:      key,
 		rk:       h.recordKey(r, scope, key),
 		fp:       NewFingerprint(r.Method, r.URL.EscapedPath(), r.URL.RawQuery, kind, canonical),
 		upstream: upstream,
 		decoded:  decoded,
-	}, nil
+	}
+	if rc := h.cfg.Reconcile; rc != nil && rc.Covers(r) {
+		// Before the claim, so a request the reconciler cannot prepare
+		// consumes no key.
+		a.attempt = &Attempt{Request: r, Body: bytes.Clone(sentContent), Key: a.rk}
+		prepared, err := rc.Prepare(a.attempt, a.attempt.Body)
+		if err != nil {
+			return admission{}, &refusal{http.StatusBadRequest, CodeReconcileRefused, err.Error(), &retryNo}
+		}
+		if !bytes.Equal(prepared, a.attempt.Body) {
+			a.upstream, a.decoded = prepared, wasEncoded
+		}
+	}
+	return a, nil
 }
 
 // appendEncoded appends the codings, length-prefixed, and then body.

@@ -82,6 +82,23 @@ type Config struct {
 	// (the default) or 422.
 	ConflictStatus int
 
+	// Reconcile, when set, finds the result of an attempt whose outcome is
+	// ambiguous (a 500, 502 or 504, an error after the request was sent, a
+	// dead owner's record taken over) instead of letting the key run again:
+	// exactly one result found completes the record with it; none found
+	// releases the key; unsure holds the record (409
+	// idempotency_outcome_unknown) for the next retry to look again. Nil:
+	// such a record is released, reported in_doubt with a warning.
+	Reconcile Reconciler
+	// MaxDoubts is how many times one record may end unsure before it is
+	// released with an error log (reported in_doubt, reason "gave up");
+	// default DefaultMaxDoubts.
+	MaxDoubts int
+	// ForwardKeyField keeps the key field in the JSON body sent upstream,
+	// for a backend that deduplicates on it itself (OGX/llama-stack). It is
+	// still left out of the fingerprint.
+	ForwardKeyField bool
+
 	// FailOpen forwards a keyed request unprotected, with a warning, when the
 	// store cannot begin it. The default answers 503 and forwards nothing: a
 	// create that went upstream without a record could be duplicated by a retry.
@@ -136,6 +153,9 @@ func (c *Config) setDefaults() error {
 	if c.ConflictStatus == 0 {
 		c.ConflictStatus = DefaultConflictStatus
 	}
+	if c.MaxDoubts == 0 {
+		c.MaxDoubts = DefaultMaxDoubts
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -169,6 +189,8 @@ func (c *Config) validate() error {
 		return configError("MaxResponse", "must be 0 (the default) or more bytes, not %d", c.MaxResponse)
 	case c.ConflictStatus != http.StatusConflict && c.ConflictStatus != http.StatusUnprocessableEntity:
 		return configError("ConflictStatus", "must be 409 or 422, not %d", c.ConflictStatus)
+	case c.MaxDoubts < 0:
+		return configError("MaxDoubts", "must be 0 (the default) or more, not %d", c.MaxDoubts)
 	}
 	for _, m := range c.Methods {
 		if !isUpperMethod(m) {

@@ -22,9 +22,13 @@ const (
 	CodeInvalidEncoding   = "invalid_content_encoding"        // the body does not decode from its Content-Encoding
 	CodeInvalidMultipart  = "invalid_multipart"               // a keyed multipart/form-data body that does not parse
 	CodeResponseNotStored = "idempotency_response_not_stored" // the first request succeeded; its response was not kept
+	CodeOutcomeUnknown    = "idempotency_outcome_unknown"     // the first attempt's outcome is not known yet: retry
+	CodeReconcileRefused  = "idempotency_reconcile_refused"   // the Reconciler cannot prepare the request (Prepare's error)
 )
 
 const (
+	unknownMessage = "The upstream may have acted on an earlier request with this idempotency key, and its result " +
+		"could not be found yet. Retry with the same key: the retry looks again, and is never run twice."
 	inUseMessage       = "A request with this idempotency key is still being processed. Retry after it completes."
 	unavailableMessage = "The idempotency store is unavailable. Retry later."
 )

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 )
@@ -18,35 +19,54 @@ var responsePool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // client may receive (RFC 9110 §12.5.3); encode compresses per request. A
 // client that leaves must not cancel a create the upstream may already have
 // made: finishing it lets the client's retry replay the result.
+//
+// It can be sent once only. Go's transport resends a request that carries
+// an Idempotency-Key header and has GetBody when the connection breaks after
+// the request was written (net/http's isReplayable): that is the create run
+// twice that this handler is here to prevent, so GetBody is left nil, and a
+// transport may only resend a request it never began to write.
 func upstreamRequest(r *http.Request, a *admission) *http.Request {
 	up := r.WithContext(context.WithoutCancel(r.Context()))
 	up.Header = r.Header.Clone() // handlers in front of this one and the access log keep the client's
 	setBody(up, a.upstream, a.decoded)
+	up.GetBody = nil
 	up.Header.Set("Accept-Encoding", "identity")
 	return up
 }
 
-// forward sends r upstream as the owner of its record, renewing the lease
-// while it is there (lease.go), and settles the record by what comes back: a
-// 2xx completes it, anything else releases it, so a retry runs again.
+// forward sends the request upstream as the owner of its record, renewing
+// the lease while it is there (lease.go), and settles the record by what
+// comes back: a 2xx completes it; an ambiguous outcome is reconciled
+// (ambiguous.go); anything else releases it, so a retry runs again. A
+// record taken over is reconciled before anything goes upstream.
 //
 // A 2xx is held and stored before the client sees a byte, unless it has to
 // go out early (a stream, or larger than MaxResponse): then it is stored when
 // it ends if its copy fits, else completed without its body at once. The
 // outcome is decided when the response starts out early, else when the
 // record is settled.
-func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, owner OwnerToken, x exchange) error {
+func (h *Handler) forward(w http.ResponseWriter, ans *answer, next Next, x exchange) error {
 	buf := responsePool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer responsePool.Put(buf)
-	f := &forwarding{h: h, x: x, rw: newRecorder(w, h.cfg.MaxResponse, buf), rk: x.log.rk, owner: owner, ctx: r.Context()}
+	r := ans.upstream
+	f := &forwarding{h: h, x: x, rw: newRecorder(w, h.cfg.MaxResponse, buf), rk: x.log.rk, owner: ans.owner,
+		ctx: r.Context(), claimed: ans.claimed, attempt: ans.attempt}
 	defer h.waiters.wake(f.rk)
 	if len(w.Header()) > 0 {
 		f.site = w.Header().Clone() // headers set in front of this handler, not stored
 	}
 	f.rw.onSend = f.sendingEarly
 	f.rw.onOverflow = f.overflowed
-	f.stopRenewing = h.keepLease(f.ctx, f.rk, owner, x.log)
+	f.rw.holdAmbiguous = f.attempt != nil
+	f.stopRenewing = h.keepLease(f.ctx, f.rk, ans.owner, x.log)
+
+	if ans.claimed.Prior != 0 {
+		if done := f.takeOver(w, r, next); done {
+			return nil
+		}
+	}
+	r = f.track(r)
 
 	returned := false
 	defer func() {
@@ -54,27 +74,29 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next Next, own
 			return
 		}
 		p := recover() // next panicked (nil: it ended its goroutine)
-		f.settle(w, nil, true)
+		f.settle(w, r, next, nil, true)
 		if p != nil {
 			panic(p) // re-raised as is, so http.ErrAbortHandler still aborts the connection
 		}
 	}()
 	err := next(f.rw, r)
 	returned = true
-	f.settle(w, err, false)
-	return err
+	return f.settle(w, r, next, err, false)
 }
 
 // forwarding is one owner's trip upstream, for the steps that may run from
 // the recorder's callbacks.
 type forwarding struct {
-	h     *Handler
-	x     exchange
-	rw    *recorder // what next writes to
-	rk    RecordKey
-	owner OwnerToken
-	ctx   context.Context // the upstream request's: free of the client's cancellation
-	site  http.Header     // set in front of this handler before next ran
+	h       *Handler
+	x       exchange
+	rw      *recorder // what next writes to
+	rk      RecordKey
+	owner   OwnerToken
+	ctx     context.Context // the upstream request's: free of the client's cancellation
+	claimed Record          // as Begin returned it
+	attempt *Attempt        // set when Config.Reconcile covers the request
+	sent    atomic.Bool     // a byte of the request may have reached the upstream
+	site    http.Header     // set in front of this handler before next ran
 	// stopRenewing ends the lease renewal; it may be called more than once.
 	stopRenewing func()
 	completed    bool // the record is completed, with its response or without
@@ -87,8 +109,9 @@ type forwarding struct {
 
 // settle decides what becomes of the record once next is done, reports it
 // (unless it was decided as the response went out), and then answers with
-// a 2xx that was held.
-func (f *forwarding) settle(w http.ResponseWriter, err error, panicked bool) {
+// a response that was held. It returns the error forward returns: next's,
+// unless the answer replaced it.
+func (f *forwarding) settle(w http.ResponseWriter, r *http.Request, next Next, err error, panicked bool) error {
 	f.stopRenewing()
 	rw := f.rw
 	if !panicked && err == nil && !rw.wroteHeader && !rw.hijacked {
@@ -98,7 +121,7 @@ func (f *forwarding) settle(w http.ResponseWriter, err error, panicked bool) {
 	held := false
 	switch {
 	case f.completed:
-		return // completed without its body as it went out, and decided then
+		return err // completed without its body as it went out, and decided then
 	case panicked && rw.succeeded():
 		v = f.completeUnkept("panic after a 2xx")
 	case panicked:
@@ -110,8 +133,12 @@ func (f *forwarding) settle(w http.ResponseWriter, err error, panicked bool) {
 	case rw.succeeded() && err != nil:
 		// The upstream acted but its response broke off: never run it again.
 		v = f.completeUnkept("error after a 2xx")
+	case err != nil && f.sent.Load():
+		return f.ambiguous(w, r, next, "error after the request was sent", err)
 	case err != nil:
 		v = f.release("error", err)
+	case ambiguousStatus(rw.status):
+		return f.ambiguous(w, r, next, "upstream answered "+strconv.Itoa(rw.status), nil)
 	case !rw.succeeded():
 		v = f.release("not stored", nil)
 	default:
@@ -121,6 +148,7 @@ func (f *forwarding) settle(w http.ResponseWriter, err error, panicked bool) {
 	if held {
 		f.answer(w)
 	}
+	return err
 }
 
 // sendingEarly decides a response that goes out before it has ended, as
@@ -130,6 +158,11 @@ func (f *forwarding) settle(w http.ResponseWriter, err error, panicked bool) {
 func (f *forwarding) sendingEarly() {
 	rw := f.rw
 	switch {
+	case ambiguousStatus(rw.status) && rw.holdAmbiguous:
+		// Held for reconciling, and out early all the same (flushed, or
+		// larger than MaxResponse): decided when it has been reconciled.
+	case ambiguousStatus(rw.status):
+		f.report(f.inDoubtReleased("upstream answered " + strconv.Itoa(rw.status)))
 	case !rw.succeeded():
 		f.report(verdict{outcome: OutcomeReleased, status: rw.status, reason: "not stored"})
 	case rw.overflow:

@@ -68,7 +68,7 @@ func (h *Handler) Handle(w http.ResponseWriter, r *http.Request, next Next) erro
 		}
 	}
 	if ans.how == answerForward {
-		return h.forward(w, ans.upstream, next, ans.owner, x) // decided as its response starts or its record settles
+		return h.forward(w, &ans, next, x) // decided as its response starts or its record settles
 	}
 	x.decide(ans.verdict)
 	return ans.give(w, r, next)
@@ -81,6 +81,8 @@ type answer struct {
 	how        answerKind
 	owner      OwnerToken    // answerForward: the record's owner token
 	upstream   *http.Request // answerForward: the request as it goes upstream
+	claimed    Record        // answerForward: the record as Begin returned it
+	attempt    *Attempt      // answerForward: set when Config.Reconcile covers the request
 	replay     *Response     // answerReplay: the completed record's response
 	refusal    refusal       // answerRefuse: what the error envelope says
 	retryAfter time.Duration // answerRefuse: when a key in use may be asked for again; 0: not said

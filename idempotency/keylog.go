@@ -29,6 +29,7 @@ func (l keyLogger) withKey(rk RecordKey) keyLogger {
 	return l
 }
 
+func (l keyLogger) Info(msg string, fields ...zap.Field)  { l.write(zapcore.InfoLevel, msg, fields) }
 func (l keyLogger) Warn(msg string, fields ...zap.Field)  { l.write(zapcore.WarnLevel, msg, fields) }
 func (l keyLogger) Error(msg string, fields ...zap.Field) { l.write(zapcore.ErrorLevel, msg, fields) }
 

@@ -44,7 +44,7 @@ func TestLogsCarryNoKeyOrCredential(t *testing.T) {
 	send(`{"a":1,"idempotency_key":"`+key+`x"}`, "Idempotency-Key", key) // mismatch
 	send(`{"a":`, "Idempotency-Key", key)                                // invalid JSON
 	send(`{"a":1}`, "Idempotency-Key", key, "Idempotency-Key", key)      // duplicated
-	status = http.StatusInternalServerError
+	status = http.StatusUnprocessableEntity
 	send(`{"b":1,"idempotency_key":"` + key + `-2"}`) // released
 
 	if logs.Len() < 6 {
@@ -104,17 +104,17 @@ func TestDecisionLogLines(t *testing.T) {
 func TestDecisionLogCodeAndReason(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	s := newStack(t, Config{Logger: zap.New(core)}, func(w http.ResponseWriter, r *http.Request, n int64) {
-		w.WriteHeader(http.StatusInternalServerError)
+		w.WriteHeader(http.StatusUnprocessableEntity)
 	})
 	s.post(t, "{", withKey("lc-bad"))        // rejected: invalid_json
-	s.post(t, createBody, withKey("lc-500")) // released: not stored
+	s.post(t, createBody, withKey("lc-422")) // released: not stored
 	lines := logs.FilterMessage("idempotency decision").All()
 	if len(lines) != 2 {
 		t.Fatalf("%d decision lines, want 2", len(lines))
 	}
 	for i, want := range []map[string]any{
 		{"outcome": string(OutcomeRejected), "code": CodeInvalidJSON},
-		{"outcome": string(OutcomeReleased), "reason": "not stored", "status": int64(500)},
+		{"outcome": string(OutcomeReleased), "reason": "not stored", "status": int64(422)},
 	} {
 		got := lines[i].ContextMap()
 		for k, v := range want {

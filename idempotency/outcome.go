@@ -23,12 +23,14 @@ const (
 	OutcomeRejected    Outcome = "rejected"    // bad input answered 4xx, nothing forwarded or claimed
 	OutcomeStoreError  Outcome = "store_error" // the store failed: 503, or forwarded unprotected with FailOpen, or the response could not be stored
 	OutcomeCanceled    Outcome = "canceled"    // the client left before it could be answered
+	OutcomeReconciled  Outcome = "reconciled"  // an ambiguous attempt's result was found by Config.Reconcile, stored, and answered
+	OutcomeInDoubt     Outcome = "in_doubt"    // an ambiguous attempt's result could not be found: the record is held (409 idempotency_outcome_unknown), or released without Config.Reconcile or after MaxDoubts
 )
 
 // Outcomes lists every Outcome, for metrics that want each series to exist.
 var Outcomes = []Outcome{
 	OutcomeStored, OutcomeStreamed, OutcomeNotStored, OutcomeReplayed, OutcomeConflict, OutcomeInFlight, OutcomePassthrough,
-	OutcomeReleased, OutcomeRejected, OutcomeStoreError, OutcomeCanceled,
+	OutcomeReleased, OutcomeRejected, OutcomeStoreError, OutcomeCanceled, OutcomeReconciled, OutcomeInDoubt,
 }
 
 // Decision is what Config.Observe is told about a request.

@@ -12,17 +12,18 @@ import (
 // the record key when it had one.
 func TestEveryRequestGetsOneDecision(t *testing.T) {
 	obs := &observed{}
-	var fail sync.Map // paths whose upstream answers 500
+	var fail sync.Map // X-Fail values whose upstream answers that status
 	s := newStack(t, Config{Observe: obs.observe, Methods: []string{http.MethodPost}}, func(w http.ResponseWriter, r *http.Request, n int64) {
-		if _, ok := fail.Load(r.Header.Get("X-Fail")); ok {
-			http.Error(w, "upstream failed", http.StatusInternalServerError)
+		if status, ok := fail.Load(r.Header.Get("X-Fail")); ok {
+			http.Error(w, "upstream failed", status.(int))
 			return
 		}
 		writeBatch(w, http.StatusOK, n)
 	})
 	keyOf := func(k string) RecordKey { return NewRecordKey(s.ns(), "Bearer t", k) }
 	auth := withAuth("Bearer t")
-	fail.Store("1", true)
+	fail.Store("1", http.StatusUnprocessableEntity)
+	fail.Store("2", http.StatusInternalServerError)
 
 	cases := []struct {
 		name  string
@@ -36,7 +37,10 @@ func TestEveryRequestGetsOneDecision(t *testing.T) {
 		{"conflict", func() result { return s.post(t, `{"a":1}`, auth, withKey("o-1")) }, OutcomeConflict, "o-1", 409},
 		{"released", func() result {
 			return s.post(t, createBody, auth, withKey("o-2"), func(r *http.Request) { r.Header.Set("X-Fail", "1") })
-		}, OutcomeReleased, "o-2", 500},
+		}, OutcomeReleased, "o-2", 422},
+		{"in doubt", func() result {
+			return s.post(t, createBody, auth, withKey("o-5"), func(r *http.Request) { r.Header.Set("X-Fail", "2") })
+		}, OutcomeInDoubt, "o-5", 500},
 		{"passthrough, no key", func() result { return s.post(t, createBody, auth) }, OutcomePassthrough, "", 200},
 		{"passthrough, method not covered", func() result {
 			return s.post(t, createBody, auth, withKey("o-3"), func(r *http.Request) { r.Method = http.MethodPut })
@@ -118,6 +122,8 @@ func TestDecisionStatusReasonDuration(t *testing.T) {
 		defer func() { mu.Lock(); upstream = time.Since(start); mu.Unlock() }()
 		switch r.URL.Path {
 		case "/fail":
+			http.Error(w, "upstream refused", http.StatusUnprocessableEntity)
+		case "/error":
 			http.Error(w, "upstream failed", http.StatusInternalServerError)
 		case "/large":
 			_, _ = w.Write(bytes.Repeat([]byte("x"), 65))
@@ -138,7 +144,8 @@ func TestDecisionStatusReasonDuration(t *testing.T) {
 		{"replayed", createBody, []reqOpt{withKey("d-1")}, OutcomeReplayed, 200, "", false},
 		{"conflict", `{"a":1}`, []reqOpt{withKey("d-1")}, OutcomeConflict, 409, CodeKeyReused, false},
 		{"rejected", `{"a":`, []reqOpt{withKey("d-2")}, OutcomeRejected, 400, CodeInvalidJSON, false},
-		{"released", createBody, []reqOpt{withKey("d-3"), withPath("/fail")}, OutcomeReleased, 500, "not stored", true},
+		{"released", createBody, []reqOpt{withKey("d-3"), withPath("/fail")}, OutcomeReleased, 422, "not stored", true},
+		{"in doubt", createBody, []reqOpt{withKey("d-5"), withPath("/error")}, OutcomeInDoubt, 500, "released: upstream answered 500", true},
 		{"not stored", createBody, []reqOpt{withKey("d-4"), withPath("/large")}, OutcomeNotStored, 200, "larger than max_response", true},
 		{"replay of a response not stored", createBody, []reqOpt{withKey("d-4"), withPath("/large")}, OutcomeReplayed, 409, CodeResponseNotStored, false},
 		{"passthrough", createBody, nil, OutcomePassthrough, 0, "", false}, // decided before it goes upstream

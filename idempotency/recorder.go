@@ -15,18 +15,21 @@ import (
 // A 2xx is held until it ends, so it can be stored before the client sees a
 // byte. It starts on its way early when the upstream flushes it (a stream:
 // text/event-stream, or any response reverse_proxy flushes) or when it
-// outgrows limit; a stream keeps its copy while that fits. Any other status
-// passes straight through, uncopied.
+// outgrows limit; a stream keeps its copy while that fits. With
+// holdAmbiguous, an ambiguous 5xx (ambiguousStatus) is held the same way,
+// so a result found by reconciling can answer in its place. Any other
+// status passes straight through, uncopied.
 type recorder struct {
-	w           http.ResponseWriter
-	limit       int64
-	status      int
-	wroteHeader bool
-	sending     bool // the header has gone to the client: what follows goes too
-	overflow    bool // a 2xx outgrew limit: its copy is dropped
-	clientGone  bool // a write to the client failed while a stream was kept
-	hijacked    bool // the connection was taken over (Hijack)
-	body        *bytes.Buffer
+	w             http.ResponseWriter
+	limit         int64
+	holdAmbiguous bool
+	status        int
+	wroteHeader   bool
+	sending       bool // the header has gone to the client: what follows goes too
+	overflow      bool // a 2xx outgrew limit: its copy is dropped
+	clientGone    bool // a write to the client failed while a stream was kept
+	hijacked      bool // the connection was taken over (Hijack)
+	body          *bytes.Buffer
 	// sentHeader is the upstream's header of a 2xx as it was when it went
 	// out early: handlers in front (encode) may change the shared map then.
 	sentHeader http.Header
@@ -53,7 +56,7 @@ func (rw *recorder) WriteHeader(status int) {
 	}
 	rw.wroteHeader = true
 	rw.status = status
-	if !rw.succeeded() || isEventStream(rw.w.Header()) {
+	if !rw.holding() || isEventStream(rw.w.Header()) {
 		rw.send()
 	}
 }
@@ -62,8 +65,8 @@ func (rw *recorder) Write(p []byte) (int, error) {
 	if !rw.wroteHeader {
 		rw.WriteHeader(http.StatusOK)
 	}
-	if !rw.succeeded() {
-		return rw.w.Write(p)
+	if !rw.holding() || (rw.sending && !rw.succeeded()) {
+		return rw.w.Write(p) // not kept, or a held 5xx already out
 	}
 	if !rw.overflow && int64(rw.body.Len()+len(p)) > rw.limit {
 		rw.overflow = true
@@ -137,6 +140,12 @@ func (rw *recorder) send() {
 	if rw.overflow || !rw.succeeded() {
 		rw.body.Reset()
 	}
+}
+
+// holding reports whether the response is one the recorder holds: a 2xx,
+// or an ambiguous 5xx with holdAmbiguous.
+func (rw *recorder) holding() bool {
+	return rw.succeeded() || (rw.holdAmbiguous && rw.wroteHeader && ambiguousStatus(rw.status))
 }
 
 // succeeded reports whether the upstream answered 2xx: it acted, and a retry

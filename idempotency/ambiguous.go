@@ -1,0 +1,245 @@
+package idempotency
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// An ambiguous outcome: the upstream may have acted on the owner's request
+// and its answer does not say (a 500, 502 or 504, an error after the request
+// was sent), or the owner died with the request perhaps upstream. A retry
+// must not simply run it again: with Config.Reconcile the handler finds what
+// the upstream made; without, the key is released and the request reported
+// in_doubt, with a warning.
+
+// reconcileTimeout bounds one search for an attempt's result, all its
+// listing requests together.
+const reconcileTimeout = 30 * time.Second
+
+// ambiguousStatus reports whether an upstream status leaves open whether it
+// acted: 500, 502 and 504 (an error inside, or a gateway that lost the
+// answer), and the unregistered 520-599 that proxies and CDNs use for the
+// same. The other 5xx say the request was not processed (501, 503, 505,
+// 507, 508, 511, ...), as 4xx and 429 do.
+func ambiguousStatus(status int) bool {
+	return status == http.StatusInternalServerError || status == http.StatusBadGateway ||
+		status == http.StatusGatewayTimeout || (status >= 520 && status <= 599)
+}
+
+// track marks the forwarding sent as soon as a byte of r may reach the
+// upstream: a transport writes its header (httptrace), or a handler reads
+// its body. An error from next before that is a refusal (no upstream could
+// be dialled); after it, an ambiguous outcome.
+func (f *forwarding) track(r *http.Request) *http.Request {
+	mark := func() { f.sent.Store(true) }
+	trace := &httptrace.ClientTrace{
+		WroteHeaderField: func(string, []string) { mark() },
+		WroteHeaders:     mark,
+	}
+	r = r.WithContext(httptrace.WithClientTrace(r.Context(), trace))
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &sentBody{ReadCloser: r.Body, mark: mark}
+	}
+	return r
+}
+
+type sentBody struct {
+	io.ReadCloser
+	mark func()
+}
+
+func (b *sentBody) Read(p []byte) (int, error) {
+	b.mark()
+	return b.ReadCloser.Read(p)
+}
+
+// ambiguous settles the record of an owner whose upstream may have acted
+// (why says how it ended; err is next's), and answers: the result found,
+// or 409 idempotency_outcome_unknown while the record is held, or what came
+// back when the key is released.
+func (f *forwarding) ambiguous(w http.ResponseWriter, r *http.Request, next Next, why string, err error) error {
+	if f.attempt == nil {
+		f.x.log.Warn("upstream may have acted and nothing reconciles this request; idempotency key released, a retry runs it again",
+			zap.String("why", why), zap.Error(err))
+		v := f.release(why, err)
+		if v.outcome == OutcomeReleased {
+			v = f.inDoubtReleased(why)
+		}
+		f.report(v)
+		return err
+	}
+	answered := f.settleFinding(w, f.find(r, next), why, true)
+	if answered {
+		return nil
+	}
+	if !f.rw.sending && f.rw.wroteHeader {
+		f.rw.send() // the upstream's own answer, held for reconciling
+	}
+	return err
+}
+
+// inDoubtReleased is the verdict of an ambiguous outcome released without
+// reconciling.
+func (f *forwarding) inDoubtReleased(why string) verdict {
+	return verdict{outcome: OutcomeInDoubt, status: f.rw.status, reason: "released: " + why}
+}
+
+// takeOver reconciles a record taken over from an owner that died or ended
+// in doubt, before this request goes upstream. It reports whether the
+// client has its answer; if not, the request goes upstream as the owner.
+func (f *forwarding) takeOver(w http.ResponseWriter, r *http.Request, next Next) bool {
+	if f.attempt == nil {
+		f.x.log.Warn("took over an idempotency record whose owner died or ended in doubt; the upstream may have acted on it and nothing reconciles this request",
+			zap.Stringer("prior", f.claimed.Prior))
+		return false
+	}
+	finding := f.find(r, next)
+	if finding.Result == FindNone {
+		return false // nothing made by earlier attempts: this one goes upstream
+	}
+	if !f.settleFinding(w, finding, "taken over ("+f.claimed.Prior.String()+")", false) {
+		// Given up and released: the client is told, and its retry runs afresh.
+		writeUnknown(w)
+	}
+	f.stopRenewing()
+	return true
+}
+
+// find asks the Reconciler for the result of the attempt, listing through
+// next with r's credentials.
+func (f *forwarding) find(r *http.Request, next Next) Finding {
+	ctx, cancel := context.WithTimeout(f.ctx, reconcileTimeout)
+	defer cancel()
+	finding := f.h.cfg.Reconcile.Find(ctx, f.attempt, f.lister(r, next))
+	f.x.log.Info("idempotency reconcile searched the upstream", zap.Stringer("found", finding.Result), zap.String("why", finding.Reason),
+		zap.Time("since", f.attempt.Since))
+	return finding
+}
+
+// settleFinding settles the record by what find found, reports it, and
+// answers the client unless the key was released (then it reports false):
+//   - one result: the record completes with it, and the client gets it as
+//     a replay;
+//   - none: the key is released;
+//   - unsure: the record is held in doubt (409 idempotency_outcome_unknown),
+//     or released with an error log once it has been held MaxDoubts times
+//     (the MaxDoubts-th unsure search gives up).
+//
+// upstreamAnswered says whether the owner has the upstream's answer to pass
+// on when the key is released.
+func (f *forwarding) settleFinding(w http.ResponseWriter, finding Finding, why string, upstreamAnswered bool) bool {
+	switch finding.Result {
+	case FindOne:
+		v := f.complete(finding.Response, "")
+		if v.outcome == OutcomeStored {
+			v = verdict{outcome: OutcomeReconciled, status: finding.Response.Status, reason: finding.Reason}
+		}
+		f.report(v)
+		if !f.rw.sending {
+			writeReplay(w, &finding.Response)
+		}
+		return true
+	case FindNone:
+		f.report(f.release("reconciled: "+finding.Reason, nil))
+		return false
+	}
+	if f.claimed.Doubts+1 >= f.h.cfg.MaxDoubts {
+		f.x.log.Error("idempotency reconcile gave up finding whether the upstream acted; key released, a retry runs it again",
+			zap.String("why", why), zap.String("unsure", finding.Reason), zap.Int("doubts", f.claimed.Doubts+1))
+		v := f.release("gave up", nil)
+		f.report(verdict{outcome: OutcomeInDoubt, status: v.status, reason: "gave up"})
+		return false
+	}
+	f.stopRenewing()
+	err := f.h.store.Hold(f.ctx, f.rk, f.owner, f.h.cfg.TTL)
+	if err != nil {
+		// The record stays in flight until its lease runs out; then a
+		// retry takes it over and looks again.
+		f.x.log.Warn("idempotency store failed to hold the record in doubt", zap.Error(err))
+	}
+	f.report(verdict{outcome: OutcomeInDoubt, status: http.StatusConflict, reason: "held: " + finding.Reason})
+	if !f.rw.sending {
+		writeUnknown(w)
+	}
+	return true
+}
+
+// writeUnknown answers 409 idempotency_outcome_unknown.
+func writeUnknown(w http.ResponseWriter) {
+	setRetryAfter(w.Header(), retryHint)
+	writeError(w, http.StatusConflict, CodeOutcomeUnknown, unknownMessage, &retryYes)
+}
+
+// lister sends the Reconciler's listing requests: GETs for r's path,
+// through the rest of the chain, with r's headers but those of its body
+// and its idempotency key.
+func (f *forwarding) lister(r *http.Request, next Next) Lister {
+	return func(ctx context.Context, query url.Values) (*Listing, error) {
+		req := r.Clone(ctx)
+		req.Method = http.MethodGet
+		u := *r.URL
+		u.RawQuery = query.Encode()
+		req.URL, req.RequestURI = &u, u.RequestURI()
+		req.Body, req.GetBody, req.ContentLength, req.TransferEncoding = http.NoBody, nil, 0, nil
+		for _, name := range []string{"Content-Type", "Content-Length", "Content-Encoding", "Transfer-Encoding", "Expect", f.h.cfg.KeyHeader} {
+			req.Header.Del(name)
+		}
+		req.Header.Set("Accept-Encoding", "identity")
+		c := &capture{header: make(http.Header)}
+		sent := time.Now()
+		err := next(c, req)
+		l := &Listing{Status: c.status, Header: c.header, Body: c.body.Bytes(), Sent: sent, Received: time.Now()}
+		switch {
+		case err != nil:
+			return nil, err
+		case c.over:
+			return nil, errListingTooLarge
+		case l.Status == 0:
+			l.Status = http.StatusOK
+		}
+		return l, nil
+	}
+}
+
+var errListingTooLarge = &listingError{"listing response larger than " + strconv.Itoa(MaxListing) + " bytes"}
+
+type listingError struct{ msg string }
+
+func (e *listingError) Error() string { return e.msg }
+
+// capture is the ResponseWriter a listing request is answered to.
+type capture struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+	over   bool
+}
+
+func (c *capture) Header() http.Header { return c.header }
+
+func (c *capture) WriteHeader(status int) {
+	if c.status == 0 && (status < 100 || status > 199) {
+		c.status = status
+	}
+}
+
+func (c *capture) Write(p []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	if c.body.Len()+len(p) > MaxListing {
+		c.over = true
+		return len(p), nil
+	}
+	return c.body.Write(p)
+}
+
+func (c *capture) Flush() {}
