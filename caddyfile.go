@@ -2,7 +2,9 @@ package caddyidempotency
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -10,6 +12,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 )
 
 func init() {
@@ -30,6 +34,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	idempotency [<matcher>] {
 //		key_header      <name>
 //		key_field       <name>|off
+//		key_field       <name> {
+//			forward
+//		}
 //		require_key
 //		scope           <template>
 //		require_scope
@@ -43,6 +50,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		conflict_status 409|422
 //		fail_open
 //		store           badger [<dir>] | memory | redis [<url>] { ... }
+//		reconcile       batches {
+//			tag        [<metadata_key>]
+//			window     <duration>
+//			page_size  <n>
+//			pages      <n>
+//			max_doubts <n>
+//		}
 //	}
 func (h *HandlerModule) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -54,7 +68,7 @@ func (h *HandlerModule) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "key_header":
 			err = oneArg(d, &h.KeyHeader)
 		case "key_field":
-			err = oneArg(d, &h.KeyField)
+			err = h.unmarshalKeyField(d)
 		case "require_key":
 			err = flagArg(d, &h.RequireKey)
 		case "require_scope":
@@ -93,6 +107,8 @@ func (h *HandlerModule) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "store":
 			err = h.unmarshalStore(d)
+		case "reconcile":
+			h.Reconcile, err = unmarshalReconcile(d)
 		default:
 			return d.Errf("unrecognized idempotency subdirective %q", sub)
 		}
@@ -100,11 +116,12 @@ func (h *HandlerModule) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	})
 }
 
-// eachSubdirective calls fn with the name of every line of the block, after
-// refusing a name given twice (what names the lines in the error).
+// eachSubdirective calls fn with the name of every line of the block that
+// opens on the current line, after refusing a name given twice (what names
+// the lines in the error).
 func eachSubdirective(d *caddyfile.Dispenser, what string, fn func(name string) error) error {
 	seen := make(map[string]int)
-	for d.NextBlock(0) {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
 		if line, dup := seen[name]; dup {
 			return d.Errf("%s %q is repeated (first given on line %d)", what, name, line)
@@ -115,6 +132,62 @@ func eachSubdirective(d *caddyfile.Dispenser, what string, fn func(name string) 
 		}
 	}
 	return nil
+}
+
+// unmarshalKeyField reads `key_field <name>|off`, or `key_field <name> {
+// forward }`.
+func (h *HandlerModule) unmarshalKeyField(d *caddyfile.Dispenser) error {
+	if err := oneArg(d, &h.KeyField); err != nil {
+		return err
+	}
+	return eachSubdirective(d, "key_field subdirective", func(sub string) error {
+		switch sub {
+		case "forward":
+			if h.KeyField == idempotency.KeyFieldOff {
+				return d.Err("key_field off cannot forward: there is no field")
+			}
+			return flagArg(d, &h.ForwardKeyField)
+		}
+		return d.Errf("unrecognized key_field subdirective %q", sub)
+	})
+}
+
+// unmarshalReconcile reads `reconcile <kind> [{ ... }]`.
+func unmarshalReconcile(d *caddyfile.Dispenser) (*ReconcileConfig, error) {
+	r := new(ReconcileConfig)
+	if err := oneArg(d, &r.Kind); err != nil {
+		return nil, err
+	}
+	if !slices.Contains(reconcileKinds, r.Kind) {
+		return nil, d.Errf("unknown reconcile kind %q (known kinds: %s)", r.Kind, strings.Join(reconcileKinds, ", "))
+	}
+	err := eachSubdirective(d, "reconcile subdirective", func(sub string) (err error) {
+		switch sub {
+		case "tag":
+			r.Tag = true
+			switch args := d.RemainingArgs(); len(args) {
+			case 0:
+			case 1:
+				r.TagKey = args[0]
+			default:
+				return d.ArgErr()
+			}
+		case "window":
+			if err = durationArg(d, &r.Window); err == nil && r.Window == 0 {
+				return d.Err("window must be more than 0")
+			}
+		case "page_size":
+			err = intRangeArg(d, &r.PageSize, 1, idempotency.DefaultBatchesPageSize)
+		case "pages":
+			err = intRangeArg(d, &r.Pages, 1, 0)
+		case "max_doubts":
+			err = intRangeArg(d, &r.MaxDoubts, 1, 0)
+		default:
+			return d.Errf("unrecognized reconcile subdirective %q", sub)
+		}
+		return err
+	})
+	return r, err
 }
 
 // unmarshalStore reads `store <backend> [args]` into the backend's module,
@@ -157,6 +230,25 @@ func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 		return d.Errf("invalid duration %q", s)
 	}
 	*dst = caddy.Duration(v)
+	return nil
+}
+
+// intRangeArg reads a whole number of at least lo and, unless hi is 0, at
+// most hi.
+func intRangeArg(d *caddyfile.Dispenser, dst *int, lo, hi int) error {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	v, err := strconv.Atoi(s)
+	switch {
+	case hi == 0 && (err != nil || v < lo):
+		return d.Errf("%s must be a whole number, at least %d, not %q", name, lo, s)
+	case hi != 0 && (err != nil || v < lo || v > hi):
+		return d.Errf("%s must be a whole number from %d to %d, not %q", name, lo, hi, s)
+	}
+	*dst = v
 	return nil
 }
 

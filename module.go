@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -71,9 +72,23 @@ type HandlerModule struct {
 	MaxResponse int64 `json:"max_response,omitempty"`
 	// The status of a key reused with other parameters: 409 or 422. Default: 409.
 	ConflictStatus int `json:"conflict_status,omitempty"`
+	// Keep the key field in the JSON body sent upstream, for a backend that
+	// deduplicates on it itself (OGX/llama-stack); it is still left out of
+	// the fingerprint. Needs a key_field other than "off". Default: the field
+	// is removed.
+	ForwardKeyField bool `json:"forward_key_field,omitempty"`
 	// Forward a keyed request unprotected, logging a warning, when the store
 	// fails. Default: answer 503 idempotency_store_unavailable and forward nothing.
 	FailOpen bool `json:"fail_open,omitempty"`
+	// Find the result of a create whose outcome is ambiguous (the upstream
+	// answered 500, 502 or 504, an error came after the request was sent, or
+	// its owner died) by listing what the caller made, instead of letting the
+	// key run again: the one result found is stored and answered
+	// (reconciled); none found frees the key; unsure holds the record, and
+	// retries get 409 idempotency_outcome_unknown until a search is sure.
+	// Default: none; such a record is released, and its request reported
+	// in_doubt with a warning.
+	Reconcile *ReconcileConfig `json:"reconcile,omitempty"`
 	// Where records are kept: a module of namespace
 	// http.handlers.idempotency.stores. Default: badger in Caddy's data directory.
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.idempotency.stores inline_key=backend"`
@@ -81,6 +96,103 @@ type HandlerModule struct {
 	config  idempotency.Config   // built by Provision
 	engine  *idempotency.Handler // built by Validate from config
 	metrics *handlerMetrics
+}
+
+// ReconcileConfig is the handler's reconcile field: how it finds the result
+// of an attempt whose outcome is ambiguous.
+type ReconcileConfig struct {
+	// What is reconciled, and how. "batches" (the only kind): a POST to a
+	// path ending in /batches, the OpenAI-compatible batches API, whose
+	// result is found by listing the caller's batches (GET on the same path,
+	// newest first) back to the attempt's start. Other requests are not
+	// reconciled. Required.
+	Kind string `json:"kind"`
+	// Add one metadata entry, tag_key, to each create sent upstream (a hash
+	// of the record key, never the client's key), and find the attempt's
+	// batch by that entry alone: exact, for a backend that keeps metadata.
+	// Default: off; a batch matches when its input_file_id, endpoint,
+	// completion_window and metadata equal the request's.
+	Tag bool `json:"tag,omitempty"`
+	// The metadata key of the tag; only with tag. Default: idempotency_tag.
+	TagKey string `json:"tag_key,omitempty"`
+	// How much earlier than the attempt's start (placed on the backend's
+	// clock by its Date header) a batch's created_at may be and still be the
+	// attempt's, since both have whole seconds; a duration. Default: 1s.
+	Window caddy.Duration `json:"window,omitempty"`
+	// Batches asked for per listing request (the list API's limit), 1 to
+	// 100. Default: 100.
+	PageSize int `json:"page_size,omitempty"`
+	// The most listing requests one search sends; a search that does not
+	// reach back to the attempt's start is unsure. Default: 10.
+	Pages int `json:"pages,omitempty"`
+	// How many searches of one record may end unsure (each holding it, its
+	// retries answered 409 idempotency_outcome_unknown) before the record is
+	// released with an error log, reported in_doubt with reason "gave up"
+	// and counted by caddy_http_idempotency_reconcile_gave_up_total: a retry
+	// may then run the create again. Default: 5.
+	MaxDoubts int `json:"max_doubts,omitempty"`
+}
+
+// Kinds of reconcile.
+const reconcileBatches = "batches"
+
+// reconcileKinds lists the known kinds, for errors.
+var reconcileKinds = []string{reconcileBatches}
+
+// reconciler is the engine's Reconciler for r: nil without a reconcile
+// field, and for a kind Validate refuses.
+func (r *ReconcileConfig) reconciler() idempotency.Reconciler {
+	if r == nil || r.Kind != reconcileBatches {
+		return nil
+	}
+	return &idempotency.Batches{
+		Tag:      r.Tag,
+		TagKey:   r.TagKey,
+		Window:   time.Duration(r.Window),
+		PageSize: r.PageSize,
+		Pages:    r.Pages,
+	}
+}
+
+// maxDoubts is the engine's MaxDoubts: 0 (its default) without reconcile.
+func (r *ReconcileConfig) maxDoubts() int {
+	if r == nil {
+		return 0
+	}
+	return r.MaxDoubts
+}
+
+// check refuses an unknown kind, a tag_key without tag, and the options
+// Batches.Check refuses, each by its name in the config.
+func (r *ReconcileConfig) check() error {
+	switch {
+	case r == nil:
+		return nil
+	case r.Kind == "":
+		return fmt.Errorf("idempotency: reconcile.kind is required (known kinds: %s)", strings.Join(reconcileKinds, ", "))
+	case !slices.Contains(reconcileKinds, r.Kind):
+		return fmt.Errorf("idempotency: reconcile.kind %q is unknown (known kinds: %s)", r.Kind, strings.Join(reconcileKinds, ", "))
+	case r.TagKey != "" && !r.Tag:
+		return fmt.Errorf("idempotency: reconcile.tag_key %q is set without reconcile.tag", r.TagKey)
+	}
+	// One option at a time, so that the error names it.
+	for _, opt := range []struct {
+		name string
+		b    idempotency.Batches
+	}{
+		{"tag_key", idempotency.Batches{TagKey: r.TagKey}},
+		{"window", idempotency.Batches{Window: time.Duration(r.Window)}},
+		{"page_size", idempotency.Batches{PageSize: r.PageSize}},
+		{"pages", idempotency.Batches{Pages: r.Pages}},
+	} {
+		if err := opt.b.Check(); err != nil {
+			return fmt.Errorf("idempotency: reconcile.%s: %s", opt.name, strings.TrimPrefix(err.Error(), "reconcile batches: "))
+		}
+	}
+	if err := r.reconciler().(*idempotency.Batches).Check(); err != nil {
+		return fmt.Errorf("idempotency: reconcile: %w", err)
+	}
+	return nil
 }
 
 // StoreProvider is what a store module (namespace
@@ -131,21 +243,24 @@ func (h *HandlerModule) engineConfig(store idempotency.Store, log *zap.Logger) i
 			repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 			return repl.ReplaceAll(scope, "")
 		},
-		RequireScope:   h.RequireScope,
-		Methods:        h.Methods,
-		TTL:            time.Duration(h.TTL),
-		Lease:          time.Duration(h.LockTimeout),
-		Wait:           h.wait(),
-		Namespace:      h.Namespace,
-		Listener:       serverListener,
-		MaxBody:        h.MaxBody,
-		MaxResponse:    h.MaxResponse,
-		ConflictStatus: h.ConflictStatus,
-		FailOpen:       h.FailOpen,
-		Logger:         log,
-		RequestID:      requestID,
-		Observe:        h.observe,
-		ObserveStore:   h.metrics.observeStore,
+		RequireScope:    h.RequireScope,
+		Methods:         h.Methods,
+		TTL:             time.Duration(h.TTL),
+		Lease:           time.Duration(h.LockTimeout),
+		Wait:            h.wait(),
+		Namespace:       h.Namespace,
+		Listener:        serverListener,
+		MaxBody:         h.MaxBody,
+		MaxResponse:     h.MaxResponse,
+		ConflictStatus:  h.ConflictStatus,
+		Reconcile:       h.Reconcile.reconciler(),
+		MaxDoubts:       h.Reconcile.maxDoubts(),
+		ForwardKeyField: h.ForwardKeyField,
+		FailOpen:        h.FailOpen,
+		Logger:          log,
+		RequestID:       requestID,
+		Observe:         h.observe,
+		ObserveStore:    h.metrics.observeStore,
 	}
 }
 
@@ -153,27 +268,62 @@ func (h *HandlerModule) engineConfig(store idempotency.Store, log *zap.Logger) i
 // calls it right after Provision, before the handler serves a request. An
 // error names the field as the config spells it.
 func (h *HandlerModule) Validate() error {
-	engine, err := idempotency.New(h.config)
-	if ce, ok := errors.AsType[*idempotency.ConfigError](err); ok {
-		return fmt.Errorf("idempotency: %s %s", cmp.Or(configFieldNames[ce.Field], ce.Field), ce.Msg)
+	if h.ForwardKeyField && h.KeyField == idempotency.KeyFieldOff {
+		return errors.New("idempotency: forward_key_field needs a key_field, not off")
 	}
-	if err != nil {
+	if err := h.Reconcile.check(); err != nil {
 		return err
+	}
+	engine, err := idempotency.New(h.config)
+	if err != nil {
+		return namedConfigError(err)
 	}
 	h.engine = engine
 	return nil
 }
 
+// namedConfigError names the field of an engine ConfigError as the config
+// spells it ("Lease" is lock_timeout, "PageSize" reconcile.page_size); a
+// field given as "Type.Field" ("Batches.PageSize") by its last part.
+func namedConfigError(err error) error {
+	ce, ok := errors.AsType[*idempotency.ConfigError](err)
+	if !ok {
+		return err
+	}
+	name := ce.Field
+	for _, field := range []string{ce.Field, ce.Field[strings.LastIndexByte(ce.Field, '.')+1:]} {
+		if n := cmp.Or(configFieldNames[field], reconcileFieldNames[field]); n != "" {
+			name = n
+			break
+		}
+	}
+	return fmt.Errorf("idempotency: %s %s", name, ce.Msg)
+}
+
 // configFieldNames are the engine's Config fields by their names in the
-// JSON config and the Caddyfile.
+// JSON config and the Caddyfile (a field of a block as block.field).
 var configFieldNames = map[string]string{
-	"TTL":            "ttl",
-	"Lease":          "lock_timeout",
-	"MaxBody":        "max_body",
-	"MaxResponse":    "max_response",
-	"ConflictStatus": "conflict_status",
-	"Methods":        "methods",
-	"Store":          "store",
+	"TTL":             "ttl",
+	"Lease":           "lock_timeout",
+	"MaxBody":         "max_body",
+	"MaxResponse":     "max_response",
+	"ConflictStatus":  "conflict_status",
+	"Methods":         "methods",
+	"Store":           "store",
+	"KeyField":        "key_field",
+	"ForwardKeyField": "forward_key_field",
+	"Reconcile":       "reconcile",
+	"MaxDoubts":       "reconcile.max_doubts",
+}
+
+// reconcileFieldNames are the fields of the engine's Reconcilers (Batches)
+// by their names in the reconcile block.
+var reconcileFieldNames = map[string]string{
+	"Tag":      "reconcile.tag",
+	"TagKey":   "reconcile.tag_key",
+	"Window":   "reconcile.window",
+	"PageSize": "reconcile.page_size",
+	"Pages":    "reconcile.pages",
 }
 
 // serverListener names the Caddy server a request arrived on by its listen

@@ -41,7 +41,7 @@ func TestJSONWait(t *testing.T) {
 // and one whose empty value means a default names it.
 func TestConventionFieldDocs(t *testing.T) {
 	modules := map[string][]string{
-		"module.go":       {"HandlerModule"},
+		"module.go":       {"HandlerModule", "ReconcileConfig"},
 		"store_badger.go": {"BadgerModule"},
 		"store_memory.go": {"MemoryModule"},
 		"store_redis.go":  {"RedisModule"},
@@ -111,7 +111,7 @@ func isBool(expr ast.Expr) bool {
 // Validate names a field the engine refuses as the config spells it, so a
 // Caddy user reads lock_timeout, not the engine's Config.Lease.
 func TestValidateNamesConfigFields(t *testing.T) {
-	for in, want := range map[string]string{
+	cases := map[string]string{
 		`{"lock_timeout": "10ms"}`:    "idempotency: lock_timeout must be at least 100ms, not 10ms",
 		`{"ttl": "10ms"}`:             "idempotency: ttl must be at least 1s, not 10ms",
 		`{"max_body": -1}`:            "idempotency: max_body must be 0",
@@ -120,7 +120,31 @@ func TestValidateNamesConfigFields(t *testing.T) {
 		`{"methods": ["post"]}`:       `idempotency: methods holds "post"`,
 		`{"lock_timeout": "1s"}`:      "",
 		`{"ttl": "1h", "wait": "0s"}`: "",
+
+		`{"reconcile": {}}`:                                    "idempotency: reconcile.kind is required (known kinds: batches)",
+		`{"reconcile": {"kind": "files"}}`:                     `idempotency: reconcile.kind "files" is unknown (known kinds: batches)`,
+		`{"reconcile": {"kind": "batches", "max_doubts": -1}}`: "idempotency: reconcile.max_doubts must be 0 (the default) or more, not -1",
+		`{"reconcile": {"kind": "batches", "tag_key": "t"}}`:   `idempotency: reconcile.tag_key "t" is set without reconcile.tag`,
+		`{"key_field": "off", "forward_key_field": true}`:      "idempotency: forward_key_field needs a key_field, not off",
+		`{"reconcile": {"kind": "batches"}}`:                   "",
+		`{"reconcile": {"kind": "batches", "max_doubts": 1}}`:  "",
+		`{"forward_key_field": true}`:                          "",
+		`{"key_field": "ik", "forward_key_field": true}`:       "",
+		`{"reconcile": {"kind": "batches", "tag": true, "tag_key": "t", "window": "2s", "page_size": 100, "pages": 1}}`: "",
+	}
+	// The options Batches.Check refuses.
+	for in, want := range map[string]string{
+		`"page_size": 101`: "idempotency: reconcile.page_size: page size 101 is out of range",
+		`"page_size": -1`:  "idempotency: reconcile.page_size: ",
+		`"pages": -1`:      "idempotency: reconcile.pages: ",
+		`"window": "-1s"`:  "idempotency: reconcile.window: ",
+		`"window": -1`:     "idempotency: reconcile.window: ",
+		`"tag": true, "tag_key": "` + strings.Repeat("k", 65) + `"`: "idempotency: reconcile.tag_key: ",
+		`"tag": true, "tag_key": "` + strings.Repeat("k", 64) + `"`: "",
 	} {
+		cases[`{"reconcile": {"kind": "batches", `+in+`}}`] = want
+	}
+	for in, want := range cases {
 		var h HandlerModule
 		if err := json.Unmarshal([]byte(in), &h); err != nil {
 			t.Fatalf("%s: %v", in, err)

@@ -18,10 +18,18 @@ const (
 	placeholderKeyHash = "http.idempotency.key_hash" // the record key, as logged; empty without a key
 )
 
+// reasonGaveUp is the Decision.Reason of an in_doubt record released after
+// MaxDoubts searches that could not find out whether the upstream acted.
+const reasonGaveUp = "gave up"
+
 // observe makes a decision visible: the placeholders (for headers and
-// logs), two fields of the access log entry, and the outcome counter.
+// logs), two fields of the access log entry, and the outcome counter (and
+// the gave-up counter).
 func (h *HandlerModule) observe(r *http.Request, d idempotency.Decision) {
 	h.metrics.outcomes[d.Outcome].Inc()
+	if d.Outcome == idempotency.OutcomeInDoubt && d.Reason == reasonGaveUp {
+		h.metrics.gaveUp.Inc()
+	}
 	var keyHash string
 	if d.Keyed {
 		keyHash = d.Key.String()
@@ -59,6 +67,7 @@ type handlerMetrics struct {
 	outcomes map[idempotency.Outcome]prometheus.Counter // requests' series, looked up once
 	storeOps *prometheus.HistogramVec                   // by operation and result
 	inFlight prometheus.Gauge                           // requests that own their key and are upstream
+	gaveUp   prometheus.Counter                         // records released after max_doubts unsure searches
 }
 
 func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
@@ -80,6 +89,10 @@ func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "in_flight",
 			Help: "Requests that own their idempotency key and are upstream now.",
 		}),
+		gaveUp: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "reconcile_gave_up_total",
+			Help: "Records released after reconcile.max_doubts searches could not tell whether the upstream acted on them: a retry may have run the request twice.",
+		}),
 	}
 	var err error
 	if m.requests, err = register(reg, m.requests); err != nil {
@@ -89,6 +102,9 @@ func newHandlerMetrics(reg *prometheus.Registry) (*handlerMetrics, error) {
 		return nil, err
 	}
 	if m.inFlight, err = register(reg, m.inFlight); err != nil {
+		return nil, err
+	}
+	if m.gaveUp, err = register(reg, m.gaveUp); err != nil {
 		return nil, err
 	}
 	// Every series exists from the start, and a request does no label lookup.
@@ -113,8 +129,8 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 }
 
 // observeStore times each call to the store, and counts the requests that
-// own their key: a Begin that claims it starts one, and the owner's Complete
-// or Release (the engine calls exactly one) ends it.
+// own their key: a Begin that claims it starts one, and the owner's Complete,
+// Release or Hold (the engine calls exactly one) ends it.
 func (m *handlerMetrics) observeStore(c idempotency.StoreCall) {
 	result := "ok"
 	switch {
@@ -127,7 +143,7 @@ func (m *handlerMetrics) observeStore(c idempotency.StoreCall) {
 	switch {
 	case c.Op == "begin" && c.Owned:
 		m.inFlight.Inc()
-	case c.Op == "complete", c.Op == "release":
+	case c.Op == "complete", c.Op == "release", c.Op == "hold":
 		m.inFlight.Dec()
 	}
 }

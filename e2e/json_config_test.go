@@ -40,6 +40,7 @@ func loadJSONConfig(t *testing.T, storeJSON string) *stack {
 					"handler": "idempotency",
 					"key_header": "X-Key",
 					"key_field": "idempotency_key",
+					"forward_key_field": true,
 					"scope": "{http.request.header.Authorization}",
 					"require_scope": true,
 					"namespace": "json-site",
@@ -51,6 +52,7 @@ func loadJSONConfig(t *testing.T, storeJSON string) *stack {
 					"max_response": 65536,
 					"conflict_status": 422,
 					"fail_open": true,
+					"reconcile": {"kind": "batches", "tag": true, "tag_key": "idempotency_tag", "window": "1s", "page_size": 100, "pages": 10, "max_doubts": 5},
 					"store": %s
 				}, {
 					"handler": "reverse_proxy",
