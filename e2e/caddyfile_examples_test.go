@@ -88,6 +88,12 @@ type exampleHandler struct {
 	MaxBody      int64           `json:"max_body"`
 	MaxResponse  int64           `json:"max_response"`
 	Store        json.RawMessage `json:"store"`
+
+	ForwardKeyField bool `json:"forward_key_field"`
+	Reconcile       *struct {
+		Kind string `json:"kind"`
+		Tag  bool   `json:"tag"`
+	} `json:"reconcile"`
 }
 
 // exampleIdempotency returns the idempotency handler of the route matched by
@@ -155,6 +161,9 @@ func TestExampleCaddyfiles(t *testing.T) {
 			if h.Scope != "" || !waitIs(h.Wait, 30*time.Second) || h.KeyField != "" || h.Store != nil {
 				t.Fatalf("handler %+v: want the default scope, key field and store, wait 30s", h)
 			}
+			if h.Reconcile == nil || h.Reconcile.Kind != "batches" || !h.Reconcile.Tag {
+				t.Fatalf("reconcile %+v: want batches with tag", h.Reconcile)
+			}
 			proxy, last := exampleProxy(t, routes)
 			if at >= last {
 				t.Fatal("idempotency does not run before reverse_proxy")
@@ -179,8 +188,8 @@ func TestExampleCaddyfiles(t *testing.T) {
 		},
 		"ogx.Caddyfile": func(t *testing.T, routes []exampleRoute) {
 			h, _ := exampleIdempotency(t, routes, "/v1/batches")
-			if h.KeyField != "idempotency_key" || h.Scope != "" || !waitIs(h.Wait, 30*time.Second) {
-				t.Fatalf("handler %+v: want key_field idempotency_key, the default scope, wait 30s", h)
+			if h.KeyField != "idempotency_key" || !h.ForwardKeyField || h.Scope != "" || !waitIs(h.Wait, 30*time.Second) {
+				t.Fatalf("handler %+v: want key_field idempotency_key forwarded, the default scope, wait 30s", h)
 			}
 			proxy, _ := exampleProxy(t, routes)
 			plainUpstream(t, proxy, "localhost:8321")
