@@ -271,3 +271,63 @@ func hostNS(rawURL string) string {
 	u, _ := url.Parse(rawURL)
 	return u.Hostname() + "@:" + u.Port()
 }
+
+// Many duplicates of a create whose answer is lost, at once: one create
+// upstream, and every caller ends with that batch. Duplicates that waited
+// for an owner that ended unsure are told so without spending its doubts.
+func TestReconcileConcurrentDuplicates(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		unsure bool
+	}{{"adopted", false}, {"unsure", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newBatchesStack(t, Config{}, nil)
+			if tc.unsure {
+				meta := map[string]string{"team": "a", "run": "1"}
+				s.backend.Seed(tenant, batchesbackend.Batch{InputFileID: "file-abc", Endpoint: "/v1/chat/completions",
+					CompletionWindow: "24h", Metadata: meta, CreatedAt: time.Now().Unix() + 1})
+			}
+			open := make(chan struct{})
+			s.backend.SetFault(batchesbackend.Fault{After: true, Status: 502, Block: open, Times: 1})
+			const n = 24
+			results := make(chan result, n)
+			for range n {
+				go func() { results <- s.create(t, "k-many", createBody) }()
+			}
+			waitFor(t, "the create upstream", func() bool { return s.backend.Requests() == 1 })
+			time.Sleep(50 * time.Millisecond) // the duplicates are waiting
+			close(open)
+			var ids = map[string]int{}
+			unknown := 0
+			for range n {
+				r := <-results
+				switch {
+				case r.status == http.StatusOK:
+					var b struct{ ID string }
+					_ = json.Unmarshal(r.body, &b)
+					ids[b.ID]++
+				case r.status == http.StatusConflict && strings.Contains(string(r.body), CodeOutcomeUnknown):
+					unknown++
+				default:
+					t.Errorf("answer %d %s", r.status, r.body)
+				}
+			}
+			if s.backend.Requests() != 1 {
+				t.Fatalf("%d creates reached the backend, want 1", s.backend.Requests())
+			}
+			if !tc.unsure {
+				if len(ids) != 1 || unknown != 0 {
+					t.Fatalf("callers hold batches %v and %d unknowns; want one batch for all", ids, unknown)
+				}
+				return
+			}
+			if len(ids) != 0 || unknown != n {
+				t.Fatalf("callers hold batches %v and %d unknowns; want all %d unknown", ids, unknown, n)
+			}
+			rec, ok := getRecord(t, s.store, hostNS(s.front.URL), tenant, "k-many")
+			if !ok || rec.State != StateInDoubt || rec.Doubts != 1 {
+				t.Fatalf("record %+v (found %v), want in doubt once: waiting duplicates spend no doubts", rec, ok)
+			}
+		})
+	}
+}
