@@ -3,6 +3,8 @@ package idempotency
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptrace"
@@ -61,26 +63,47 @@ func (b *sentBody) Read(p []byte) (int, error) {
 	return b.ReadCloser.Read(p)
 }
 
+// ambiguousOutcome reports whether the owner's trip upstream ended so that
+// the upstream may have acted without saying so: a byte of the request was
+// sent, and then no 2xx came back but an ambiguous status, or nothing (an
+// error or a panic). A 5xx when nothing was sent is the proxy's own answer
+// to a failed dial: a refusal.
+func (f *forwarding) ambiguousOutcome() bool {
+	rw := f.rw
+	if rw.succeeded() || rw.hijacked || !f.sent.Load() {
+		return false
+	}
+	return !rw.wroteHeader || ambiguousStatus(rw.status)
+}
+
+// why says how an ambiguous outcome ended, for logs and the Decision.
+func (f *forwarding) why() string {
+	if f.rw.wroteHeader {
+		return "upstream answered " + strconv.Itoa(f.rw.status)
+	}
+	return "error after the request was sent"
+}
+
 // ambiguous settles the record of an owner whose upstream may have acted
-// (why says how it ended; err is next's), and answers: the result found,
-// or 409 idempotency_outcome_unknown while the record is held, or what came
-// back when the key is released.
-func (f *forwarding) ambiguous(w http.ResponseWriter, r *http.Request, next Next, why string, err error) error {
+// (err is next's), and answers w unless it is nil (a panic): the result
+// found, or 409 idempotency_outcome_unknown while the record is held, or
+// what came back when the key is released.
+func (f *forwarding) ambiguous(w http.ResponseWriter, r *http.Request, next Next, err error) error {
 	if f.attempt == nil {
 		f.x.log.Warn("upstream may have acted and nothing reconciles this request; idempotency key released, a retry runs it again",
-			zap.String("why", why), zap.Error(err))
-		v := f.release(why, err)
+			zap.String("why", f.why()), zap.Error(err))
+		v := f.release(f.why(), err)
 		if v.outcome == OutcomeReleased {
-			v = f.inDoubtReleased(why)
+			v = f.inDoubtReleased()
 		}
 		f.report(v)
 		return err
 	}
-	answered := f.settleFinding(w, f.find(r, next), why, true)
+	answered := f.settleFinding(w, f.find(r, next), f.why(), true)
 	if answered {
 		return nil
 	}
-	if !f.rw.sending && f.rw.wroteHeader {
+	if w != nil && !f.rw.sending && f.rw.wroteHeader {
 		f.rw.send() // the upstream's own answer, held for reconciling
 	}
 	return err
@@ -88,8 +111,8 @@ func (f *forwarding) ambiguous(w http.ResponseWriter, r *http.Request, next Next
 
 // inDoubtReleased is the verdict of an ambiguous outcome released without
 // reconciling.
-func (f *forwarding) inDoubtReleased(why string) verdict {
-	return verdict{outcome: OutcomeInDoubt, status: f.rw.status, reason: "released: " + why}
+func (f *forwarding) inDoubtReleased() verdict {
+	return verdict{outcome: OutcomeInDoubt, status: f.rw.status, reason: "released: " + f.why()}
 }
 
 // takeOver reconciles a record taken over from an owner that died or ended
@@ -107,18 +130,24 @@ func (f *forwarding) takeOver(w http.ResponseWriter, r *http.Request, next Next)
 	}
 	if !f.settleFinding(w, finding, "taken over ("+f.claimed.Prior.String()+")", false) {
 		// Given up and released: the client is told, and its retry runs afresh.
-		writeUnknown(w)
+		writeUnknown(w, f.site)
 	}
-	f.stopRenewing()
 	return true
 }
 
 // find asks the Reconciler for the result of the attempt, listing through
-// next with r's credentials.
-func (f *forwarding) find(r *http.Request, next Next) Finding {
+// next with r's credentials. A Reconciler that panics has found nothing
+// certain.
+func (f *forwarding) find(r *http.Request, next Next) (finding Finding) {
 	ctx, cancel := context.WithTimeout(f.ctx, reconcileTimeout)
 	defer cancel()
-	finding := f.h.cfg.Reconcile.Find(ctx, f.attempt, f.lister(r, next))
+	defer func() {
+		if p := recover(); p != nil {
+			f.x.log.Error("idempotency reconcile panicked", zap.Any("panic", p))
+			finding = Finding{Result: FindUnsure, Reason: fmt.Sprintf("the search panicked: %v", p)}
+		}
+	}()
+	finding = f.h.cfg.Reconcile.Find(ctx, f.attempt, f.lister(r, next))
 	f.x.log.Info("idempotency reconcile searched the upstream", zap.Stringer("found", finding.Result), zap.String("why", finding.Reason),
 		zap.Time("since", f.attempt.Since))
 	return finding
@@ -134,8 +163,10 @@ func (f *forwarding) find(r *http.Request, next Next) Finding {
 //     (the MaxDoubts-th unsure search gives up).
 //
 // upstreamAnswered says whether the owner has the upstream's answer to pass
-// on when the key is released.
+// on when the key is released. A nil w (a panic) is not answered.
 func (f *forwarding) settleFinding(w http.ResponseWriter, finding Finding, why string, upstreamAnswered bool) bool {
+	f.stopRenewing()
+	answer := w != nil && !f.rw.sending
 	switch finding.Result {
 	case FindOne:
 		v := f.complete(finding.Response, "")
@@ -143,7 +174,8 @@ func (f *forwarding) settleFinding(w http.ResponseWriter, finding Finding, why s
 			v = verdict{outcome: OutcomeReconciled, status: finding.Response.Status, reason: finding.Reason}
 		}
 		f.report(v)
-		if !f.rw.sending {
+		if answer {
+			resetHeader(w.Header(), f.site) // none of a held 5xx's headers
 			writeReplay(w, &finding.Response)
 		}
 		return true
@@ -158,7 +190,6 @@ func (f *forwarding) settleFinding(w http.ResponseWriter, finding Finding, why s
 		f.report(verdict{outcome: OutcomeInDoubt, status: v.status, reason: "gave up"})
 		return false
 	}
-	f.stopRenewing()
 	err := f.h.store.Hold(f.ctx, f.rk, f.owner, f.h.cfg.TTL)
 	if err != nil {
 		// The record stays in flight until its lease runs out; then a
@@ -166,16 +197,27 @@ func (f *forwarding) settleFinding(w http.ResponseWriter, finding Finding, why s
 		f.x.log.Warn("idempotency store failed to hold the record in doubt", zap.Error(err))
 	}
 	f.report(verdict{outcome: OutcomeInDoubt, status: http.StatusConflict, reason: "held: " + finding.Reason})
-	if !f.rw.sending {
-		writeUnknown(w)
+	if answer {
+		writeUnknown(w, f.site)
 	}
 	return true
 }
 
-// writeUnknown answers 409 idempotency_outcome_unknown.
-func writeUnknown(w http.ResponseWriter) {
+// writeUnknown answers 409 idempotency_outcome_unknown, with the headers
+// the site had set (site) and none of the upstream's.
+func writeUnknown(w http.ResponseWriter, site http.Header) {
+	resetHeader(w.Header(), site)
 	setRetryAfter(w.Header(), retryHint)
 	writeError(w, http.StatusConflict, CodeOutcomeUnknown, unknownMessage, &retryYes)
+}
+
+// resetHeader makes h what site was: the headers set in front of this
+// handler before the upstream wrote its own.
+func resetHeader(h, site http.Header) {
+	clear(h)
+	for name, values := range site {
+		h[name] = append([]string(nil), values...)
+	}
 }
 
 // lister sends the Reconciler's listing requests: GETs for r's path,
@@ -186,34 +228,53 @@ func (f *forwarding) lister(r *http.Request, next Next) Lister {
 		req := r.Clone(ctx)
 		req.Method = http.MethodGet
 		u := *r.URL
-		u.RawQuery = query.Encode()
+		// The create's own query names the account for some backends
+		// (Azure's api-version, a project): the listing keeps it.
+		q := r.URL.Query()
+		for name, values := range query {
+			q[name] = values
+		}
+		u.RawQuery = q.Encode()
 		req.URL, req.RequestURI = &u, u.RequestURI()
 		req.Body, req.GetBody, req.ContentLength, req.TransferEncoding = http.NoBody, nil, 0, nil
 		for _, name := range []string{"Content-Type", "Content-Length", "Content-Encoding", "Transfer-Encoding", "Expect", f.h.cfg.KeyHeader} {
 			req.Header.Del(name)
 		}
 		req.Header.Set("Accept-Encoding", "identity")
+		req.Header.Set("Cache-Control", "no-cache") // a cache in the chain must not answer for the backend
 		c := &capture{header: make(http.Header)}
 		sent := time.Now()
-		err := next(c, req)
-		l := &Listing{Status: c.status, Header: c.header, Body: c.body.Bytes(), Sent: sent, Received: time.Now()}
-		switch {
-		case err != nil:
+		if err := listThrough(next, c, req); err != nil {
 			return nil, err
-		case c.over:
+		}
+		if c.over {
 			return nil, errListingTooLarge
-		case l.Status == 0:
+		}
+		body, _, ok := identityBody(c.header, c.body.Bytes(), MaxListing) // asked for identity, compressed anyway
+		if !ok {
+			return nil, errors.New("listing response in a coding that cannot be decoded: " + c.header.Get("Content-Encoding"))
+		}
+		l := &Listing{Status: c.status, Header: c.header, Body: body, Sent: sent, Received: time.Now()}
+		if l.Status == 0 {
 			l.Status = http.StatusOK
 		}
 		return l, nil
 	}
 }
 
-var errListingTooLarge = &listingError{"listing response larger than " + strconv.Itoa(MaxListing) + " bytes"}
+// listThrough sends one listing request through next. A panic there (as
+// reverse_proxy's http.ErrAbortHandler when the listing breaks off) is a
+// failed listing: it is the listing's, not the client's connection's.
+func listThrough(next Next, w http.ResponseWriter, req *http.Request) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("listing request panicked: %v", p)
+		}
+	}()
+	return next(w, req)
+}
 
-type listingError struct{ msg string }
-
-func (e *listingError) Error() string { return e.msg }
+var errListingTooLarge = errors.New("listing response larger than " + strconv.Itoa(MaxListing) + " bytes")
 
 // capture is the ResponseWriter a listing request is answered to.
 type capture struct {

@@ -91,8 +91,8 @@ type Config struct {
 	// such a record is released, reported in_doubt with a warning.
 	Reconcile Reconciler
 	// MaxDoubts is how many times one record may end unsure before it is
-	// released with an error log (reported in_doubt, reason "gave up");
-	// default DefaultMaxDoubts.
+	// released with an error log (reported in_doubt, reason "gave up"): 1
+	// to MaxDoubtsLimit; default DefaultMaxDoubts.
 	MaxDoubts int
 	// ForwardKeyField keeps the key field in the JSON body sent upstream,
 	// for a backend that deduplicates on it itself (OGX/llama-stack). It is
@@ -189,8 +189,8 @@ func (c *Config) validate() error {
 		return configError("MaxResponse", "must be 0 (the default) or more bytes, not %d", c.MaxResponse)
 	case c.ConflictStatus != http.StatusConflict && c.ConflictStatus != http.StatusUnprocessableEntity:
 		return configError("ConflictStatus", "must be 409 or 422, not %d", c.ConflictStatus)
-	case c.MaxDoubts < 0:
-		return configError("MaxDoubts", "must be 0 (the default) or more, not %d", c.MaxDoubts)
+	case c.MaxDoubts < 0 || c.MaxDoubts > MaxDoubtsLimit:
+		return configError("MaxDoubts", "must be 0 (the default) to %d, not %d", MaxDoubtsLimit, c.MaxDoubts)
 	}
 	for _, m := range c.Methods {
 		if !isUpperMethod(m) {

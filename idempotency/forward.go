@@ -61,13 +61,6 @@ func (h *Handler) forward(w http.ResponseWriter, ans *answer, next Next, x excha
 	f.rw.holdAmbiguous = f.attempt != nil
 	f.stopRenewing = h.keepLease(f.ctx, f.rk, ans.owner, x.log)
 
-	if ans.claimed.Prior != 0 {
-		if done := f.takeOver(w, r, next); done {
-			return nil
-		}
-	}
-	r = f.track(r)
-
 	returned := false
 	defer func() {
 		if returned {
@@ -79,6 +72,11 @@ func (h *Handler) forward(w http.ResponseWriter, ans *answer, next Next, x excha
 			panic(p) // re-raised as is, so http.ErrAbortHandler still aborts the connection
 		}
 	}()
+	if ans.claimed.Prior != 0 && f.takeOver(w, r, next) {
+		returned = true
+		return nil
+	}
+	r = f.track(r)
 	err := next(f.rw, r)
 	returned = true
 	return f.settle(w, r, next, err, false)
@@ -112,11 +110,17 @@ type forwarding struct {
 // a response that was held. It returns the error forward returns: next's,
 // unless the answer replaced it.
 func (f *forwarding) settle(w http.ResponseWriter, r *http.Request, next Next, err error, panicked bool) error {
-	f.stopRenewing()
 	rw := f.rw
 	if !panicked && err == nil && !rw.wroteHeader && !rw.hijacked {
 		rw.WriteHeader(http.StatusOK) // what net/http sends for a handler that wrote nothing
 	}
+	if !f.completed && f.ambiguousOutcome() {
+		if panicked {
+			w = nil // the connection is aborted: nothing more reaches the client
+		}
+		return f.ambiguous(w, r, next, err) // the lease is renewed until the record is settled
+	}
+	f.stopRenewing()
 	var v verdict
 	held := false
 	switch {
@@ -133,20 +137,19 @@ func (f *forwarding) settle(w http.ResponseWriter, r *http.Request, next Next, e
 	case rw.succeeded() && err != nil:
 		// The upstream acted but its response broke off: never run it again.
 		v = f.completeUnkept("error after a 2xx")
-	case err != nil && f.sent.Load():
-		return f.ambiguous(w, r, next, "error after the request was sent", err)
 	case err != nil:
 		v = f.release("error", err)
-	case ambiguousStatus(rw.status):
-		return f.ambiguous(w, r, next, "upstream answered "+strconv.Itoa(rw.status), nil)
 	case !rw.succeeded():
 		v = f.release("not stored", nil)
 	default:
 		v, held = f.keep(), true
 	}
 	f.report(v)
-	if held {
+	switch {
+	case held:
 		f.answer(w)
+	case !panicked && rw.wroteHeader && !rw.sending && !rw.succeeded():
+		rw.send() // a 5xx held for reconciling that proved a refusal
 	}
 	return err
 }
@@ -158,11 +161,11 @@ func (f *forwarding) settle(w http.ResponseWriter, r *http.Request, next Next, e
 func (f *forwarding) sendingEarly() {
 	rw := f.rw
 	switch {
-	case ambiguousStatus(rw.status) && rw.holdAmbiguous:
-		// Held for reconciling, and out early all the same (flushed, or
-		// larger than MaxResponse): decided when it has been reconciled.
-	case ambiguousStatus(rw.status):
-		f.report(f.inDoubtReleased("upstream answered " + strconv.Itoa(rw.status)))
+	case f.ambiguousOutcome() && rw.holdAmbiguous:
+		// Held for reconciling, and out early all the same (larger than
+		// MaxResponse, or a stream): decided when it has been reconciled.
+	case f.ambiguousOutcome():
+		f.report(f.inDoubtReleased())
 	case !rw.succeeded():
 		f.report(verdict{outcome: OutcomeReleased, status: rw.status, reason: "not stored"})
 	case rw.overflow:
@@ -249,6 +252,7 @@ func (f *forwarding) completeUnkept(reason string) verdict {
 // release frees the key, so that a retry runs again: the upstream did not
 // act, or not in a way that can be answered for it. err is next's, if any.
 func (f *forwarding) release(reason string, err error) verdict {
+	f.stopRenewing()
 	if rerr := f.h.store.Release(f.ctx, f.rk, f.owner); rerr != nil {
 		f.x.log.Warn("idempotency store failed to release the record",
 			zap.String("reason", reason), zap.Int("status", f.rw.status), zap.Error(rerr))

@@ -114,3 +114,7 @@ const ReconciledHeader = "Idempotent-Reconciled"
 // whether the upstream acted before the record is released (with an error
 // log): each holds the record and answers 409 idempotency_outcome_unknown.
 const DefaultMaxDoubts = 5
+
+// MaxDoubtsLimit is the largest MaxDoubts: the stores count a record's
+// doubts in one byte.
+const MaxDoubtsLimit = 255

@@ -181,6 +181,7 @@ func (b *Batches) Find(ctx context.Context, a *Attempt, list Lister) Finding {
 	var (
 		bound   int64 // Unix seconds; a batch since the attempt has created_at >= bound
 		matches []batchItem
+		near    []batchItem // since the attempt, its input file and endpoint, not a match
 		seen    = map[string]bool{}
 		after   string
 		prev    = 0.0
@@ -238,14 +239,24 @@ func (b *Batches) Find(ctx context.Context, a *Attempt, list Lister) Finding {
 				reached = true
 				continue
 			}
-			if it.matches(req, b.tagKey(), tag) {
+			switch {
+			case it.matches(req, b.tagKey(), tag):
 				matches = append(matches, it)
+			case it.near(req, b.tagKey(), tag):
+				near = append(near, it)
 			}
 		}
 		if len(matches) > 1 {
 			return unsure(fmt.Sprintf("%d batches match since %s: %s", len(matches), sinceText(bound), batchIDs(matches)))
 		}
 		if reached || !lp.HasMore {
+			if len(matches) == 0 && len(near) > 0 {
+				// A backend that rewrites metadata (drops the tag, adds an
+				// entry of its own) makes the attempt's batch look like
+				// another: nothing proves it was not made.
+				return unsure(fmt.Sprintf("no batch matches since %s, but %d with its input file and endpoint differ in other fields: %s",
+					sinceText(bound), len(near), batchIDs(near)))
+			}
 			return found(matches, bound)
 		}
 		next := lp.cursor()

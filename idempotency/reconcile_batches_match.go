@@ -74,6 +74,20 @@ func (it *batchItem) matches(req batchRequest, tagKey, tag string) bool {
 		maps.Equal(it.Metadata, req.Metadata)
 }
 
+// near reports whether it, not a match, could still be the attempt's batch
+// as a backend changed it: the same input file and endpoint, and, with a
+// tag, no tag of another attempt (a backend may drop metadata it was sent).
+func (it *batchItem) near(req batchRequest, tagKey, tag string) bool {
+	if it.InputFileID != req.InputFileID || it.Endpoint != req.Endpoint {
+		return false
+	}
+	if tag != "" {
+		_, tagged := it.Metadata[tagKey]
+		return !tagged
+	}
+	return true
+}
+
 // batchList is one listing response: {"object":"list","data":[...],
 // "first_id":..,"last_id":..,"has_more":bool}.
 type batchList struct {

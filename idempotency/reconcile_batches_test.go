@@ -336,7 +336,7 @@ func TestBatchesFind(t *testing.T) {
 		}, want: FindOne, wantID: "batch_mine", reason: "batch batch_mine matches",
 			queries: []string{"limit=100"}, skews: []time.Duration{hour, -hour}},
 		{name: "identical batch before the attempt only", batches: []btBatch{
-			{ID: "batch_new", At: 5 * sec, Meta: `{"a":"2"}`},
+			{ID: "batch_new", At: 5 * sec, File: "file-other", Meta: `{"a":"2"}`},
 			{ID: "batch_old", At: -60 * sec, Meta: `{"a":"1"}`},
 			{ID: "batch_older", At: -hour, Meta: `{"a":"1"}`},
 		}, want: FindNone, reason: "no batch since", skews: []time.Duration{hour, -hour}},
@@ -361,9 +361,21 @@ func TestBatchesFind(t *testing.T) {
 		}, want: FindUnsure, reason: "2 batches match", skews: []time.Duration{hour, -hour}},
 		{name: "none, reached back", batches: []btBatch{
 			{ID: "batch_1", At: 2 * sec, File: "file-other", Meta: `{"a":"1"}`},
-			{ID: "batch_2", At: 3 * sec, Meta: `{"a":"1","b":"2"}`},
+			{ID: "batch_2", At: 3 * sec, File: "file-other", Meta: `{"a":"1","b":"2"}`},
 			{ID: "batch_old", At: -hour},
 		}, want: FindNone, reason: "no batch since"},
+		// A batch of the same input file and endpoint since the attempt,
+		// differing only in what a backend may rewrite (metadata, the
+		// window), may be the attempt's: nothing proves none was made.
+		{name: "near, metadata rewritten", batches: []btBatch{
+			{ID: "batch_2", At: 3 * sec, Meta: `{"a":"1","b":"2"}`},
+			{ID: "batch_old", At: -hour},
+		}, want: FindUnsure, reason: "but 1 with its input file and endpoint differ in other fields: batch_2"},
+		{name: "near, beside a match", batches: []btBatch{
+			{ID: "batch_2", At: 3 * sec, Meta: `{"a":"1","b":"2"}`},
+			{ID: "batch_mine", At: 2 * sec, Meta: `{"a":"1"}`},
+			{ID: "batch_old", At: -hour},
+		}, want: FindOne, wantID: "batch_mine"},
 		{name: "none, end of the list", batches: []btBatch{
 			{ID: "batch_1", At: 2 * sec, File: "file-other", Meta: `{"a":"1"}`},
 		}, want: FindNone, queries: []string{"limit=100"}},
@@ -401,7 +413,7 @@ func TestBatchesFind(t *testing.T) {
 			{ID: "batch_1", At: sec, Meta: `{"a":"2"}`}, {ID: "batch_2", At: sec, Meta: `{}`}, {ID: "batch_3", At: sec},
 			{ID: "batch_4", At: sec, Meta: `{"a":"1","b":""}`}, {ID: "batch_5", At: sec, Meta: `{"A":"1"}`},
 			{ID: "batch_old", At: -hour},
-		}, want: FindNone},
+		}, want: FindUnsure, reason: "but 5 with its input file and endpoint differ"},
 		{name: "other endpoint or window", request: `{"input_file_id":"file-abc","endpoint":"/v1/embeddings","completion_window":"24h","metadata":{"a":"1"}}`,
 			batches: []btBatch{{ID: "batch_1", At: sec, Meta: `{"a":"1"}`}, {ID: "batch_old", At: -hour}}, want: FindNone},
 		{name: "tag", b: Batches{Tag: true}, batches: []btBatch{
@@ -413,6 +425,10 @@ func TestBatchesFind(t *testing.T) {
 		}, want: FindOne, wantID: "batch_mine", skews: []time.Duration{hour, -hour}},
 		{name: "tag, only untagged", b: Batches{Tag: true}, batches: []btBatch{
 			{ID: "batch_untagged", At: 3 * sec, Meta: `{"a":"1"}`},
+			{ID: "batch_old", At: -hour, Meta: `{"a":"1","idempotency_tag":"$TAG"}`},
+		}, want: FindUnsure, reason: "batch_untagged"}, // a backend may drop the tag
+		{name: "tag, only another attempt's", b: Batches{Tag: true}, batches: []btBatch{
+			{ID: "batch_other_tag", At: 3 * sec, Meta: `{"a":"1","idempotency_tag":"0123456789abcdef0123456789abcdef"}`},
 			{ID: "batch_old", At: -hour, Meta: `{"a":"1","idempotency_tag":"$TAG"}`},
 		}, want: FindNone},
 		{name: "tag, custom key", b: Batches{Tag: true, TagKey: "t"}, batches: []btBatch{

@@ -99,8 +99,8 @@ func (rw *recorder) Write(p []byte) (int, error) {
 // Flush starts a held response on its way: the upstream means the client to
 // have what it has so far.
 func (rw *recorder) Flush() {
-	if rw.wroteHeader && !rw.sending {
-		rw.send()
+	if rw.wroteHeader && !rw.sending && rw.succeeded() {
+		rw.send() // a held 5xx stays held: what reconciling finds may answer in its place
 	}
 	if rw.sending && !rw.clientGone {
 		_ = http.NewResponseController(rw.w).Flush()
