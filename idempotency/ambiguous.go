@@ -99,7 +99,7 @@ func (f *forwarding) ambiguous(w http.ResponseWriter, r *http.Request, next Next
 		f.report(v)
 		return err
 	}
-	answered := f.settleFinding(w, f.find(r, next), f.why(), true)
+	answered := f.settleFinding(w, f.find(r, next), f.why())
 	if answered {
 		return nil
 	}
@@ -128,7 +128,7 @@ func (f *forwarding) takeOver(w http.ResponseWriter, r *http.Request, next Next)
 	if finding.Result == FindNone {
 		return false // nothing made by earlier attempts: this one goes upstream
 	}
-	if !f.settleFinding(w, finding, "taken over ("+f.claimed.Prior.String()+")", false) {
+	if !f.settleFinding(w, finding, "taken over ("+f.claimed.Prior.String()+")") {
 		// Given up and released: the client is told, and its retry runs afresh.
 		writeUnknown(w, f.site)
 	}
@@ -159,12 +159,12 @@ func (f *forwarding) find(r *http.Request, next Next) (finding Finding) {
 //     a replay;
 //   - none: the key is released;
 //   - unsure: the record is held in doubt (409 idempotency_outcome_unknown),
-//     or released with an error log once it has been held MaxDoubts times
-//     (the MaxDoubts-th unsure search gives up).
+//     unless this is the MaxDoubts-th unsure search of the record, which
+//     gives up: released, with an error log.
 //
-// upstreamAnswered says whether the owner has the upstream's answer to pass
-// on when the key is released. A nil w (a panic) is not answered.
-func (f *forwarding) settleFinding(w http.ResponseWriter, finding Finding, why string, upstreamAnswered bool) bool {
+// why says what made the outcome ambiguous, for the log. A nil w (a panic)
+// is not answered.
+func (f *forwarding) settleFinding(w http.ResponseWriter, finding Finding, why string) bool {
 	f.stopRenewing()
 	answer := w != nil && !f.rw.sending
 	switch finding.Result {
