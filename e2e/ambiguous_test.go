@@ -551,3 +551,44 @@ func TestAmbiguousForwardedKeyFieldBackendDedups(t *testing.T) {
 		t.Fatalf("the backend got idempotency_key %q (%v), want %q", sent.Key, err, key)
 	}
 }
+
+// A record held in doubt lives through a config reload: the new config's
+// handler, on the same Badger directory, takes it over on the next retry
+// and finds the batch. Here the first search is unsure because its listing
+// (one batch per page, one page) cannot reach back past two newer batches of
+// another file; the reloaded config lists with the defaults.
+func TestReconcileHeldRecordSurvivesReload(t *testing.T) {
+	dir := storeDir(t)
+	block := func(sub string) string {
+		return "\t\tstore badger " + dir + "\n\t\treconcile batches" + sub
+	}
+	s := newAmbiguousStack(t, block(" {\n\t\t\tpage_size 1\n\t\t\tpages 1\n\t\t}"))
+	tenant := tenantFor("reload")
+	key := uniqueKey("reload")
+	for range 2 {
+		other := identicalBatch(time.Now().Unix() + 1)
+		other.InputFileID = "file-other"
+		s.backend.Seed(tenant, other)
+	}
+	s.backend.SetFault(batchesbackend.Fault{After: true, Status: http.StatusInternalServerError, Times: 1})
+	body := createBody(t, nil, "")
+	headers := []string{"Authorization", tenant, "Idempotency-Key", key}
+
+	first := s.send(http.MethodPost, "/v1/batches", body, headers...)
+	mustUnknown(t, first)
+	if state, doubts, ok := adminRecord(t, tenant, key); !ok || state != "in_doubt" || doubts != 1 {
+		t.Fatalf("record state %q doubts %d (found %v), want in_doubt once", state, doubts, ok)
+	}
+
+	s.loadCaddyfile(testCaddyfile(quietLog, ambiguousSite(block(""))(s.upstream)))
+	retry := s.send(http.MethodPost, "/v1/batches", body, headers...)
+	mustReconciled(t, retry)
+	held := retry.batch(t)
+	if held.InputFileID != "file-abc123" {
+		t.Fatalf("adopted %+v, want the attempt's batch", held)
+	}
+	mustReplay(t, s.send(http.MethodPost, "/v1/batches", body, headers...), retry)
+	if n, r := s.backend.CreatesFor(tenant), s.backend.Requests(); n != 1 || r != 1 {
+		t.Fatalf("backend creates %d, requests %d; want the first attempt's only", n, r)
+	}
+}
