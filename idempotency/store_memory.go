@@ -67,21 +67,21 @@ func (s *MemoryStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, 
 }
 
 func (s *MemoryStore) Renew(ctx context.Context, key RecordKey, owner OwnerToken, lease time.Duration) error {
-	if err := s.lock(ctx); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	now := time.Now()
-	rec, ok := s.records.Owned(key, owner, now)
-	if !ok {
-		return ErrNotOwner
-	}
-	rec.LeaseUntil = now.Add(lease)
-	s.records[key] = rec
-	return nil
+	return s.updateOwned(ctx, key, owner, func(rec Record, now time.Time) Record {
+		rec.LeaseUntil = now.Add(lease)
+		return rec
+	})
 }
 
 func (s *MemoryStore) Complete(ctx context.Context, key RecordKey, owner OwnerToken, resp Response, ttl time.Duration) error {
+	return s.updateOwned(ctx, key, owner, func(rec Record, now time.Time) Record {
+		return rec.Completed(copyResponse(&resp), now, ttl) // the caller's buffers are reused
+	})
+}
+
+// updateOwned replaces owner's in-flight record of key with what update
+// makes of it; ErrNotOwner if owner has none.
+func (s *MemoryStore) updateOwned(ctx context.Context, key RecordKey, owner OwnerToken, update func(rec Record, now time.Time) Record) error {
 	if err := s.lock(ctx); err != nil {
 		return err
 	}
@@ -91,7 +91,7 @@ func (s *MemoryStore) Complete(ctx context.Context, key RecordKey, owner OwnerTo
 	if !ok {
 		return ErrNotOwner
 	}
-	s.records[key] = rec.Completed(copyResponse(&resp), now, ttl) // the caller's buffers are reused
+	s.records[key] = update(rec, now)
 	return nil
 }
 
@@ -108,17 +108,7 @@ func (s *MemoryStore) Release(ctx context.Context, key RecordKey, owner OwnerTok
 }
 
 func (s *MemoryStore) Hold(ctx context.Context, key RecordKey, owner OwnerToken, hold time.Duration) error {
-	if err := s.lock(ctx); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	now := time.Now()
-	rec, ok := s.records.Owned(key, owner, now)
-	if !ok {
-		return ErrNotOwner
-	}
-	s.records[key] = rec.Held(now, hold)
-	return nil
+	return s.updateOwned(ctx, key, owner, func(rec Record, now time.Time) Record { return rec.Held(now, hold) })
 }
 
 func (s *MemoryStore) Get(ctx context.Context, key RecordKey) (Record, bool, error) {

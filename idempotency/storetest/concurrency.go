@@ -12,21 +12,25 @@ import (
 	"github.com/caddy-idempotency/caddy-idempotency/idempotency"
 )
 
-func testRacingBeginOneOwner(t *testing.T, s idempotency.Store) {
-	const racers = 64
-	key := newKey()
-	type result struct {
-		owner idempotency.OwnerToken
-		fp    idempotency.Fingerprint
-		rec   idempotency.Record
-		owned bool
-		err   error
-	}
-	results := make([]result, racers)
+// beginResult is one racer's Begin in raceBegin.
+type beginResult struct {
+	owner idempotency.OwnerToken
+	fp    idempotency.Fingerprint
+	rec   idempotency.Record
+	owned bool
+	err   error
+}
+
+// raceBegin has racers goroutines Begin key at once, racer i with fp(i),
+// and returns what each got and the one that owns the key; it fails the
+// test unless exactly one does.
+func raceBegin(t *testing.T, s idempotency.Store, key idempotency.RecordKey, racers int, fp func(i int) idempotency.Fingerprint) ([]beginResult, *beginResult) {
+	t.Helper()
+	results := make([]beginResult, racers)
 	start := make(chan struct{})
 	var wg sync.WaitGroup
 	for i := range results {
-		results[i].owner, results[i].fp = idempotency.NewOwnerToken(), newFingerprint()
+		results[i].owner, results[i].fp = idempotency.NewOwnerToken(), fp(i)
 		wg.Go(func() {
 			r := &results[i]
 			<-start
@@ -36,7 +40,7 @@ func testRacingBeginOneOwner(t *testing.T, s idempotency.Store) {
 	close(start)
 	wg.Wait()
 
-	var winner *result
+	var winner *beginResult
 	for i := range results {
 		r := &results[i]
 		if r.err != nil {
@@ -52,6 +56,12 @@ func testRacingBeginOneOwner(t *testing.T, s idempotency.Store) {
 	if winner == nil {
 		t.Fatal("no racer owns the key")
 	}
+	return results, winner
+}
+
+func testRacingBeginOneOwner(t *testing.T, s idempotency.Store) {
+	key := newKey()
+	results, winner := raceBegin(t, s, key, 64, func(int) idempotency.Fingerprint { return newFingerprint() })
 	for i, r := range results {
 		if !r.owned && (r.rec.State != idempotency.StateInFlight || r.rec.Owner != winner.owner || r.rec.Fingerprint != winner.fp) {
 			t.Errorf("racer %d saw %+v, want the winner's in-flight record (owner %x)", i, r.rec, winner.owner)

@@ -2,7 +2,6 @@ package storetest
 
 import (
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -202,45 +201,9 @@ func testLateOwnerMayHold(t *testing.T, s idempotency.Store) {
 // Of many requests with its fingerprint that Begin a held record at once,
 // exactly one takes it over; the others see that one's in-flight record.
 func testRacingBeginHeldOneOwner(t *testing.T, s idempotency.Store) {
-	const racers = 50
 	key, fp := newKey(), newFingerprint()
 	first, _ := mustHold(t, s, key, fp, longTTL)
-	type result struct {
-		owner idempotency.OwnerToken
-		rec   idempotency.Record
-		owned bool
-		err   error
-	}
-	results := make([]result, racers)
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range results {
-		results[i].owner = idempotency.NewOwnerToken()
-		wg.Go(func() {
-			r := &results[i]
-			<-start
-			r.rec, r.owned, r.err = s.Begin(ctx(t), key, fp, r.owner, longLease)
-		})
-	}
-	close(start)
-	wg.Wait()
-
-	var winner *result
-	for i := range results {
-		r := &results[i]
-		if r.err != nil {
-			t.Fatalf("racer %d: Begin: %v", i, r.err)
-		}
-		if r.owned {
-			if winner != nil {
-				t.Fatalf("racers %x and %x both own the held key", winner.owner, r.owner)
-			}
-			winner = r
-		}
-	}
-	if winner == nil {
-		t.Fatal("no racer took over the held key")
-	}
+	results, winner := raceBegin(t, s, key, 50, func(int) idempotency.Fingerprint { return fp })
 	if winner.rec.Prior != idempotency.StateInDoubt || winner.rec.Doubts != 1 {
 		t.Errorf("winner: Prior %v, Doubts %d; want in_doubt and 1", winner.rec.Prior, winner.rec.Doubts)
 	}
