@@ -176,14 +176,18 @@ func TestGatewayWithoutBadgerOrRedis(t *testing.T) {
 	g.stop()
 }
 
-// buildGateway builds this package into a temporary directory.
+// buildGateway builds this package into a temporary directory. The go
+// command's own work directory goes under the test's too (GOTMPDIR): a
+// build the timeout kills cannot remove it, and must not leave it in $TMPDIR.
 func buildGateway(t *testing.T, flags ...string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "gateway")
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
 	args := append(append([]string{"build"}, flags...), "-o", bin, ".")
-	if out, err := exec.CommandContext(ctx, "go", args...).CombinedOutput(); err != nil {
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Env = append(os.Environ(), "GOTMPDIR="+t.TempDir())
+	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return bin
