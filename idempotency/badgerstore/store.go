@@ -133,19 +133,31 @@ func (s *Store) Begin(ctx context.Context, key idempotency.RecordKey, fp idempot
 	// Otherwise the record on disk rules: this process's claim past its
 	// lease is there too, as are a held record, a completed one, and a dead
 	// process's in-flight record.
+	// One transaction reads it and, when this Begin owns the key, writes
+	// the new record: the stripe lock keeps the two together.
 	dbKey := badgerRecordKey(key)
-	cur, found, err := s.read(dbKey)
-	if err != nil {
+	var (
+		rec   idempotency.Record
+		owned bool
+	)
+	err := s.db.Update(func(txn *badger.Txn) error {
+		cur, found, err := readBadgerRecord(txn, dbKey)
+		if err != nil {
+			return err
+		}
+		if rec, owned = idempotency.BeginRecord(cur, found, fp, owner, now, lease); !owned {
+			return nil
+		}
+		// Written before the request goes upstream, so that after a crash
+		// the key stays in flight until the lease runs out, as it would in
+		// a fleet.
+		return writeBadgerRecord(txn, dbKey, &rec, now)
+	})
+	switch {
+	case err != nil:
 		return idempotency.Record{}, false, err
-	}
-	rec, owned := idempotency.BeginRecord(cur, found, fp, owner, now, lease)
-	if !owned {
+	case !owned:
 		return rec, false, nil
-	}
-	// Written before the request goes upstream, so that after a crash the
-	// key stays in flight until the lease runs out, as it would in a fleet.
-	if err := s.write(dbKey, &rec, now); err != nil {
-		return idempotency.Record{}, false, err
 	}
 	claim := rec
 	claim.Prior = 0 // told to this Begin only
