@@ -165,7 +165,7 @@ func (f *forwarding) find(r *http.Request, next Next) (finding Finding) {
 // why says what made the outcome ambiguous, for the log. A nil w (a panic)
 // is not answered.
 func (f *forwarding) settleFinding(w http.ResponseWriter, finding Finding, why string) bool {
-	f.stopRenewing()
+	f.lease.stop()
 	answer := w != nil && !f.rw.sending
 	switch finding.Result {
 	case FindOne:

@@ -59,7 +59,7 @@ func (h *Handler) forward(w http.ResponseWriter, ans *answer, next Next, x excha
 	f.rw.onSend = f.sendingEarly
 	f.rw.onOverflow = f.overflowed
 	f.rw.holdAmbiguous = f.attempt != nil
-	f.stopRenewing = h.keepLease(f.ctx, f.rk, ans.owner, x.log)
+	f.lease.start(h, f.ctx, f.rk, ans.owner, x.log)
 
 	returned := false
 	defer func() {
@@ -95,9 +95,9 @@ type forwarding struct {
 	attempt *Attempt        // set when Config.Reconcile covers the request
 	sent    atomic.Bool     // a byte of the request may have reached the upstream
 	site    http.Header     // set in front of this handler before next ran
-	// stopRenewing ends the lease renewal; it may be called more than once.
-	stopRenewing func()
-	completed    bool // the record is completed, with its response or without
+	lease   leaseKeeper     // renews the lease while the request is upstream
+
+	completed bool // the record is completed, with its response or without
 
 	// The held 2xx, as keep stored it for the client that waits for it.
 	identity bool // stored as identity: the client gets body, not what came
@@ -120,7 +120,7 @@ func (f *forwarding) settle(w http.ResponseWriter, r *http.Request, next Next, e
 		}
 		return f.ambiguous(w, r, next, err) // the lease is renewed until the record is settled
 	}
-	f.stopRenewing()
+	f.lease.stop()
 	var v verdict
 	held := false
 	switch {
@@ -223,7 +223,7 @@ func (f *forwarding) answer(w http.ResponseWriter) {
 // what became of it; reason is why a response is not stored.
 func (f *forwarding) complete(resp Response, reason string) verdict {
 	f.completed = true
-	f.stopRenewing() // a record completed while its stream goes on needs no lease
+	f.lease.stop() // a record completed while its stream goes on needs no lease
 	err := f.h.store.Complete(f.ctx, f.rk, f.owner, resp, f.h.cfg.TTL)
 	switch {
 	case errors.Is(err, ErrNotOwner):
@@ -252,7 +252,7 @@ func (f *forwarding) completeUnkept(reason string) verdict {
 // release frees the key, so that a retry runs again: the upstream did not
 // act, or not in a way that can be answered for it. err is next's, if any.
 func (f *forwarding) release(reason string, err error) verdict {
-	f.stopRenewing()
+	f.lease.stop()
 	if rerr := f.h.store.Release(f.ctx, f.rk, f.owner); rerr != nil {
 		f.x.log.Warn("idempotency store failed to release the record",
 			zap.String("reason", reason), zap.Int("status", f.rw.status), zap.Error(rerr))

@@ -9,53 +9,69 @@ import (
 	"go.uber.org/zap"
 )
 
-// keepLease renews the owner's lease every third of Config.Lease, so only a
-// dead owner's lease ever runs out. The returned func stops it and waits for
-// a renewal under way; it may be called more than once. A timer rather than
-// a goroutine per request: most requests finish long before the first
-// renewal.
-func (h *Handler) keepLease(ctx context.Context, rk RecordKey, owner OwnerToken, log keyLogger) (stop func()) {
-	var (
-		mu      sync.Mutex
-		stopped bool
-		running sync.WaitGroup
-		timer   *time.Timer
-	)
-	period := h.cfg.Lease / 3
-	renew := func() {
-		mu.Lock()
-		if stopped {
-			mu.Unlock()
-			return
-		}
-		running.Add(1) // under mu, so stop's Wait cannot miss it
-		mu.Unlock()
-		defer running.Done()
+// leaseKeeper renews an owner's lease every third of Config.Lease, so only
+// a dead owner's lease ever runs out. A timer rather than a goroutine per
+// request: most requests finish long before the first renewal. Its zero
+// value is stopped; it lives in the forwarding it serves, so keeping a
+// lease costs a request one timer.
+type leaseKeeper struct {
+	h      *Handler
+	ctx    context.Context
+	rk     RecordKey
+	owner  OwnerToken
+	log    keyLogger
+	period time.Duration
 
-		rctx, cancel := context.WithTimeout(ctx, period)
-		err := h.store.Renew(rctx, rk, owner, h.cfg.Lease)
-		cancel()
-		switch {
-		case errors.Is(err, ErrNotOwner):
-			log.Warn("idempotency lease lost while the request was upstream")
-			return
-		case err != nil:
-			log.Warn("idempotency lease renewal failed", zap.Error(err))
-		}
-		mu.Lock()
-		if !stopped {
-			timer.Reset(period)
-		}
-		mu.Unlock()
+	mu      sync.Mutex
+	stopped bool
+	running sync.WaitGroup
+	timer   *time.Timer
+}
+
+// start arms the first renewal.
+func (k *leaseKeeper) start(h *Handler, ctx context.Context, rk RecordKey, owner OwnerToken, log keyLogger) {
+	k.h, k.ctx, k.rk, k.owner, k.log, k.period = h, ctx, rk, owner, log, h.cfg.Lease/3
+	k.mu.Lock()
+	k.timer = time.AfterFunc(k.period, k.renew)
+	k.mu.Unlock()
+}
+
+func (k *leaseKeeper) renew() {
+	k.mu.Lock()
+	if k.stopped {
+		k.mu.Unlock()
+		return
 	}
-	mu.Lock()
-	timer = time.AfterFunc(period, renew)
-	mu.Unlock()
-	return func() {
-		mu.Lock()
-		stopped = true
-		mu.Unlock()
+	k.running.Add(1) // under mu, so stop's Wait cannot miss it
+	k.mu.Unlock()
+	defer k.running.Done()
+
+	rctx, cancel := context.WithTimeout(k.ctx, k.period)
+	err := k.h.store.Renew(rctx, k.rk, k.owner, k.h.cfg.Lease)
+	cancel()
+	switch {
+	case errors.Is(err, ErrNotOwner):
+		k.log.Warn("idempotency lease lost while the request was upstream")
+		return
+	case err != nil:
+		k.log.Warn("idempotency lease renewal failed", zap.Error(err))
+	}
+	k.mu.Lock()
+	if !k.stopped {
+		k.timer.Reset(k.period)
+	}
+	k.mu.Unlock()
+}
+
+// stop ends the renewals and waits for one under way; it may be called
+// more than once, and on a keeper never started.
+func (k *leaseKeeper) stop() {
+	k.mu.Lock()
+	k.stopped = true
+	timer := k.timer
+	k.mu.Unlock()
+	if timer != nil {
 		timer.Stop()
-		running.Wait()
 	}
+	k.running.Wait()
 }
