@@ -14,14 +14,10 @@ import (
 // module root, found by `go env GOMOD`, so the command works from any
 // directory of the clone.
 func buildCaddy(dir string) (string, error) {
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	root, err := moduleRoot()
 	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
+		return "", fmt.Errorf("%w: run from the clone or pass -caddy", err)
 	}
-	if mod := string(trimNL(gomod)); mod == "" || mod == os.DevNull {
-		return "", fmt.Errorf("not inside the caddy-idempotency module: run from the clone or pass -caddy")
-	}
-	root := filepath.Dir(string(trimNL(gomod)))
 	bin := filepath.Join(dir, "caddy")
 	// No DWARF: the link is the slow part of the build; pprof does not need it.
 	cmd := exec.Command("go", "build", "-ldflags=-w", "-o", bin, "./cmd/caddy")
@@ -30,6 +26,18 @@ func buildCaddy(dir string) (string, error) {
 		return "", fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
 	}
 	return bin, nil
+}
+
+// moduleRoot is the directory of the module's go.mod, by `go env GOMOD`.
+func moduleRoot() (string, error) {
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	if mod := string(trimNL(gomod)); mod == "" || mod == os.DevNull {
+		return "", fmt.Errorf("not inside the caddy-idempotency module")
+	}
+	return filepath.Dir(string(trimNL(gomod))), nil
 }
 
 func trimNL(b []byte) []byte {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 
 	"github.com/caddy-idempotency/caddy-idempotency/internal/batchesbackend"
 )
@@ -21,7 +22,16 @@ type env struct {
 	upstream  string // host:port
 	batchSize int    // bytes of the upstream's answer to batchBody
 	close     func()
+	backend   atomic.Pointer[batchesbackend.Server]
 }
+
+// resetUpstream gives the upstream an empty store. It keeps every batch it
+// creates; a run creates hundreds of thousands, and a fresh store per slice
+// keeps its memory and garbage collection (on the same cores) the same in
+// every slice, whichever scenarios ran before.
+func (e *env) resetUpstream() { e.backend.Store(batchesbackend.New()) }
+
+func (e *env) ServeHTTP(w http.ResponseWriter, r *http.Request) { e.backend.Load().ServeHTTP(w, r) }
 
 // newEnv makes the directory (named after prefix), builds cmd/caddy into it
 // unless caddyBin names one, and starts the upstream. The caller must call
@@ -51,7 +61,8 @@ func newEnv(prefix, caddyBin string) (_ *env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	upstream := &http.Server{Handler: batchesbackend.New()}
+	e.resetUpstream()
+	upstream := &http.Server{Handler: e}
 	go func() {
 		if err := upstream.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			log.Printf("batches upstream: %v", err)

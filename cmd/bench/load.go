@@ -29,17 +29,43 @@ type result struct {
 	elapsed  time.Duration
 	p50, p99 time.Duration
 	lat      []time.Duration
-	// Caddy's CPU time over the measured slices; unknown where /proc is not.
-	caddyCPU   time.Duration
+	// The serving process's (Caddy's or the peer's) CPU time over the
+	// measured slices; unknown where /proc is not.
+	cpu        time.Duration
 	cpuUnknown bool
+	// The Redis server's, when the store is Redis: commands by name (INFO
+	// commandstats, calls plus rejected calls, those run by scripts too),
+	// round trips (reads of client requests) and CPU time (INFO cpu), over
+	// the measured slices.
+	redis        bool
+	redisCalls   map[string]int64
+	redisReads   int64
+	redisCPU     time.Duration
+	redisUnknown bool
 }
 
-// cpuPerRequest is Caddy's CPU time per request, or 0 when unknown.
+// cpuPerRequest is the serving process's CPU time per request, or 0 when
+// unknown.
 func (r result) cpuPerRequest() time.Duration {
 	if r.cpuUnknown || r.requests == 0 {
 		return 0
 	}
-	return r.caddyCPU / time.Duration(r.requests)
+	return r.cpu / time.Duration(r.requests)
+}
+
+// addRedis adds the difference between two Redis samples to r.
+func (r *result) addRedis(before, after redisStats) {
+	r.redis = true
+	if r.redisCalls == nil {
+		r.redisCalls = map[string]int64{}
+	}
+	for cmd, n := range after.calls {
+		if d := n - before.calls[cmd]; d != 0 {
+			r.redisCalls[cmd] += d
+		}
+	}
+	r.redisReads += after.reads - before.reads - 1 // the second sample's own
+	r.redisCPU += after.cpu - before.cpu
 }
 
 func (r result) rps() float64 { return float64(r.requests) / r.elapsed.Seconds() }
@@ -52,11 +78,15 @@ type loader struct {
 	body        []byte
 	mode        keyMode
 	key         string // for fixedKey; prefix for newKey
+	auth        string // the Authorization header, when not empty
 	concurrency int
-	replay      bool  // every answer must be a replay
-	wantLen     int64 // when not 0, every answer's length
+	replay      bool   // every answer must be marked Idempotent-Replayed: true
+	wantLen     int64  // when not 0, every answer's length
+	wantBody    []byte // when not nil, every answer's body
 	seq         atomic.Int64
 }
+
+var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 func newClient(concurrency int) *http.Client {
 	return &http.Client{
@@ -74,11 +104,23 @@ func newClient(concurrency int) *http.Client {
 // once sends one request and returns an error unless it got a 200 and read
 // the whole body.
 func (l *loader) once(ctx context.Context) error {
+	_, err := l.send(ctx, false)
+	return err
+}
+
+// create sends one request like once and returns the body it got: the one
+// that replays of its key must answer.
+func (l *loader) create(ctx context.Context) ([]byte, error) { return l.send(ctx, true) }
+
+func (l *loader) send(ctx context.Context, keep bool) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, l.url, bytes.NewReader(l.body))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if l.auth != "" {
+		req.Header.Set("Authorization", l.auth)
+	}
 	switch l.mode {
 	case newKey:
 		req.Header.Set("Idempotency-Key", l.key+strconv.FormatInt(l.seq.Add(1), 10))
@@ -87,24 +129,41 @@ func (l *loader) once(ctx context.Context) error {
 	}
 	res, err := l.client.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	n, err := io.Copy(io.Discard, res.Body)
+	var n int64
+	var got []byte
+	if keep || l.wantBody != nil {
+		buf := bodyPool.Get().(*bytes.Buffer)
+		defer bodyPool.Put(buf)
+		buf.Reset()
+		n, err = buf.ReadFrom(res.Body)
+		got = buf.Bytes()
+	} else {
+		n, err = io.Copy(io.Discard, res.Body)
+	}
 	res.Body.Close()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if res.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %d", res.StatusCode)
+		return nil, fmt.Errorf("status %d", res.StatusCode)
 	}
 	if l.wantLen != 0 && n != l.wantLen {
-		return fmt.Errorf("body of %d bytes, want %d", n, l.wantLen)
+		return nil, fmt.Errorf("body of %d bytes, want %d", n, l.wantLen)
 	}
-	// A replay that reached the upstream would measure the wrong thing.
+	// A replay that reached the upstream would measure the wrong thing: it
+	// would carry another batch, and ours would not be marked.
 	if l.replay && res.Header.Get("Idempotent-Replayed") != "true" {
-		return fmt.Errorf("not a replay")
+		return nil, fmt.Errorf("not a replay")
 	}
-	return nil
+	if l.wantBody != nil && !bytes.Equal(got, l.wantBody) {
+		return nil, fmt.Errorf("not a replay: the body differs from the first answer's")
+	}
+	if keep {
+		return bytes.Clone(got), nil
+	}
+	return nil, nil
 }
 
 // run sends requests for d and adds the latencies of those that succeeded to

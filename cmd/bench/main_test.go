@@ -3,28 +3,96 @@ package main
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"regexp"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
 
-// TestBenchTable runs every scenario briefly against a real Caddy process and
-// checks the report's shape, never its speed.
+// TestBenchTable runs every scenario briefly against a real Caddy process,
+// on the memory, Badger and Redis stores (the bench starts its own
+// redis-server), and checks the report's shape, never its speed.
 func TestBenchTable(t *testing.T) {
+	stores := []string{"memory", "badger", "redis"}
 	var out bytes.Buffer
-	o := options{duration: 300 * time.Millisecond, warmup: 50 * time.Millisecond, concurrency: 4, rounds: 2, only: scenarios}
+	o := options{duration: 300 * time.Millisecond, warmup: 50 * time.Millisecond, concurrency: 4, rounds: 2,
+		only: scenarios, stores: stores}
 	if err := run(o, &out); err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}
 	report := out.String()
-	for _, s := range scenarios {
-		if !regexp.MustCompile(`(?m)^\| ` + s + ` \| \d+ \| [\d.]+ ms \| [\d.]+ ms \| [1-9]\d* \| (\d+ µs|n/a) \|$`).MatchString(report) {
-			t.Errorf("no row for %s in\n%s", s, report)
+	if testing.Verbose() {
+		t.Log("\n" + report)
+	}
+	redisCols := ""
+	if slices.Contains(stores, "redis") {
+		redisCols = ` (- \| -|\d+\.\d\d \| \d+ µs) \|`
+	}
+	for _, tg := range plan(scenarios, stores, false) {
+		row := `(?m)^\| Caddy \| ` + tg.scenario + ` \| ` + orDash(tg.store) + ` \| \d+ \| [\d.]+ ms \| [\d.]+ ms \| [1-9]\d* \| (\d+ µs|n/a) \|` + redisCols + `$`
+		if !regexp.MustCompile(row).MatchString(report) {
+			t.Errorf("no row for %s in\n%s", tg, report)
 		}
 	}
 	for _, q := range ratios {
-		if !regexp.MustCompile(`(?m)^\| ` + q.num + `/` + q.den + ` \| \d+\.\d\d \| >= [\d.]+ \| (yes|no) \|$`).MatchString(report) {
-			t.Errorf("no ratio %s/%s in\n%s", q.num, q.den, report)
+		for _, st := range stores {
+			if !regexp.MustCompile(`(?m)^\| ` + q.num + `/` + q.den + ` \| ` + st + ` \| \d+\.\d\d \| >= [\d.]+ \| (yes|no) \| - \|$`).MatchString(report) {
+				t.Errorf("no ratio %s/%s for %s in\n%s", q.num, q.den, st, report)
+			}
+		}
+	}
+	if !regexp.MustCompile(`(?m)^\| Badger \| - \| [+-]\d+\.\d\d ms \|$`).MatchString(report) {
+		t.Errorf("no p99 row for Badger in\n%s", report)
+	}
+	if regexp.MustCompile(`(?m)^\| peer \|`).MatchString(report) || strings.Contains(report, "peer: added") {
+		t.Errorf("the peer measured without -peer in\n%s", report)
+	}
+}
+
+// TestBenchPeer runs the peer side by side with Caddy on the memory and Redis
+// stores, where the peer's source and redis-server are at hand.
+func TestBenchPeer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the peer")
+	}
+	dir, err := peerDir(defaultPeerDir, false)
+	if err != nil || dir == "" {
+		t.Skipf("no peer at %s (%v)", defaultPeerDir, err)
+	}
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatal("no redis-server: the bench starts its own for the Redis store (Debian: apt-get install redis-server)")
+	}
+	var out bytes.Buffer
+	o := options{duration: 300 * time.Millisecond, warmup: 50 * time.Millisecond, concurrency: 4, rounds: 2,
+		only: scenarios, stores: []string{"memory", "badger", "redis"}, peer: dir}
+	if err := run(o, &out); err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	report := out.String()
+	if testing.Verbose() {
+		t.Log("\n" + report)
+	}
+	us, plusUS, redisUS := `\d+ µs`, `[+-]\d+ µs`, `[+-]\d+ µs \+ \d+ µs`
+	for _, want := range []string{
+		`(?m)^\| peer \| plain \| - \| \d+ \| [\d.]+ ms \| [\d.]+ ms \| [1-9]\d* \| ` + us + ` \| - \| - \|$`,
+		`(?m)^\| peer \| write \| redis \| \d+ \| [\d.]+ ms \| [\d.]+ ms \| [1-9]\d* \| ` + us + ` \| \d+\.\d\d \| ` + us + ` \|$`,
+		`(?m)^\| pass/plain \| memory \| \d+\.\d\d \| >= 0\.97 \| (yes|no) \| \d+\.\d\d \|$`,
+		`(?m)^\| plain proxy \(absolute\) \| ` + us + ` \| ` + us + ` \|$`,
+		`(?m)^\| write, memory \| ` + plusUS + ` \| ` + plusUS + ` \|$`,
+		`(?m)^\| write, Badger \| - \| ` + plusUS + ` \|$`,
+		`(?m)^\| write, Redis \(proxy \+ Redis server\) \| ` + redisUS + ` \| ` + redisUS + ` \|$`,
+		`(?m)^\| replay, memory \(absolute\) \| ` + us + ` \| ` + us + ` \(Caddy ` + "`respond`" + ` alone: ` + us + `\) \|$`,
+		`(?m)^\| replay, Redis \(proxy \+ Redis server, absolute\) \| ` + us + ` \+ ` + us + ` \| ` + us + ` \+ ` + us + ` \(Caddy ` + "`respond`" + ` alone: ` + us + `\) \|$`,
+		// The peer's write is GET, GET under its lock, SET; each of ours a script.
+		`(?m)^\| write \| 3\.\d\d \| 3\.\d\d \(get 2\.\d\d, set 1\.\d\d\) \| ` + us + ` \| \d\.\d\d \| \d+\.\d\d \(.*evalsha.*\) \| ` + us + ` \|$`,
+		`(?m)^\| memory \| [+-][\d.]+ ms \| [+-][\d.]+ ms \|$`,
+		`(?m)^\| Badger \| - \| [+-][\d.]+ ms \|$`,
+		`(?m)^\| Redis \| [+-][\d.]+ ms \| [+-][\d.]+ ms \|$`,
+	} {
+		if !regexp.MustCompile(want).MatchString(report) {
+			t.Errorf("no match for %s in\n%s", want, report)
 		}
 	}
 }
