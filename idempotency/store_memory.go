@@ -1,16 +1,21 @@
 package idempotency
 
 import (
-	"bytes"
 	"context"
 	"sync"
 	"time"
 )
 
 // MemoryStore is a Store for a single process; records vanish on restart.
+//
+// Completed records are kept encoded (MarshalBinary's format): a byte slice
+// per record, which the garbage collector does not walk, where a decoded
+// response is a header map of strings and slices that every GC cycle would
+// mark again. In-flight and held records, few and small, stay decoded.
 type MemoryStore struct {
 	mu        sync.Mutex
-	records   RecordMap
+	records   RecordMap            // in flight and in doubt
+	completed map[RecordKey][]byte // completed, encoded
 	lastSweep time.Time
 	closed    bool
 }
@@ -19,7 +24,7 @@ var _ Store = (*MemoryStore)(nil)
 
 // NewMemoryStore returns an empty MemoryStore.
 func NewMemoryStore() *MemoryStore {
-	return &MemoryStore{records: make(RecordMap), lastSweep: time.Now()}
+	return &MemoryStore{records: make(RecordMap), completed: make(map[RecordKey][]byte), lastSweep: time.Now()}
 }
 
 // Close drops every record; later calls return an error.
@@ -27,7 +32,7 @@ func (s *MemoryStore) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	s.records = nil
+	s.records, s.completed = nil, nil
 	return nil
 }
 
@@ -45,43 +50,88 @@ func (s *MemoryStore) lock(ctx context.Context) error {
 	return nil
 }
 
+// current returns key's record, decoded afresh when it is completed (so it
+// shares no memory with the store), and whether there is one. The caller
+// holds the lock.
+func (s *MemoryStore) current(key RecordKey) (Record, bool, error) {
+	if rec, ok := s.records[key]; ok {
+		return rec, true, nil
+	}
+	data, ok := s.completed[key]
+	if !ok {
+		return Record{}, false, nil
+	}
+	var rec Record
+	if err := rec.UnmarshalBinary(data); err != nil {
+		return Record{}, false, err
+	}
+	return rec, true, nil
+}
+
+// sweep drops the records no longer retained, at most once per
+// SweepInterval. The caller holds the lock.
+func (s *MemoryStore) sweep(now time.Time) {
+	if now.Sub(s.lastSweep) < SweepInterval {
+		return
+	}
+	s.lastSweep = now
+	s.records.Sweep(now)
+	for key, data := range s.completed {
+		if _, live, err := ReadRecordState(data, now); err != nil || !live {
+			delete(s.completed, key)
+		}
+	}
+}
+
 func (s *MemoryStore) Begin(ctx context.Context, key RecordKey, fp Fingerprint, owner OwnerToken, lease time.Duration) (Record, bool, error) {
 	if err := s.lock(ctx); err != nil {
 		return Record{}, false, err
 	}
 	defer s.mu.Unlock()
 	now := time.Now()
-	if now.Sub(s.lastSweep) >= SweepInterval {
-		s.lastSweep = now
-		s.records.Sweep(now)
+	s.sweep(now)
+	cur, found, err := s.current(key)
+	if err != nil {
+		return Record{}, false, err
 	}
-	cur, found := s.records[key]
 	rec, owned := BeginRecord(cur, found, fp, owner, now, lease)
 	if !owned {
-		return copyRecord(rec), false, nil
+		return rec, false, nil
 	}
 	kept := rec
 	kept.Prior = 0 // told to this Begin only; Get and later Begins do not see it
 	s.records[key] = kept
+	delete(s.completed, key) // one that expired
 	return rec, true, nil
 }
 
 func (s *MemoryStore) Renew(ctx context.Context, key RecordKey, owner OwnerToken, lease time.Duration) error {
-	return s.updateOwned(ctx, key, owner, func(rec Record, now time.Time) Record {
+	return s.updateOwned(ctx, key, owner, func(rec Record, now time.Time) (Record, error) {
 		rec.LeaseUntil = now.Add(lease)
-		return rec
+		return rec, nil
 	})
 }
 
 func (s *MemoryStore) Complete(ctx context.Context, key RecordKey, owner OwnerToken, resp Response, ttl time.Duration) error {
-	return s.updateOwned(ctx, key, owner, func(rec Record, now time.Time) Record {
-		return rec.Completed(copyResponse(&resp), now, ttl) // the caller's buffers are reused
+	return s.updateOwned(ctx, key, owner, func(rec Record, now time.Time) (Record, error) {
+		done := rec.Completed(&resp, now, ttl)
+		data, err := done.MarshalBinary() // a copy: the caller's buffers are reused
+		if err != nil {
+			return Record{}, err
+		}
+		s.completed[key] = data
+		return Record{}, nil
 	})
 }
 
+func (s *MemoryStore) Hold(ctx context.Context, key RecordKey, owner OwnerToken, hold time.Duration) error {
+	return s.updateOwned(ctx, key, owner, func(rec Record, now time.Time) (Record, error) { return rec.Held(now, hold), nil })
+}
+
 // updateOwned replaces owner's in-flight record of key with what update
-// makes of it; ErrNotOwner if owner has none.
-func (s *MemoryStore) updateOwned(ctx context.Context, key RecordKey, owner OwnerToken, update func(rec Record, now time.Time) Record) error {
+// makes of it, or drops it when update gives the zero Record (it was
+// completed); ErrNotOwner if owner has none.
+func (s *MemoryStore) updateOwned(ctx context.Context, key RecordKey, owner OwnerToken, update func(rec Record, now time.Time) (Record, error)) error {
 	if err := s.lock(ctx); err != nil {
 		return err
 	}
@@ -91,7 +141,15 @@ func (s *MemoryStore) updateOwned(ctx context.Context, key RecordKey, owner Owne
 	if !ok {
 		return ErrNotOwner
 	}
-	s.records[key] = update(rec, now)
+	next, err := update(rec, now)
+	switch {
+	case err != nil:
+		return err
+	case next.State == 0:
+		delete(s.records, key)
+	default:
+		s.records[key] = next
+	}
 	return nil
 }
 
@@ -107,32 +165,16 @@ func (s *MemoryStore) Release(ctx context.Context, key RecordKey, owner OwnerTok
 	return nil
 }
 
-func (s *MemoryStore) Hold(ctx context.Context, key RecordKey, owner OwnerToken, hold time.Duration) error {
-	return s.updateOwned(ctx, key, owner, func(rec Record, now time.Time) Record { return rec.Held(now, hold) })
-}
-
 func (s *MemoryStore) Get(ctx context.Context, key RecordKey) (Record, bool, error) {
 	if err := s.lock(ctx); err != nil {
 		return Record{}, false, err
 	}
 	defer s.mu.Unlock()
-	rec, ok := s.records[key]
-	if !ok || !rec.Live(time.Now()) {
-		return Record{}, false, nil
+	rec, ok, err := s.current(key)
+	if err != nil || !ok || !rec.Live(time.Now()) {
+		return Record{}, false, err
 	}
-	return copyRecord(rec), true, nil
-}
-
-// copyRecord returns rec with a Response that shares no memory with rec's.
-func copyRecord(rec Record) Record {
-	if rec.Response != nil {
-		rec.Response = copyResponse(rec.Response)
-	}
-	return rec
-}
-
-func copyResponse(resp *Response) *Response {
-	return &Response{Status: resp.Status, Header: resp.Header.Clone(), Body: bytes.Clone(resp.Body), NotStored: resp.NotStored}
+	return rec, true, nil
 }
 
 var _ AdminStore = (*MemoryStore)(nil)
@@ -143,9 +185,11 @@ func (s *MemoryStore) Purge(ctx context.Context, key RecordKey) (bool, error) {
 		return false, err
 	}
 	defer s.mu.Unlock()
-	rec, ok := s.records[key]
+	rec, ok, err := s.current(key)
 	delete(s.records, key)
-	return ok && rec.Live(time.Now()), nil
+	delete(s.completed, key)
+	// An undecodable record counts as found: it is what is purged.
+	return err != nil || (ok && rec.Live(time.Now())), nil
 }
 
 // Stats counts the live records; see AdminStore.
@@ -158,6 +202,13 @@ func (s *MemoryStore) Stats(ctx context.Context) (Stats, error) {
 	now := time.Now()
 	for _, rec := range s.records {
 		st.Add(rec.State, rec.Live(now))
+	}
+	for _, data := range s.completed {
+		state, live, err := ReadRecordState(data, now)
+		if err != nil {
+			return Stats{}, err
+		}
+		st.Add(state, live)
 	}
 	return st, nil
 }
