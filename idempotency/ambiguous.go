@@ -10,6 +10,7 @@ import (
 	"net/http/httptrace"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -36,35 +37,34 @@ func ambiguousStatus(status int) bool {
 		status == http.StatusGatewayTimeout || (status >= 520 && status <= 599)
 }
 
-// track marks the forwarding sent as soon as a byte of r may reach the
-// upstream: a transport writes its header (httptrace), or a handler reads
-// its body. An error from next before that is a refusal (no upstream could
-// be dialled); after it, an ambiguous outcome.
+// track marks the forwarding sent as soon as the upstream may have a whole
+// request header: a transport has written it (httptrace's WroteHeaders; an
+// upstream cannot act on less), or a handler reads the body. An error from
+// next before that is a refusal (no upstream could be dialled); after it,
+// an ambiguous outcome. The trace and the body wrapper live in f.
 func (f *forwarding) track(r *http.Request) *http.Request {
-	mark := func() { f.sent.Store(true) }
-	trace := &httptrace.ClientTrace{
-		WroteHeaderField: func(string, []string) { mark() },
-		WroteHeaders:     mark,
-	}
-	r = r.WithContext(httptrace.WithClientTrace(r.Context(), trace))
+	f.trace.WroteHeaders = func() { f.sent.Store(true) }
+	r = r.WithContext(httptrace.WithClientTrace(r.Context(), &f.trace))
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &sentBody{ReadCloser: r.Body, mark: mark}
+		f.upBody = sentBody{ReadCloser: r.Body, sent: &f.sent}
+		r.Body = &f.upBody
 	}
 	return r
 }
 
+// sentBody marks sent when the body is read.
 type sentBody struct {
 	io.ReadCloser
-	mark func()
+	sent *atomic.Bool
 }
 
 func (b *sentBody) Read(p []byte) (int, error) {
-	b.mark()
+	b.sent.Store(true)
 	return b.ReadCloser.Read(p)
 }
 
 // ambiguousOutcome reports whether the owner's trip upstream ended so that
-// the upstream may have acted without saying so: a byte of the request was
+// the upstream may have acted without saying so: the request's header was
 // sent, and then no 2xx came back but an ambiguous status, or nothing (an
 // error or a panic). A 5xx when nothing was sent is the proxy's own answer
 // to a failed dial: a refusal.

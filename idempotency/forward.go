@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -90,12 +91,14 @@ type forwarding struct {
 	rw      *recorder // what next writes to
 	rk      RecordKey
 	owner   OwnerToken
-	ctx     context.Context // the upstream request's: free of the client's cancellation
-	claimed Record          // as Begin returned it
-	attempt *Attempt        // set when Config.Reconcile covers the request
-	sent    atomic.Bool     // a byte of the request may have reached the upstream
-	site    http.Header     // set in front of this handler before next ran
-	lease   leaseKeeper     // renews the lease while the request is upstream
+	ctx     context.Context       // the upstream request's: free of the client's cancellation
+	claimed Record                // as Begin returned it
+	attempt *Attempt              // set when Config.Reconcile covers the request
+	sent    atomic.Bool           // the upstream may have the request's whole header (track)
+	trace   httptrace.ClientTrace // track's: it sets sent
+	upBody  sentBody              // the request body, as track wraps it
+	site    http.Header           // set in front of this handler before next ran
+	lease   leaseKeeper           // renews the lease while the request is upstream
 
 	completed bool // the record is completed, with its response or without
 
