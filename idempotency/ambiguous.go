@@ -243,7 +243,6 @@ func (f *forwarding) lister(r *http.Request, next Next) Lister {
 		req.Header.Set("Accept-Encoding", "identity")
 		req.Header.Set("Cache-Control", "no-cache") // a cache in the chain must not answer for the backend
 		c := &capture{header: make(http.Header)}
-		sent := time.Now()
 		if err := listThrough(next, c, req); err != nil {
 			return nil, err
 		}
@@ -254,7 +253,7 @@ func (f *forwarding) lister(r *http.Request, next Next) Lister {
 		if !ok {
 			return nil, errors.New("listing response in a coding that cannot be decoded: " + c.header.Get("Content-Encoding"))
 		}
-		l := &Listing{Status: c.status, Header: c.header, Body: body, Sent: sent, Received: time.Now()}
+		l := &Listing{Status: c.status, Header: c.header, Body: body, Received: time.Now()}
 		if l.Status == 0 {
 			l.Status = http.StatusOK
 		}

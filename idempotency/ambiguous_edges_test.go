@@ -139,12 +139,7 @@ func TestAmbiguousResponseThatBreaksOffIsReconciled(t *testing.T) {
 		b.ServeHTTP(w, r)
 	}))
 	t.Cleanup(up.Close)
-	h, err := New(Config{Store: openMemoryStore(t), Reconcile: &Batches{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	front := httptest.NewServer(h.Middleware(newProxy(t, up.URL)))
-	t.Cleanup(front.Close)
+	front := reconcilingFront(t, up.URL)
 
 	send := func() (int, error) {
 		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, front.URL+batchesPath, strings.NewReader(createBody))
@@ -497,12 +492,7 @@ func TestFlushed500IsReplacedByTheBatch(t *testing.T) {
 		b.ServeHTTP(w, r)
 	}))
 	t.Cleanup(up.Close)
-	h, err := New(Config{Store: openMemoryStore(t), Reconcile: &Batches{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	front := httptest.NewServer(h.Middleware(newProxy(t, up.URL)))
-	t.Cleanup(front.Close)
+	front := reconcilingFront(t, up.URL)
 	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, front.URL+batchesPath, strings.NewReader(createBody))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", "k-flushed-500")
@@ -789,4 +779,17 @@ func TestOneDecisionPerReconcilePath(t *testing.T) {
 			}
 		})
 	}
+}
+
+// reconcilingFront is the engine, reconciling batches on a memory store, in
+// front of a reverse proxy to upstream.
+func reconcilingFront(t *testing.T, upstream string) *httptest.Server {
+	t.Helper()
+	h, err := New(Config{Store: openMemoryStore(t), Reconcile: &Batches{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := httptest.NewServer(h.Middleware(newProxy(t, upstream)))
+	t.Cleanup(front.Close)
+	return front
 }

@@ -61,7 +61,6 @@ type Listing struct {
 	Status   int
 	Header   http.Header
 	Body     []byte
-	Sent     time.Time // when the GET was sent, on this process's clock
 	Received time.Time // when its response had been read, on this process's clock
 }
 

@@ -259,8 +259,7 @@ func (be *btBackend) list(ctx context.Context, q url.Values) (*Listing, error) {
 	be.mu.Lock()
 	defer be.mu.Unlock()
 	be.queries = append(be.queries, q)
-	sent := btNow.Add(-100 * time.Millisecond)
-	l := &Listing{Status: http.StatusOK, Header: http.Header{"Content-Type": {"application/json"}}, Sent: sent, Received: btNow}
+	l := &Listing{Status: http.StatusOK, Header: http.Header{"Content-Type": {"application/json"}}, Received: btNow}
 	if !be.noDate {
 		// Stamped 50ms before the proxy received it, on the backend's clock.
 		l.Header.Set("Date", btNow.Add(be.skew-50*time.Millisecond).Format(http.TimeFormat))
@@ -513,7 +512,7 @@ func btWantFound(t *testing.T, f Finding, raw []byte, id string) {
 func TestBatchesFindListingFails(t *testing.T) {
 	ok := func(body string) Lister {
 		return func(ctx context.Context, q url.Values) (*Listing, error) {
-			return &Listing{Status: 200, Header: http.Header{"Date": {btNow.Format(http.TimeFormat)}}, Body: []byte(body), Sent: btNow, Received: btNow}, nil
+			return &Listing{Status: 200, Header: http.Header{"Date": {btNow.Format(http.TimeFormat)}}, Body: []byte(body), Received: btNow}, nil
 		}
 	}
 	item := func(id string, at time.Duration) string {
