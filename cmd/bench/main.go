@@ -310,9 +310,16 @@ func run(o options, w io.Writer) error {
 	for _, r := range results {
 		r.summarize()
 	}
-	rep := report{o: o, batchSize: size, targets: targets, results: results}
+	rep := report{o: o, batchSize: size, targets: targets, results: results, redisRecords: map[string]recordSize{}}
 	if r := cmp.Or(redisFor[serverCaddy], redisFor[serverPeer]); r != nil {
 		rep.redisVersion = r.version
+	}
+	for server, r := range redisFor {
+		rs, err := r.recordSize()
+		if err != nil {
+			return fmt.Errorf("%s's Redis: record size: %w", server, err)
+		}
+		rep.redisRecords[server] = rs
 	}
 	rep.write(w)
 	return nil

@@ -26,6 +26,9 @@ type redisServer struct {
 	addr    string
 	version string
 	client  *redis.Client
+	// usedMemory is INFO memory's used_memory when the server started,
+	// before any record: the base of bytes per record.
+	usedMemory int64
 }
 
 func (r *redisServer) url() string { return "redis://" + r.addr + "/0" }
@@ -68,7 +71,68 @@ func startRedis(dir string) (*redisServer, error) {
 		return nil, err
 	}
 	r.version = infoFields(info)["redis_version"]
+	if r.usedMemory, err = r.memory(ctx); err != nil {
+		r.stop()
+		return nil, err
+	}
 	return r, nil
+}
+
+// memory is INFO memory's used_memory, in bytes.
+func (r *redisServer) memory(ctx context.Context) (int64, error) {
+	info, err := r.client.Info(ctx, "memory").Result()
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(infoFields(info)["used_memory"], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("INFO memory: used_memory: %w", err)
+	}
+	return n, nil
+}
+
+// recordSize is what the records a run left in Redis take there.
+type recordSize struct {
+	keys int64
+	// perKey is the growth of used_memory since the start over the keys:
+	// what a record costs the server, its key, value, expiry and the
+	// dictionary's share included.
+	perKey int64
+	// sampled is the mean MEMORY USAGE of up to recordSamples random keys.
+	sampled int64
+}
+
+const recordSamples = 200
+
+// recordSize measures the records in the server now; unknown (keys 0) when
+// it holds none.
+func (r *redisServer) recordSize() (recordSize, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var rs recordSize
+	var err error
+	if rs.keys, err = r.client.DBSize(ctx).Result(); err != nil || rs.keys == 0 {
+		return rs, err
+	}
+	used, err := r.memory(ctx)
+	if err != nil {
+		return rs, err
+	}
+	rs.perKey = (used - r.usedMemory) / rs.keys
+	var total, n int64
+	for range min(rs.keys, recordSamples) {
+		key, err := r.client.RandomKey(ctx).Result()
+		if err != nil {
+			return rs, err
+		}
+		size, err := r.client.MemoryUsage(ctx, key, 0).Result() // SAMPLES 0: the whole value
+		if err != nil {
+			return rs, err
+		}
+		total, n = total+size, n+1
+	}
+	rs.sampled = total / n
+	return rs, nil
 }
 
 func (r *redisServer) stop() {

@@ -244,7 +244,8 @@ func TestReportSideBySide(t *testing.T) {
 		"| Caddy | plain | - | 1000 | 3.33 ms | 10.00 ms | 1000 | 90 µs | - | - |\n",
 		"| Caddy | write | redis | 500 | 6.00 ms | 18.00 ms | 500 | 196 µs | 2.00 | 53 µs |\n",
 		"| peer | replay | memory | 3200 | 1.67 ms | 5.00 ms | 3200 | 21 µs | - | - |\n",
-		"| write/plain | memory | 0.80 | >= 0.90 | no | 0.75 |\n",
+		"| write/plain | memory | 0.80 | - | - | 0.75 |\n",
+		"| write/plain | badger | 0.70 | >= 0.85 | no | - |\n",
 		"| replay/static | badger | 0.67 | >= 0.90 | no | - |\n",
 		"| write - plain | redis | +106 µs |\n",
 		"| plain proxy (absolute) | 36 µs | 90 µs |\n",
@@ -261,6 +262,15 @@ func TestReportSideBySide(t *testing.T) {
 		"| Badger | - | +5.00 ms |\n",
 		"| Redis | -1.00 ms | +8.00 ms |\n",
 		"Peer: Fiber v3's proxy behind its idempotency middleware (/peer/fiber)",
+		// The CPU targets: write on memory +43 > 12, Badger +70 > 20; a
+		// replay at 47/32 = 1.47x; Redis: +106 against the peer's +60, and
+		// the server's 53 and 20 µs against 35 and 10.
+		"| write, memory: Caddy CPU added over plain | <= 12 µs | +43 µs | no |\n",
+		"| write, Badger: Caddy CPU added over plain | <= 20 µs | +70 µs | no |\n",
+		"| replay, memory: Caddy CPU over `respond`'s | <= 1.15x | 1.47x (47 µs vs 32 µs) | no |\n",
+		"| write, Redis: proxy CPU added over plain | <= the peer's (+60 µs) | +106 µs | no |\n",
+		"| write, Redis: Redis server CPU | <= 35 µs | 53 µs | no |\n",
+		"| replay, Redis: Redis server CPU | <= 10 µs | 20 µs | no |\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("no %q in\n%s", want, got)
@@ -282,8 +292,9 @@ func TestReportWithoutPeer(t *testing.T) {
 	got := out.String()
 	for _, want := range []string{
 		"Peer: not run: it has no badger store (it has memory and redis)\n",
-		"| write/plain | badger | 0.70 | >= 0.90 | no | - |\n",
+		"| write/plain | badger | 0.70 | >= 0.85 | no | - |\n",
 		"| Badger | - | +5.00 ms |\n",
+		"| write, Badger: Caddy CPU added over plain | <= 20 µs | +70 µs | no |\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("no %q in\n%s", want, got)
@@ -292,6 +303,38 @@ func TestReportWithoutPeer(t *testing.T) {
 	for _, not := range []string{"peer: added", "Redis", "What each does"} {
 		if strings.Contains(got, not) {
 			t.Errorf("%q in\n%s", not, got)
+		}
+	}
+}
+
+// A target met says yes: the same table with numbers inside every bound.
+func TestCPUTargetsMet(t *testing.T) {
+	o := options{stores: []string{"memory", "badger", "redis"}}
+	us := time.Microsecond
+	res := map[target]*result{
+		{serverCaddy, "plain", ""}:        fakeResult(1000, 100*us, time.Millisecond),
+		{serverCaddy, "static", ""}:       fakeResult(1000, 40*us, time.Millisecond),
+		{serverCaddy, "write", "memory"}:  fakeResult(1000, 112*us, time.Millisecond),
+		{serverCaddy, "write", "badger"}:  fakeResult(1000, 120*us, time.Millisecond),
+		{serverCaddy, "replay", "memory"}: fakeResult(1000, 46*us, time.Millisecond),
+		{serverCaddy, "write", "redis"}:   withRedis(fakeResult(1000, 140*us, time.Millisecond), nil, 2000, 35*us),
+		{serverCaddy, "replay", "redis"}:  withRedis(fakeResult(1000, 60*us, time.Millisecond), nil, 1000, 10*us),
+		{serverPeer, "plain", ""}:         fakeResult(1000, 40*us, time.Millisecond),
+		{serverPeer, "write", "redis"}:    withRedis(fakeResult(1000, 80*us, time.Millisecond), nil, 3000, 30*us),
+	}
+	rows := report{o: o, results: res}.cpuTargets()
+	if len(rows) != 7 {
+		t.Fatalf("%d rows, want 7: %+v", len(rows), rows)
+	}
+	for _, r := range rows {
+		if r.what == "replay, Redis: Caddy CPU over `respond`'s" {
+			if r.met {
+				t.Errorf("%s met at %s", r.what, r.measured) // 60/40 = 1.5x
+			}
+			continue
+		}
+		if !r.met {
+			t.Errorf("%s: %s, not met against %s", r.what, r.measured, r.target)
 		}
 	}
 }
