@@ -50,9 +50,14 @@ end
 // (with the prior it keeps), so a Begin the client retried after a lost
 // reply does not lock its own request out.
 var redisBegin = redis.NewScript(redisPrelude + `
+local v, state, t = load(KEYS[1])
+-- A completed record's key expires at its expiresAt (Complete sets both
+-- from one TIME), so one that is found is live: a replay needs no TIME.
+-- (Redis drops a key once its clock is past the expiry, so it is live at
+-- expiresAt itself, a millisecond longer than the other stores keep it.)
+if v and state == 2 then return {0, v, 0} end
 local now = now_ms()
 local fp, owner, retention = ARGV[1], ARGV[2], tonumber(ARGV[4])
-local v, state, t = load(KEYS[1])
 local created, doubts, prior = now, 0, 0
 if v then
   local retained = now < t
@@ -122,10 +127,12 @@ return 1
 `)
 
 // Returns {record} when it is live (in flight before its lease ends,
-// completed or in doubt before it expires), else {}.
+// completed or in doubt before it expires), else {}. A completed record is
+// live while its key is, as in Begin, so that the two agree to the
+// millisecond.
 var redisGet = redis.NewScript(redisPrelude + `
-local v, _, t = load(KEYS[1])
-if v and now_ms() < t then return {v} end
+local v, state, t = load(KEYS[1])
+if v and (state == 2 or now_ms() < t) then return {v} end
 return {}
 `)
 
