@@ -264,30 +264,73 @@ func (d *decoder) string() string { return string(d.take(d.count(1))) }
 
 func (d *decoder) time() time.Time { return time.UnixMilli(d.varint()) }
 
+// response decodes a response with a fixed number of allocations, however
+// many headers it has: the header block becomes one string that every name
+// and value is a substring of, and the values share one slice.
 func (d *decoder) response() *Response {
 	status := d.varint()
 	if d.err == nil && !validStatus(status) {
 		d.fail(fmt.Errorf("idempotency: encoded record has invalid status %d", status))
 	}
 	resp := &Response{Status: int(status)}
+	block := d.buf
 	// A name is at least a length byte plus a value-count byte.
 	names := d.count(2)
+	values := 0
+	for range names { // first pass: check the block and count its values
+		d.take(d.count(1))
+		n := d.count(1)
+		values += n
+		for range n {
+			d.take(d.count(1))
+		}
+	}
+	if d.err != nil {
+		return nil
+	}
+	text := string(block[:len(block)-len(d.buf)])
+	all := make([]string, values)
 	resp.Header = make(http.Header, names)
+	_, at := uvarintString(text) // second pass, over the block just checked
 	for range names {
-		name := d.string()
-		values := make([]string, d.count(1))
-		for j := range values {
-			values[j] = d.string()
+		var name string
+		name, at = substring(text, at)
+		n, w := uvarintString(text[at:])
+		at += w
+		vs := all[:n:n]
+		all = all[n:]
+		for j := range vs {
+			vs[j], at = substring(text, at)
 		}
-		if d.err != nil {
-			return nil
-		}
-		resp.Header[name] = values
+		resp.Header[name] = vs
 	}
 	if body := d.take(d.count(1)); len(body) > 0 {
 		resp.Body = append([]byte(nil), body...)
 	}
 	return resp
+}
+
+// substring reads the length-prefixed string at offset at of text, which
+// the caller has checked holds it, and returns it and the offset after it.
+func substring(text string, at int) (string, int) {
+	n, w := uvarintString(text[at:])
+	at += w
+	return text[at : at+int(n)], at + int(n)
+}
+
+// uvarintString is binary.Uvarint over a string.
+func uvarintString(s string) (uint64, int) {
+	var x uint64
+	var shift uint
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if b < 0x80 {
+			return x | uint64(b)<<shift, i + 1
+		}
+		x |= uint64(b&0x7f) << shift
+		shift += 7
+	}
+	return 0, 0
 }
 
 // ReadRecordState reads only the part of an encoded record (MarshalBinary's
