@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -26,6 +27,8 @@ type bodyShape struct {
 	boundary  string   // multipart only: the Content-Type's one boundary, or ""
 	codings   []string // Content-Encoding, in the order applied
 }
+
+var readBuffers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
@@ -84,7 +87,13 @@ func (h *Handler) spool(r *http.Request, file *spoolFile, shape bodyShape, head 
 	if kind == BodyMultipart {
 		canonp := canonicalPool.Get().(*[]byte)
 		defer canonicalPool.Put(canonp)
-		c, err := jcs.AppendMultipartFrom((*canonp)[:0], content, shape.boundary)
+		// multipart.Reader reads 4 KiB at a time: a larger buffer under it
+		// reads the client's body in fewer, larger reads.
+		br := readBuffers.Get().(*bufio.Reader)
+		br.Reset(content)
+		defer func() { br.Reset(nil); readBuffers.Put(br) }()
+		c, err := jcs.AppendMultipartFrom((*canonp)[:0], br, shape.boundary)
+		content = br // what the multipart reader left buffered is the rest of the body
 		*canonp = c[:0]
 		if err != nil && fail.err == nil {
 			// Not multipart: the rest is not read, as the client is refused.
