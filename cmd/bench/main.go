@@ -64,7 +64,7 @@ type options struct {
 
 func main() {
 	var o options
-	var only, store, upload string
+	var only, store, upload, uploadRate string
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured time per scenario")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load before each scenario")
 	flag.IntVar(&o.concurrency, "concurrency", 32, "concurrent requests (one keep-alive connection each)")
@@ -79,6 +79,7 @@ func main() {
 	flag.StringVar(&upload, "upload", "", "run the upload scenario instead (upload.go): keyed multipart uploads of this size (300MB, 64MiB) through the handler and through plain reverse_proxy, each Caddy its own process; reports peak RSS (VmHWM) and throughput")
 	flag.IntVar(&o.upload.concurrency, "upload-concurrency", 3, "uploads at once in the upload scenario")
 	flag.IntVar(&o.upload.rounds, "upload-rounds", 3, "rounds of the upload scenario, each Caddy in turn")
+	flag.StringVar(&uploadRate, "upload-rate", "", "pace each upload's client to this many bytes per second (100MB: a client on a gigabit link); default: as fast as loopback goes")
 	flag.Parse()
 	for _, s := range strings.Split(only, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -107,7 +108,12 @@ func main() {
 		runBench = runScale
 	case upload != "":
 		if o.upload.size, err = parseSize(upload); err != nil {
-			log.Fatal(err)
+			log.Fatal("-upload: ", err)
+		}
+		if uploadRate != "" {
+			if o.upload.rate, err = parseSize(uploadRate); err != nil {
+				log.Fatal("-upload-rate: ", err)
+			}
 		}
 		o.upload.caddy = o.caddy
 		runBench = func(o options, w io.Writer) error { return runUpload(o.upload, w) }

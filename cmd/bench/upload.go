@@ -39,6 +39,7 @@ type uploadOptions struct {
 	size        int64 // bytes of each file
 	concurrency int   // uploads at once
 	rounds      int   // turns of each Caddy
+	rate        int64 // each client's upload rate in bytes/s, as over a network; 0: as fast as loopback goes
 	caddy       string
 }
 
@@ -112,7 +113,7 @@ func runUpload(o uploadOptions, w io.Writer) error {
 	defer client.CloseIdleConnections()
 	for round := range o.rounds {
 		for _, s := range sides {
-			if err := s.round(client, form, want, o.concurrency, round); err != nil {
+			if err := s.round(client, form, want, o.concurrency, round, o.rate); err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
 		}
@@ -128,7 +129,7 @@ func runUpload(o uploadOptions, w io.Writer) error {
 
 // round sends concurrency uploads at once, each with a new key, and adds
 // their bytes and times.
-func (s *uploadSide) round(client *http.Client, form uploadForm, want string, concurrency, round int) error {
+func (s *uploadSide) round(client *http.Client, form uploadForm, want string, concurrency, round int, rate int64) error {
 	errs := make([]error, concurrency)
 	lat := make([]time.Duration, concurrency)
 	start := time.Now()
@@ -137,7 +138,7 @@ func (s *uploadSide) round(client *http.Client, form uploadForm, want string, co
 		wg.Go(func() {
 			key := fmt.Sprintf("bench-upload-%d-%d-%d", time.Now().UnixNano(), round, i)
 			t0 := time.Now()
-			errs[i] = form.send(client, s.url+"/v1/files", key, want)
+			errs[i] = form.send(client, s.url+"/v1/files", key, want, rate)
 			lat[i] = time.Since(t0)
 		})
 	}
@@ -193,9 +194,14 @@ func (f uploadForm) sha256() string {
 	return hex.EncodeToString(d.Sum(nil))
 }
 
-// send uploads the form under key and checks the upstream received it whole.
-func (f uploadForm) send(client *http.Client, url, key, want string) error {
-	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, url, f.body())
+// send uploads the form under key, at most rate bytes/s (0: unpaced), and
+// checks the upstream received it whole.
+func (f uploadForm) send(client *http.Client, url, key, want string, rate int64) error {
+	body := f.body()
+	if rate > 0 {
+		body = &paced{r: body, rate: rate, start: time.Now()}
+	}
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, url, body)
 	if err != nil {
 		return err
 	}
@@ -219,6 +225,24 @@ func (f uploadForm) send(client *http.Client, url, key, want string) error {
 		return fmt.Errorf("upload answered %d %.200s; want 200 with sha256 %s", res.StatusCode, b, want)
 	}
 	return nil
+}
+
+// paced reads r no faster than rate bytes/s on average: a client whose
+// network is slower than loopback.
+type paced struct {
+	r     io.Reader
+	rate  int64
+	start time.Time
+	n     int64
+}
+
+func (p *paced) Read(b []byte) (int, error) {
+	if due := p.start.Add(time.Duration(float64(p.n) / float64(p.rate) * float64(time.Second))); time.Until(due) > 0 {
+		time.Sleep(time.Until(due))
+	}
+	n, err := p.r.Read(b[:min(len(b), 64<<10)])
+	p.n += int64(n)
+	return n, err
 }
 
 // repeated reads block over and over.
@@ -284,12 +308,12 @@ func procStatusKB(pid int, field string) (int64, error) {
 	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
-// parseSize reads -upload: bytes, or a number with a unit (kB, MB, GB,
+// parseSize reads -upload and -upload-rate: bytes, or a number with a unit (kB, MB, GB,
 // KiB, MiB, GiB).
 func parseSize(s string) (int64, error) {
 	n, err := humanize.ParseBytes(s)
 	if err != nil || n == 0 || n > 1<<40 {
-		return 0, fmt.Errorf("-upload: %q is not a size such as 300MB or 64MiB", s)
+		return 0, fmt.Errorf("%q is not a size such as 300MB or 64MiB", s)
 	}
 	return int64(n), nil
 }
@@ -297,7 +321,11 @@ func parseSize(s string) (int64, error) {
 // writeUploadReport prints the scenario's table and its targets.
 func writeUploadReport(w io.Writer, o uploadOptions, sides []*uploadSide) {
 	fmt.Fprintf(w, "## Uploads: %s files, %d at a time, %d rounds\n\n", humanize.IBytes(uint64(o.size)), o.concurrency, o.rounds)
-	fmt.Fprintf(w, "%s. Each Caddy is its own process; the uploads are keyed multipart/form-data with Content-Length, a new key each.\n\n", machine())
+	pace := "as fast as loopback goes"
+	if o.rate > 0 {
+		pace = "each client paced to " + humanize.Bytes(uint64(o.rate)) + "/s, as over a network"
+	}
+	fmt.Fprintf(w, "%s. Each Caddy is its own process; the uploads are keyed multipart/form-data with Content-Length, a new key each, %s.\n\n", machine(), pace)
 	fmt.Fprintln(w, "| Caddy | uploads | throughput | mean upload | RSS at start | peak RSS (VmHWM) |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|")
 	for _, s := range sides {
