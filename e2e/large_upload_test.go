@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -227,4 +228,55 @@ http://127.0.0.1:%d {
 	if left := spoolFiles(t, dir); len(left) != 0 {
 		t.Fatalf("a new Caddy left %v in the spool directory", left)
 	}
+}
+
+// An upload in flight across a reload finishes on the config it began on:
+// the new config's handler sweeps the spool directory as it starts, and
+// leaves the open file alone; the file goes when the upload ends.
+func TestLargeUploadAcrossReload(t *testing.T) {
+	up := startUploadUpstream(t)
+	dir := spoolDir(t)
+	site := siteBlock(localSite(), uploadRoute("/v1/files", dir, "64MiB", up.addr()))
+	loadSites(t, site)
+	c := siteClient(t, "")
+
+	u := newUpload(t, "b", 24<<20, 3)
+	gate := make(chan struct{})
+	release := opener(t, gate)
+	b := u.body()
+	req, err := http.NewRequest(http.MethodPost, siteURL("/v1/files"), io.MultiReader(io.LimitReader(b, 8<<20), gateReader(gate), b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = u.length()
+	req.Header.Set("Content-Type", u.contentType)
+	req.Header.Set("Authorization", tenantA)
+	req.Header.Set("Idempotency-Key", uniqueKey("reload"))
+	done := make(chan reply, 1)
+	go func() {
+		r, err := do(c, req)
+		if err != nil {
+			t.Errorf("the upload across the reload: %v", err)
+		}
+		done <- r
+	}()
+	waitFor(t, "the upload spooled", func() bool { return spoolSize(dir) >= 4<<20 })
+	loadSites(t, site) // a new generation: a reload
+	if left := spoolFiles(t, dir); len(left) != 1 {
+		t.Fatalf("after the reload the spool holds %v, want the upload's file", left)
+	}
+	release()
+	r := <-done
+	if got := r.received(t); got.SHA256 != u.sha256() || got.ContentLength != u.length() {
+		t.Fatalf("the upload reached the upstream altered: %+v", got)
+	}
+	mustEmptySpool(t, dir, "an upload across a reload")
+}
+
+// gateReader blocks until gate is closed, then ends.
+type gateReader chan struct{}
+
+func (g gateReader) Read([]byte) (int, error) {
+	<-g
+	return 0, io.EOF
 }
