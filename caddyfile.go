@@ -46,6 +46,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		lock_timeout    <duration>
 //		wait            <duration>
 //		max_body        <size>
+//		spool_dir       <path>
 //		max_response    <size>
 //		conflict_status 409|422
 //		fail_open
@@ -97,6 +98,8 @@ func (h *HandlerModule) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = sizeArg(d, &h.MaxBody)
 		case "max_response":
 			err = sizeArg(d, &h.MaxResponse)
+		case "spool_dir":
+			err = oneArg(d, &h.SpoolDir)
 		case "conflict_status":
 			var s string
 			if err = oneArg(d, &s); err == nil {

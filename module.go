@@ -64,8 +64,19 @@ type HandlerModule struct {
 	// idempotency_key_in_use; 0 answers at once. Default: 30s, so the OpenAI
 	// SDKs' own retries of a duplicate end in a replay.
 	Wait *caddy.Duration `json:"wait,omitempty"`
-	// Covered requests with a larger body get 413. Default: 1 MiB.
+	// Covered requests with a larger body get 413. Default: 1 MiB. A keyed
+	// body over 1 MiB that is not JSON or a form (an upload) is written to
+	// spool_dir while it is hashed and sent upstream; JSON and form bodies
+	// are parsed in memory, up to 32 MiB whatever this says.
 	MaxBody int64 `json:"max_body,omitempty"`
+	// The directory where a keyed body over 1 MiB is written while it is
+	// hashed and sent upstream, one file per request, removed when the
+	// request ends; files a stopped Caddy left are removed at start. It
+	// needs room for the uploads in flight at once (at worst their number
+	// times max_body); one it cannot write answers them 503
+	// idempotency_spool_unavailable. Default: caddy-idempotency-spool in
+	// the system's temporary directory ($TMPDIR, else /tmp).
+	SpoolDir string `json:"spool_dir,omitempty"`
 	// The largest 2xx body kept, in bytes. A larger one reaches its client
 	// whole and completes the record without it: retries get 409
 	// idempotency_response_not_stored. Default: 1 MiB.
@@ -251,6 +262,7 @@ func (h *HandlerModule) engineConfig(store idempotency.Store, log *zap.Logger) i
 		Namespace:       h.Namespace,
 		Listener:        serverListener,
 		MaxBody:         h.MaxBody,
+		SpoolDir:        h.SpoolDir,
 		MaxResponse:     h.MaxResponse,
 		ConflictStatus:  h.ConflictStatus,
 		Reconcile:       h.Reconcile.reconciler(),
@@ -306,6 +318,7 @@ var configFieldNames = map[string]string{
 	"TTL":             "ttl",
 	"Lease":           "lock_timeout",
 	"MaxBody":         "max_body",
+	"SpoolDir":        "spool_dir",
 	"MaxResponse":     "max_response",
 	"ConflictStatus":  "conflict_status",
 	"Methods":         "methods",

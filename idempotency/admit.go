@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
 	"mime"
 	"net/http"
 	"strconv"
@@ -24,6 +25,9 @@ type admission struct {
 	// is then true and Content-Encoding must go).
 	upstream []byte
 	decoded  bool
+	// spool, when set, holds the body instead of upstream: one larger than
+	// the spool threshold, sent as read. Handle removes it.
+	spool *spoolFile
 	// attempt is set when Config.Reconcile covers the request: what it
 	// needs to find the result of an ambiguous attempt (its Since is set
 	// by the claim).
@@ -58,16 +62,37 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		return h.keyless() // nothing can carry a key: the body stays unread
 	}
 
-	raw, err := readBody(r, h.cfg.MaxBody)
-	if err != nil {
+	// JSON and forms are parsed in memory, up to MaxParsedBody; another
+	// keyed body larger than the spool threshold is spooled to disk.
+	parsed := jsonType || media == formMedia
+	spoolable := hasKey && !parsed && h.cfg.MaxBody > h.spoolAbove
+	limit := h.cfg.MaxBody
+	switch {
+	case parsed:
+		limit = min(limit, MaxParsedBody)
+	case spoolable:
+		limit = h.spoolAbove
+	}
+	raw, more, err := readHead(r, limit, h.cfg.MaxBody)
+	switch {
+	case err != nil:
 		return admission{}, h.bodyRefusal(err)
+	case more && spoolable:
+		return h.admitLarge(r, key, contentType, media, raw, r.Body)
+	case more:
+		return admission{}, h.bodyRefusal(&http.MaxBytesError{Limit: limit})
 	}
 	// content is the body as the upstream's application reads it.
 	content, kind, wasEncoded := raw, BodyRaw, false // kind is of the canonical form
 	if codings := contentCodings(r.Header); len(codings) > 0 && len(raw) > 0 {
-		decoded, err := decodeContent(codings, raw, h.cfg.MaxBody)
-		var bad *contentCodingError
+		decoded, err := decodeContent(codings, raw, limit)
+		var (
+			bad      *contentCodingError
+			tooLarge *http.MaxBytesError
+		)
 		switch {
+		case spoolable && errors.As(err, &tooLarge):
+			return h.admitLarge(r, key, contentType, media, raw, nil) // decodes past the threshold
 		case err == nil:
 			content, wasEncoded = decoded, true
 		case errors.Is(err, errUnknownCoding):
@@ -128,21 +153,13 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 			return h.pass(r, upstream, decoded)
 		}
 	case media == "multipart/form-data":
-		var boundary string
-		if _, params, err := mime.ParseMediaType(contentType); err == nil && oneBoundaryParam(contentType) {
-			// One plain boundary parameter, or none: boundary* (RFC 2231) is
-			// read by Go and not by others, and a parser that looks for
-			// "boundary=" may find it in xboundary=. Two framings of one body
-			// would be two requests under one fingerprint.
-			boundary = params["boundary"]
-		}
-		c, err := jcs.AppendMultipart((*bufp)[:0], content, boundary)
+		c, err := jcs.AppendMultipart((*bufp)[:0], content, multipartBoundary(contentType))
 		if err != nil {
 			return admission{}, &refusal{http.StatusBadRequest, CodeInvalidMultipart, "The request body could not be read as multipart/form-data: " + err.Error(), &retryNo}
 		}
 		*bufp = c[:0]
 		kind, canonical = BodyMultipart, c
-	case media == "application/x-www-form-urlencoded" && jcs.IsForm(content):
+	case media == formMedia && jcs.IsForm(content):
 		// Any other body is not a form to the client that wrote it: it is hashed raw.
 		c := jcs.AppendForm((*bufp)[:0], content)
 		*bufp = c[:0]
@@ -155,19 +172,11 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		return h.pass(r, raw, false)
 	}
 
-	scope := h.cfg.Scope(r)
-	if scope == "" && h.cfg.RequireScope {
-		return admission{}, &refusal{http.StatusBadRequest, CodeScopeRequired,
-			"A request with an idempotency key must identify its caller (for example with an Authorization header).", &retryNo}
+	a, ref := h.keyed(r, key, NewFingerprint(r.Method, r.URL.EscapedPath(), r.URL.RawQuery, kind, canonical))
+	if ref != nil {
+		return admission{}, ref
 	}
-	a := admission{
-		keyed:    true,
-		key:      key,
-		rk:       h.recordKey(r, scope, key),
-		fp:       NewFingerprint(r.Method, r.URL.EscapedPath(), r.URL.RawQuery, kind, canonical),
-		upstream: upstream,
-		decoded:  decoded,
-	}
+	a.upstream, a.decoded = upstream, decoded
 	if rc := h.cfg.Reconcile; rc != nil && rc.Covers(r) {
 		// Before the claim, so a request the reconciler cannot prepare
 		// consumes no key.
@@ -181,6 +190,58 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		}
 	}
 	return a, nil
+}
+
+// keyed is the admission of a keyed request with fingerprint fp, once its
+// body is read: its scope and record key.
+func (h *Handler) keyed(r *http.Request, key string, fp Fingerprint) (admission, *refusal) {
+	scope := h.cfg.Scope(r)
+	if scope == "" && h.cfg.RequireScope {
+		return admission{}, &refusal{http.StatusBadRequest, CodeScopeRequired,
+			"A request with an idempotency key must identify its caller (for example with an Authorization header).", &retryNo}
+	}
+	return admission{keyed: true, key: key, rk: h.recordKey(r, scope, key), fp: fp}, nil
+}
+
+// admitLarge admits a keyed body larger than the spool threshold (head,
+// its first bytes, then rest): spooled to disk as its fingerprint is
+// computed (admit_spool.go), and sent upstream from there.
+func (h *Handler) admitLarge(r *http.Request, key, contentType, media string, head []byte, rest io.Reader) (admission, *refusal) {
+	shape := bodyShape{codings: contentCodings(r.Header)}
+	if media == "multipart/form-data" {
+		shape.multipart, shape.boundary = true, multipartBoundary(contentType)
+	}
+	if rc := h.cfg.Reconcile; rc != nil && rc.Covers(r) {
+		// A reconciler prepares the body it is given in memory.
+		return admission{}, &refusal{http.StatusRequestEntityTooLarge, CodeRequestTooLarge,
+			"A request that is reconciled may have a body of at most " + strconv.Itoa(int(h.spoolAbove)) + " bytes.", &retryNo}
+	}
+	body, ref := h.admitSpooled(r, shape, head, rest)
+	if ref != nil {
+		return admission{}, ref
+	}
+	a, ref := h.keyed(r, key, body.fp)
+	if ref != nil {
+		body.file.remove()
+		return admission{}, ref
+	}
+	a.spool = body.file
+	return a, nil
+}
+
+// formMedia is the media type of a urlencoded form.
+const formMedia = "application/x-www-form-urlencoded"
+
+// multipartBoundary is the boundary of a multipart Content-Type, "" when it
+// has none, or more than one plain boundary parameter: boundary* (RFC 2231)
+// is read by Go and not by others, and a parser that looks for "boundary="
+// may find it in xboundary=. Two framings of one body would be two requests
+// under one fingerprint.
+func multipartBoundary(contentType string) string {
+	if _, params, err := mime.ParseMediaType(contentType); err == nil && oneBoundaryParam(contentType) {
+		return params["boundary"]
+	}
+	return ""
 }
 
 // appendEncoded appends the codings, length-prefixed, and then body.
@@ -229,7 +290,7 @@ func (h *Handler) bodyRefusal(err error) *refusal {
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
 		return &refusal{http.StatusRequestEntityTooLarge, CodeRequestTooLarge,
-			"The request body is larger than " + strconv.FormatInt(h.cfg.MaxBody, 10) + " bytes.", &retryNo}
+			"The request body is larger than " + strconv.FormatInt(tooLarge.Limit, 10) + " bytes.", &retryNo}
 	}
 	// Cut short or timed out: nothing was claimed, so the retry is safe.
 	return &refusal{http.StatusBadRequest, CodeBodyUnreadable, "The request body could not be read: " + err.Error(), &retryYes}

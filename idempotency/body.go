@@ -12,32 +12,49 @@ import (
 
 var canonicalPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// readBody reads at most limit bytes; a larger body is an *http.MaxBytesError.
-// A body of known length is read into an exact buffer in one Read when it has
-// arrived (each Read through Caddy re-arms the connection's deadline).
-func readBody(r *http.Request, limit int64) ([]byte, error) {
-	if r.ContentLength > limit {
-		return nil, &http.MaxBytesError{Limit: limit}
+// readHead reads the body up to limit bytes. more reports a body that goes
+// on past limit: head is then what was read of it (nothing, when the
+// Content-Length said so), and the rest is still in r.Body. A body whose
+// Content-Length exceeds max is an *http.MaxBytesError, unread. A body of
+// known length is read into an exact buffer in one Read when it has arrived
+// (each Read through Caddy re-arms the connection's deadline).
+func readHead(r *http.Request, limit, max int64) (head []byte, more bool, err error) {
+	if r.ContentLength > max {
+		return nil, false, &http.MaxBytesError{Limit: max}
 	}
 	if r.Body == nil || r.Body == http.NoBody {
-		return nil, nil
+		return nil, false, nil
+	}
+	if r.ContentLength > limit {
+		return nil, true, nil
 	}
 	if r.ContentLength > 0 {
 		buf := make([]byte, r.ContentLength)
 		if _, err := io.ReadFull(r.Body, buf); err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		return buf, nil // net/http ends a Content-Length body there
+		return buf, false, nil // net/http ends a Content-Length body there
 	}
 	buf := bytes.NewBuffer(make([]byte, 0, 512))
-	_, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
-	if err != nil {
-		return nil, err
+	if _, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1)); err != nil {
+		return nil, false, err
 	}
-	if int64(buf.Len()) > limit {
-		return nil, &http.MaxBytesError{Limit: limit}
+	return buf.Bytes(), int64(buf.Len()) > limit, nil
+}
+
+// setUpstreamBody gives r the admitted body: the spool file's, streamed
+// with its length, or the bytes in memory (setBody).
+func (a *admission) setUpstreamBody(r *http.Request) {
+	if a.spool == nil {
+		setBody(r, a.upstream, a.decoded)
+		return
 	}
-	return buf.Bytes(), nil
+	r.Body = a.spool.reader()
+	r.GetBody = func() (io.ReadCloser, error) { return a.spool.reader(), nil }
+	r.ContentLength = a.spool.size
+	r.TransferEncoding = nil
+	r.Header.Set("Content-Length", strconv.FormatInt(a.spool.size, 10))
+	r.Header.Del("Expect")
 }
 
 // setBody gives r a fully buffered body with consistent framing, which

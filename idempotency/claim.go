@@ -92,7 +92,7 @@ func (h *Handler) beginFailed(r *http.Request, a *admission, log keyLogger, err 
 		return canceled // the client left; there is no one to answer
 	case h.cfg.FailOpen:
 		log.Warn("idempotency store failed to begin; forwarding unprotected (fail_open)", zap.Error(err))
-		setBody(r, a.upstream, a.decoded)
+		a.setUpstreamBody(r)
 		return answer{verdict: verdict{outcome: OutcomeStoreError, reason: "fail open"}, how: answerPass}
 	}
 	log.Error("idempotency store failed to begin", zap.Error(err))

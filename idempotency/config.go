@@ -69,10 +69,22 @@ type Config struct {
 	// negative value) answers 409 idempotency_key_in_use at once.
 	Wait time.Duration
 
-	// MaxBody is the largest covered request body read, in bytes, after
-	// its Content-Encoding is decoded; a larger one gets 413. Default
-	// DefaultMaxBody.
+	// MaxBody is the largest covered request body read, in bytes, before
+	// and after its Content-Encoding is decoded; a larger one gets 413.
+	// Default DefaultMaxBody. A JSON or urlencoded form body is parsed in
+	// memory and limited to MaxParsedBody (32 MiB) as well; another body
+	// larger than SpoolThreshold (1 MiB) is spooled to SpoolDir.
 	MaxBody int64
+	// SpoolDir is where a covered body larger than SpoolThreshold (1 MiB)
+	// is written while it is admitted and sent upstream, one file per
+	// request, removed when the request ends; files left by a process that
+	// died are removed when a Handler starts. It needs room for the
+	// largest bodies of the uploads in flight at once (concurrent uploads
+	// times MaxBody at worst). A directory that cannot be created or
+	// written answers such uploads 503 idempotency_spool_unavailable.
+	// Default: DefaultSpoolDir(). Unused when MaxBody is at most
+	// SpoolThreshold.
+	SpoolDir string
 	// MaxResponse is the largest 2xx body kept, in bytes (identity-coded);
 	// default DefaultMaxResponse. A larger one still reaches its client
 	// whole, and completes the record without it: retries get 409
@@ -146,6 +158,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxBody == 0 {
 		c.MaxBody = DefaultMaxBody
+	}
+	if c.SpoolDir == "" {
+		c.SpoolDir = DefaultSpoolDir()
 	}
 	if c.MaxResponse == 0 {
 		c.MaxResponse = DefaultMaxResponse

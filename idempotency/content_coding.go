@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"bufio"
 	"bytes"
 	"compress/flate"
 	"compress/gzip"
@@ -170,4 +171,122 @@ func identityBody(header http.Header, body []byte, limit int64) (_ []byte, decod
 	}
 	header.Del("Content-Encoding")
 	return out, true, true
+}
+
+// decodable reports whether decodeContent can undo codings.
+func decodable(codings []string) bool {
+	if len(codings) > maxCodings {
+		return false
+	}
+	for _, c := range codings {
+		if !knownCoding(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// streamDecoder is decodeContent for a body read as it streams: it undoes
+// codings (which decodable accepts), the last applied first, as it is read.
+// A coding that fails records a *contentCodingError in fail, unless a
+// failure beneath it (src's, recorded there first) caused it. close
+// releases the decoders. A zstd body gets a decoder of its own (at most
+// zstdMaxWindow of memory) rather than one of the pool, which a slow upload
+// would hold.
+func streamDecoder(codings []string, src io.Reader, fail *firstFailure) (r io.Reader, close func()) {
+	layers := make([]*codingReader, 0, len(codings))
+	r = src
+	for i := len(codings) - 1; i >= 0; i-- {
+		l := &codingReader{coding: codings[i], src: r, fail: fail}
+		layers = append(layers, l)
+		r = l
+	}
+	return r, func() {
+		for _, l := range layers {
+			l.close()
+		}
+	}
+}
+
+// codingReader undoes one coding of src, set up on its first Read.
+type codingReader struct {
+	coding string
+	src    io.Reader
+	fail   *firstFailure
+	dec    io.Reader
+	closer func()
+	err    error
+}
+
+func (c *codingReader) Read(p []byte) (int, error) {
+	if c.dec == nil && c.err == nil {
+		c.err = c.open()
+	}
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.dec.Read(p)
+	if err != nil && err != io.EOF {
+		c.err = c.fail.set(&contentCodingError{Coding: c.coding, Err: err})
+		return n, c.err
+	}
+	return n, err
+}
+
+func (c *codingReader) open() error {
+	var err error
+	switch c.coding {
+	case "gzip", "x-gzip":
+		var z *gzip.Reader
+		if z, err = gzip.NewReader(c.src); err == nil {
+			c.dec, c.closer = z, func() { z.Close() }
+		}
+	case "deflate":
+		// As decodeOne: a body without a zlib header is raw DEFLATE. The
+		// header is looked at before it is taken from the stream.
+		br := bufio.NewReader(c.src)
+		head, _ := br.Peek(2)
+		if _, herr := zlib.NewReader(bytes.NewReader(head)); len(head) == 2 && errors.Is(herr, zlib.ErrHeader) {
+			f := flate.NewReader(br)
+			c.dec, c.closer = f, func() { f.Close() }
+			break
+		}
+		var z io.ReadCloser
+		if z, err = zlib.NewReader(br); err == nil {
+			c.dec, c.closer = z, func() { z.Close() }
+		}
+	case "zstd":
+		var d *zstd.Decoder
+		d, err = zstd.NewReader(c.src, zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(zstdMaxWindow))
+		if err == nil {
+			c.dec, c.closer = d, d.Close
+		}
+	default:
+		err = errUnknownCoding
+	}
+	if err != nil {
+		return c.fail.set(&contentCodingError{Coding: c.coding, Err: err})
+	}
+	return nil
+}
+
+func (c *codingReader) close() {
+	if c.closer != nil {
+		c.closer()
+		c.closer = nil
+	}
+}
+
+// firstFailure keeps the first failure of a body read through layers
+// (spool, decoders, limits): the root cause, which the layers above only
+// pass on.
+type firstFailure struct{ err error }
+
+// set records err if nothing failed before, and returns the failure kept.
+func (f *firstFailure) set(err error) error {
+	if f.err == nil {
+		f.err = err
+	}
+	return f.err
 }

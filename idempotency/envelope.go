@@ -24,13 +24,15 @@ const (
 	CodeResponseNotStored = "idempotency_response_not_stored" // the first request succeeded; its response was not kept
 	CodeOutcomeUnknown    = "idempotency_outcome_unknown"     // the first attempt's outcome is not known yet: retry
 	CodeReconcileRefused  = "idempotency_reconcile_refused"   // the Reconciler cannot prepare the request (Prepare's error)
+	CodeSpoolUnavailable  = "idempotency_spool_unavailable"   // a large body could not be written to the spool directory: 503, retry
 )
 
 const (
 	unknownMessage = "The upstream may have acted on an earlier request with this idempotency key, and its result " +
 		"could not be found yet. Retry with the same key: the retry looks again, and is never run twice."
-	inUseMessage       = "A request with this idempotency key is still being processed. Retry after it completes."
-	unavailableMessage = "The idempotency store is unavailable. Retry later."
+	inUseMessage            = "A request with this idempotency key is still being processed. Retry after it completes."
+	unavailableMessage      = "The idempotency store is unavailable. Retry later."
+	spoolUnavailableMessage = "The request body could not be stored for forwarding; nothing was sent upstream. Retry later."
 )
 
 // reuseMessage is llama-stack's ConflictError text, word for word, so clients

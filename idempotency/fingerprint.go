@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"hash"
 	"net/http"
 	"slices"
@@ -54,6 +55,13 @@ const (
 func NewFingerprint(method, escapedPath, rawQuery string, kind BodyKind, body []byte) Fingerprint {
 	d := hashPool.Get().(*tupleHash)
 	defer hashPool.Put(d)
+	d.fingerprintHead(method, escapedPath, rawQuery, kind)
+	d.fieldBytes(body)
+	return Fingerprint(d.sum())
+}
+
+// fingerprintHead resets d and writes every field of a fingerprint but the body.
+func (d *tupleHash) fingerprintHead(method, escapedPath, rawQuery string, kind BodyKind) {
 	d.reset()
 	d.field(fingerprintVersion)
 	d.field(method)
@@ -64,9 +72,46 @@ func NewFingerprint(method, escapedPath, rawQuery string, kind BodyKind, body []
 	}
 	d.queryFields(rawQuery)
 	d.fieldBytes(append(d.buf[:0], byte(kind)))
-	d.fieldBytes(body)
-	return Fingerprint(d.sum())
 }
+
+// fingerprintWriter is NewFingerprint for a body written to it in pieces,
+// as it streams: the layout puts the body's length first, so it must be
+// known before the first byte.
+type fingerprintWriter struct {
+	d    *tupleHash
+	left int64 // bytes of the body still to come
+}
+
+// newFingerprintWriter begins the fingerprint of a body of size bytes.
+func newFingerprintWriter(method, escapedPath, rawQuery string, kind BodyKind, size int64) *fingerprintWriter {
+	d := hashPool.Get().(*tupleHash)
+	d.fingerprintHead(method, escapedPath, rawQuery, kind)
+	d.h.Write(binary.AppendUvarint(d.length[:0], uint64(size)))
+	return &fingerprintWriter{d: d, left: size}
+}
+
+// Write hashes the next piece of the body; more than the size it was begun
+// with is errBodyLength.
+func (w *fingerprintWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > w.left {
+		return 0, errBodyLength
+	}
+	w.left -= int64(len(p))
+	return w.d.h.Write(p)
+}
+
+// Sum returns the fingerprint once the whole body was written, else
+// errBodyLength; the writer is not used again.
+func (w *fingerprintWriter) Sum() (Fingerprint, error) {
+	defer hashPool.Put(w.d)
+	if w.left != 0 {
+		return Fingerprint{}, errBodyLength
+	}
+	return Fingerprint(w.d.sum()), nil
+}
+
+// errBodyLength: a streamed body was not the length its fingerprint began with.
+var errBodyLength = errors.New("idempotency: body length differs from the length being hashed")
 
 // NewRecordKey derives the store key from the namespace (by default the
 // request's site, see DefaultNamespace), the scope (by default the caller's

@@ -29,7 +29,7 @@ var responsePool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 func upstreamRequest(r *http.Request, a *admission) *http.Request {
 	up := r.WithContext(context.WithoutCancel(r.Context()))
 	up.Header = r.Header.Clone() // handlers in front of this one and the access log keep the client's
-	setBody(up, a.upstream, a.decoded)
+	a.setUpstreamBody(up)
 	up.GetBody = nil
 	up.Header.Set("Accept-Encoding", "identity")
 	return up

@@ -3,6 +3,8 @@ package idempotency
 import (
 	"net/http"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Next is the rest of the handler chain, in Caddy's shape: it may return an
@@ -16,6 +18,9 @@ type Handler struct {
 	store   Store // cfg.Store, observed when cfg.ObserveStore is set
 	methods map[string]bool
 	waiters waitList
+	// spoolAbove is the largest body admission holds in memory:
+	// SpoolThreshold (tests lower it).
+	spoolAbove int64
 }
 
 // New checks cfg, fills its defaults and returns a Handler.
@@ -23,7 +28,18 @@ func New(cfg Config) (*Handler, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	h := &Handler{cfg: cfg, store: cfg.Store, methods: make(map[string]bool, len(cfg.Methods))}
+	h := &Handler{cfg: cfg, store: cfg.Store, methods: make(map[string]bool, len(cfg.Methods)), spoolAbove: SpoolThreshold}
+	if cfg.MaxBody > SpoolThreshold {
+		// Unwritable now, the directory may be fixed later: each upload
+		// that cannot be spooled gets 503, with the error logged.
+		if n, err := prepareSpoolDir(cfg.SpoolDir); err != nil {
+			cfg.Logger.Warn("idempotency spool directory not ready; large uploads get 503 until it is",
+				zap.String("spool_dir", cfg.SpoolDir), zap.Error(err))
+		} else if n > 0 {
+			cfg.Logger.Info("idempotency spool directory swept of files left by an earlier run",
+				zap.String("spool_dir", cfg.SpoolDir), zap.Int("removed", n))
+		}
+	}
 	if cfg.ObserveStore != nil {
 		h.store = observedStore{Store: cfg.Store, observe: cfg.ObserveStore}
 	}
@@ -59,6 +75,11 @@ func (h *Handler) Handle(w http.ResponseWriter, r *http.Request, next Next) erro
 	ans := passing // not covered, or without a key: the request goes on as it came
 	if h.methods[r.Method] {
 		a, ref := h.admit(r)
+		if a.spool != nil {
+			// Whatever becomes of the request (stored, released, refused,
+			// replayed, its client gone, a panic), its spooled body goes.
+			defer a.spool.remove()
+		}
 		switch {
 		case ref != nil:
 			ans = refuse(OutcomeRejected, *ref)

@@ -47,9 +47,9 @@ func trimNL(b []byte) []byte {
 	return b
 }
 
-// startCaddy runs bin on config in its own process and waits until every
-// port answers /healthz.
-func startCaddy(bin, dir, config string, ports []int) (*exec.Cmd, error) {
+// startCaddy runs bin on config in its own process, with env (NAME=value)
+// added to its environment, and waits until every port answers /healthz.
+func startCaddy(bin, dir, config string, ports []int, env ...string) (*exec.Cmd, error) {
 	path := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		return nil, err
@@ -61,6 +61,7 @@ func startCaddy(bin, dir, config string, ports []int) (*exec.Cmd, error) {
 	defer logFile.Close()
 	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir+"/data", "XDG_CONFIG_HOME="+dir+"/config")
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		return nil, err

@@ -8,6 +8,10 @@
 //	replay  the same, one key repeated
 //	static  respond with a body as large as the batch response
 //
+// -upload <size> runs the upload scenario instead (upload.go): keyed
+// multipart uploads through the handler and through plain reverse_proxy,
+// with each Caddy's peak RSS and the throughput.
+//
 // pass, write and replay run once per store of -store (memory, badger,
 // redis; a local redis-server is started for redis). Side by side, in the
 // same rounds and with the same requests, it measures a peer (-peer, by
@@ -55,11 +59,12 @@ type options struct {
 	profileOut       string
 	rounds           int // each scenario runs duration/rounds per round
 	scale            int // when > 0, run the scale mode (scale.go) instead of the scenarios
+	upload           uploadOptions
 }
 
 func main() {
 	var o options
-	var only, store string
+	var only, store, upload, uploadRate string
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured time per scenario")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load before each scenario")
 	flag.IntVar(&o.concurrency, "concurrency", 32, "concurrent requests (one keep-alive connection each)")
@@ -71,6 +76,10 @@ func main() {
 	flag.StringVar(&o.profile, "profile", "", "scenario to CPU-profile in Caddy, as scenario or scenario:store (default store: the first of -store); enables the admin endpoint on loopback")
 	flag.StringVar(&o.profileOut, "profile-out", "", "where the profile goes (default: bench-<scenario>.pprof, bench-<scenario>-<store>.pprof with a store)")
 	flag.IntVar(&o.scale, "scale", 0, "fill a Badger store with this many records and measure replay, memory, disk and GC instead (0: off)")
+	flag.StringVar(&upload, "upload", "", "run the upload scenario instead (upload.go): keyed multipart uploads of this size (300MB, 64MiB) through the handler and through plain reverse_proxy, each Caddy its own process; reports peak RSS (VmHWM) and throughput")
+	flag.IntVar(&o.upload.concurrency, "upload-concurrency", 3, "uploads at once in the upload scenario")
+	flag.IntVar(&o.upload.rounds, "upload-rounds", 3, "rounds of the upload scenario, each Caddy in turn")
+	flag.StringVar(&uploadRate, "upload-rate", "", "pace each upload's client to this many bytes per second (100MB: a client on a gigabit link); default: as fast as loopback goes")
 	flag.Parse()
 	for _, s := range strings.Split(only, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -94,8 +103,20 @@ func main() {
 		o.peerNote = "none (" + defaultPeerDir + " not found next to the module; -peer <dir> names one)"
 	}
 	runBench := run
-	if o.scale > 0 {
+	switch {
+	case o.scale > 0:
 		runBench = runScale
+	case upload != "":
+		if o.upload.size, err = parseSize(upload); err != nil {
+			log.Fatal("-upload: ", err)
+		}
+		if uploadRate != "" {
+			if o.upload.rate, err = parseSize(uploadRate); err != nil {
+				log.Fatal("-upload-rate: ", err)
+			}
+		}
+		o.upload.caddy = o.caddy
+		runBench = func(o options, w io.Writer) error { return runUpload(o.upload, w) }
 	}
 	if err := runBench(o, os.Stdout); err != nil {
 		log.Fatal(err)

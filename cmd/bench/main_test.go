@@ -126,3 +126,40 @@ func TestProcessCPU(t *testing.T) {
 		t.Errorf("CPU grew by %v over 200ms of spinning, want at least %v", after-before, 5*clockTick)
 	}
 }
+
+// TestBenchUpload runs the upload scenario briefly against two real Caddy
+// processes and checks the report's shape (its rows and targets), never
+// its speed.
+func TestBenchUpload(t *testing.T) {
+	var out bytes.Buffer
+	if err := runUpload(uploadOptions{size: 4 << 20, concurrency: 2, rounds: 1}, &out); err != nil {
+		t.Fatalf("runUpload: %v\n%s", err, out.String())
+	}
+	report := out.String()
+	if testing.Verbose() {
+		t.Log("\n" + report)
+	}
+	for _, row := range []string{
+		`(?m)^\| idempotency \+ reverse_proxy \| 2 \| \d+ MB/s \| [\d.]+ s \| [\d.]+ MiB \| [\d.]+ MiB \|$`,
+		`(?m)^\| reverse_proxy \| 2 \| \d+ MB/s \| [\d.]+ s \| [\d.]+ MiB \| [\d.]+ MiB \|$`,
+		`(?m)^\| handler's peak RSS < 64 MiB \+ 2 MiB x 2 = 68 MiB \| [\d.]+ MiB \| (yes|no) \|$`,
+		`(?m)^\| handler's throughput >= 0.90 x plain \| \d+\.\d\d \| (yes|no) \|$`,
+	} {
+		if !regexp.MustCompile(row).MatchString(report) {
+			t.Errorf("no match for %s in\n%s", row, report)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"300MB": 300e6, "64MiB": 64 << 20, "1048576": 1 << 20} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "0", "lots", "-1MB"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}

@@ -87,14 +87,37 @@ func AppendMultipart(dst, body []byte, boundary string) ([]byte, error) {
 	s := multipartScratchPool.Get().(*multipartScratch)
 	defer s.release()
 	s.src = endReader{b: body}
-	mr := multipart.NewReader(&s.src, boundary)
+	return s.appendParts(dst, &s.src, boundary, func() bool { return endsWithCloseDelimiter(body, boundary) })
+}
 
+// AppendMultipartFrom is AppendMultipart for a body read from r: it appends
+// the same encoding, holding no more of the body than a part header and a
+// read buffer, so a body of any size is encoded in one pass (a spooled
+// upload is hashed as it is written to disk). It reads r to the closing
+// delimiter, not beyond: a caller that must see the whole body (the
+// epilogue) reads the rest itself. An error of r other than io.EOF ends
+// the encoding with a *MultipartError that wraps it.
+func AppendMultipartFrom(dst []byte, r io.Reader, boundary string) ([]byte, error) {
+	if boundary == "" {
+		return dst, multipartError("", errNoBoundary)
+	}
+	s := multipartScratchPool.Get().(*multipartScratch)
+	defer s.release()
+	src := &lastLineReader{r: r, delim: "--" + boundary + "--", blank: true}
+	return s.appendParts(dst, src, boundary, src.closeDelimiter)
+}
+
+// appendParts encodes the parts read from src (which ends with errBodyEnd,
+// not io.EOF); closed reports whether the body's last line is a close
+// delimiter, once src has ended.
+func (s *multipartScratch) appendParts(dst []byte, src io.Reader, boundary string, closed func() bool) ([]byte, error) {
+	mr := multipart.NewReader(src, boundary)
 	start := len(dst)
 	dst = canonField(dst, multipartVersion)
 	n := 0
 	for {
 		p, err := mr.NextRawPart()
-		if err == io.EOF || (errors.Is(err, errBodyEnd) && endsWithCloseDelimiter(body, boundary)) {
+		if err == io.EOF || (errors.Is(err, errBodyEnd) && closed()) {
 			break
 		}
 		if err != nil {
@@ -140,6 +163,40 @@ func endsWithCloseDelimiter(body []byte, boundary string) bool {
 	last := body[bytes.LastIndexByte(body, '\n')+1:]
 	rest, ok := bytes.CutPrefix(last, []byte("--"+boundary+"--"))
 	return ok && len(bytes.TrimLeft(rest, " \t")) == 0
+}
+
+// lastLineReader reads r, with errBodyEnd for its io.EOF, and follows the
+// body's last line as it goes by: closeDelimiter is endsWithCloseDelimiter
+// for a body it never holds.
+type lastLineReader struct {
+	r     io.Reader
+	delim string // "--" + boundary + "--"
+	line  []byte // the last line's first len(delim) bytes
+	blank bool   // the last line has only spaces and tabs after them
+}
+
+func (l *lastLineReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	l.see(p[:n])
+	if err == io.EOF {
+		err = errBodyEnd
+	}
+	return n, err
+}
+
+func (l *lastLineReader) see(b []byte) {
+	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+		l.line, l.blank, b = l.line[:0], true, b[i+1:]
+	}
+	take := min(len(b), len(l.delim)-len(l.line))
+	l.line = append(l.line, b[:take]...)
+	if l.blank && len(bytes.TrimLeft(b[take:], " \t")) > 0 {
+		l.blank = false
+	}
+}
+
+func (l *lastLineReader) closeDelimiter() bool {
+	return l.blank && string(l.line) == l.delim
 }
 
 // multipartScratch is what one AppendMultipart call needs, pooled: a

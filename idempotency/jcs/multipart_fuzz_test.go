@@ -24,6 +24,7 @@ func FuzzCanonicalMultipart(f *testing.F) {
 	f.Add([]byte(""), "b")
 	f.Add([]byte("--b\r\n\r\n\r\n--b--"), "")
 	f.Fuzz(func(t *testing.T, body []byte, boundary string) {
+		sameAsAppendMultipart(t, body, boundary)
 		out, err := AppendMultipart(nil, body, boundary)
 		again, err2 := AppendMultipart([]byte("x"), body, boundary)
 		if (err == nil) != (err2 == nil) || err == nil && !bytes.Equal(again[1:], out) {
