@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -74,8 +75,10 @@ type HandlerModule struct {
 	// request ends; files a stopped Caddy left are removed at start. It
 	// needs room for the uploads in flight at once (at worst their number
 	// times max_body); one it cannot write answers them 503
-	// idempotency_spool_unavailable. Default: caddy-idempotency-spool in
-	// the system's temporary directory ($TMPDIR, else /tmp).
+	// idempotency_spool_unavailable. Placeholders such as {env.X} are
+	// replaced at start. Default: idempotency-spool in Caddy's data
+	// directory, beside the default Badger store: on disk, and the user's
+	// own.
 	SpoolDir string `json:"spool_dir,omitempty"`
 	// The largest 2xx body kept, in bytes. A larger one reaches its client
 	// whole and completes the record without it: retries get 409
@@ -262,7 +265,7 @@ func (h *HandlerModule) engineConfig(store idempotency.Store, log *zap.Logger) i
 		Namespace:       h.Namespace,
 		Listener:        serverListener,
 		MaxBody:         h.MaxBody,
-		SpoolDir:        h.SpoolDir,
+		SpoolDir:        h.spoolDir(),
 		MaxResponse:     h.MaxResponse,
 		ConflictStatus:  h.ConflictStatus,
 		Reconcile:       h.Reconcile.reconciler(),
@@ -352,6 +355,15 @@ func serverListener(r *http.Request) string {
 		return srv.Listen[0]
 	}
 	return strings.Join(srv.Listen, ",")
+}
+
+// spoolDir is the engine's SpoolDir: spool_dir with its placeholders
+// replaced, else idempotency-spool in Caddy's data directory.
+func (h *HandlerModule) spoolDir() string {
+	if h.SpoolDir == "" {
+		return filepath.Join(caddy.AppDataDir(), "idempotency-spool")
+	}
+	return caddy.NewReplacer().ReplaceKnown(h.SpoolDir, "")
 }
 
 // wait is the engine's Wait: unset takes its default, 0 means none.

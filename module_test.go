@@ -6,6 +6,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
@@ -160,5 +161,19 @@ func TestValidateNamesConfigFields(t *testing.T) {
 		case want != "" && (err == nil || !strings.HasPrefix(err.Error(), want)):
 			t.Errorf("%s: Validate = %v, want an error starting %q", in, err, want)
 		}
+	}
+}
+
+// spool_dir takes placeholders; unset, it is idempotency-spool in Caddy's
+// data directory, the user's own and on disk (not a shared /tmp).
+func TestSpoolDir(t *testing.T) {
+	t.Setenv("IDEMPOTENCY_TEST_SPOOL", "/srv/spool")
+	if got := (&HandlerModule{SpoolDir: "{env.IDEMPOTENCY_TEST_SPOOL}/uploads"}).spoolDir(); got != "/srv/spool/uploads" {
+		t.Errorf("spool_dir {env.IDEMPOTENCY_TEST_SPOOL}/uploads = %q, want /srv/spool/uploads", got)
+	}
+	data := t.TempDir()
+	t.Setenv("XDG_DATA_HOME", data)
+	if got, want := (&HandlerModule{}).spoolDir(), filepath.Join(data, "caddy", "idempotency-spool"); got != want {
+		t.Errorf("default spool_dir = %q, want %q", got, want)
 	}
 }

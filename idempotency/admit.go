@@ -172,10 +172,11 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 		return h.pass(r, raw, false)
 	}
 
-	a, ref := h.keyed(r, key, NewFingerprint(r.Method, r.URL.EscapedPath(), r.URL.RawQuery, kind, canonical))
+	scope, ref := h.scope(r)
 	if ref != nil {
 		return admission{}, ref
 	}
+	a := h.keyed(r, key, scope, NewFingerprint(r.Method, r.URL.EscapedPath(), r.URL.RawQuery, kind, canonical))
 	a.upstream, a.decoded = upstream, decoded
 	if rc := h.cfg.Reconcile; rc != nil && rc.Covers(r) {
 		// Before the claim, so a request the reconciler cannot prepare
@@ -192,15 +193,21 @@ func (h *Handler) admit(r *http.Request) (admission, *refusal) {
 	return a, nil
 }
 
-// keyed is the admission of a keyed request with fingerprint fp, once its
-// body is read: its scope and record key.
-func (h *Handler) keyed(r *http.Request, key string, fp Fingerprint) (admission, *refusal) {
+// scope is the caller a keyed request belongs to, or the refusal of a
+// request without one under RequireScope.
+func (h *Handler) scope(r *http.Request) (string, *refusal) {
 	scope := h.cfg.Scope(r)
 	if scope == "" && h.cfg.RequireScope {
-		return admission{}, &refusal{http.StatusBadRequest, CodeScopeRequired,
+		return "", &refusal{http.StatusBadRequest, CodeScopeRequired,
 			"A request with an idempotency key must identify its caller (for example with an Authorization header).", &retryNo}
 	}
-	return admission{keyed: true, key: key, rk: h.recordKey(r, scope, key), fp: fp}, nil
+	return scope, nil
+}
+
+// keyed is the admission of a keyed request of scope with fingerprint fp,
+// once its body is read.
+func (h *Handler) keyed(r *http.Request, key, scope string, fp Fingerprint) admission {
+	return admission{keyed: true, key: key, rk: h.recordKey(r, scope, key), fp: fp}
 }
 
 // admitLarge admits a keyed body larger than the spool threshold (head,
@@ -216,15 +223,16 @@ func (h *Handler) admitLarge(r *http.Request, key, contentType, media string, he
 		return admission{}, &refusal{http.StatusRequestEntityTooLarge, CodeRequestTooLarge,
 			"A request that is reconciled may have a body of at most " + strconv.Itoa(int(h.spoolAbove)) + " bytes.", &retryNo}
 	}
+	// Before the body is read: a caller refused is not worth a file.
+	scope, ref := h.scope(r)
+	if ref != nil {
+		return admission{}, ref
+	}
 	body, ref := h.admitSpooled(r, shape, head, rest)
 	if ref != nil {
 		return admission{}, ref
 	}
-	a, ref := h.keyed(r, key, body.fp)
-	if ref != nil {
-		body.file.remove()
-		return admission{}, ref
-	}
+	a := h.keyed(r, key, scope, body.fp)
 	a.spool = body.file
 	return a, nil
 }

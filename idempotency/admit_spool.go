@@ -65,9 +65,9 @@ func (h *Handler) spool(r *http.Request, file *spoolFile, shape bodyShape, head 
 	unknownCoding := len(shape.codings) > 0 && !decodable(shape.codings)
 	content := io.Reader(tee) // the body as the upstream's application reads it
 	if len(shape.codings) > 0 && !unknownCoding {
-		dec, closeDecoder := streamDecoder(shape.codings, tee, &fail)
+		dec, closeDecoder := streamDecoder(shape.codings, tee, h.cfg.MaxBody, &fail)
 		defer closeDecoder()
-		content = &decodedLimit{r: dec, limit: h.cfg.MaxBody, fail: &fail}
+		content = dec
 	}
 	bufp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bufp)
@@ -129,8 +129,8 @@ func (h *Handler) spool(r *http.Request, file *spoolFile, shape bodyShape, head 
 		return fp, nil
 	case fpw != nil:
 		fp, err := fpw.Sum()
-		if err != nil { // net/http ends a Content-Length body at its length
-			return Fingerprint{}, h.spoolBodyRefusal(&spoolError{err})
+		if err != nil { // a body that was not its Content-Length (net/http's never is)
+			return Fingerprint{}, h.bodyRefusal(err)
 		}
 		return fp, nil
 	}
@@ -151,7 +151,7 @@ func (h *Handler) hashSpooled(r *http.Request, file *spoolFile, codings []string
 	var fail firstFailure
 	content := io.Reader(file.reader())
 	if len(codings) > 0 && !unknownCoding {
-		dec, closeDecoder := streamDecoder(codings, content, &fail)
+		dec, closeDecoder := streamDecoder(codings, content, h.cfg.MaxBody, &fail)
 		defer closeDecoder()
 		content = dec
 	}
@@ -192,23 +192,6 @@ func (t *spoolTee) Read(p []byte) (int, error) {
 	}
 	if err != nil && err != io.EOF {
 		err = t.fail.set(err) // cut short, or timed out
-	}
-	return n, err
-}
-
-// decodedLimit ends a decoded body that grows past limit bytes with an
-// *http.MaxBytesError, as decodeContent does.
-type decodedLimit struct {
-	r     io.Reader
-	limit int64
-	n     int64
-	fail  *firstFailure
-}
-
-func (d *decodedLimit) Read(p []byte) (int, error) {
-	n, err := d.r.Read(p)
-	if d.n += int64(n); d.n > d.limit {
-		return 0, d.fail.set(&http.MaxBytesError{Limit: d.limit})
 	}
 	return n, err
 }

@@ -187,17 +187,20 @@ func decodable(codings []string) bool {
 }
 
 // streamDecoder is decodeContent for a body read as it streams: it undoes
-// codings (which decodable accepts), the last applied first, as it is read.
-// A coding that fails records a *contentCodingError in fail, unless a
-// failure beneath it (src's, recorded there first) caused it. close
-// releases the decoders. A zstd body gets a decoder of its own (at most
-// zstdMaxWindow of memory) rather than one of the pool, which a slow upload
-// would hold.
-func streamDecoder(codings []string, src io.Reader, fail *firstFailure) (r io.Reader, close func()) {
+// codings (which decodable accepts), the last applied first, as it is read,
+// and, as decodeContent, ends any layer that decodes to more than limit
+// bytes with an *http.MaxBytesError, so a small body of stacked codings
+// cannot expand without bound. A coding that fails records a
+// *contentCodingError in fail, unless a failure beneath it (src's, recorded
+// there first) caused it. close releases the decoders. A zstd layer gets a
+// decoder of its own (at most zstdMaxWindow of memory) rather than one of
+// the pool, which a slow upload would hold; at most zstdStreams run at
+// once, and one more fails with errZstdBusy.
+func streamDecoder(codings []string, src io.Reader, limit int64, fail *firstFailure) (r io.Reader, close func()) {
 	layers := make([]*codingReader, 0, len(codings))
 	r = src
 	for i := len(codings) - 1; i >= 0; i-- {
-		l := &codingReader{coding: codings[i], src: r, fail: fail}
+		l := &codingReader{coding: codings[i], src: r, limit: limit, fail: fail}
 		layers = append(layers, l)
 		r = l
 	}
@@ -208,10 +211,22 @@ func streamDecoder(codings []string, src io.Reader, fail *firstFailure) (r io.Re
 	}
 }
 
-// codingReader undoes one coding of src, set up on its first Read.
+// zstdStreams bounds the zstd decoders of spooled uploads, each up to
+// zstdMaxWindow of memory for as long as its upload lasts: 8 of them hold
+// at most 64 MiB, however many clients send zstd and stall.
+var zstdStreams = make(chan struct{}, 8)
+
+// errZstdBusy: every streaming zstd decoder is in use; the upload is
+// refused (503, retry) rather than given memory no bound covers.
+var errZstdBusy = errors.New("too many zstd-compressed uploads at once")
+
+// codingReader undoes one coding of src, set up on its first Read; it
+// yields at most limit bytes.
 type codingReader struct {
 	coding string
 	src    io.Reader
+	limit  int64
+	n      int64
 	fail   *firstFailure
 	dec    io.Reader
 	closer func()
@@ -226,6 +241,10 @@ func (c *codingReader) Read(p []byte) (int, error) {
 		return 0, c.err
 	}
 	n, err := c.dec.Read(p)
+	if c.n += int64(n); c.n > c.limit {
+		c.err = c.fail.set(&http.MaxBytesError{Limit: c.limit})
+		return 0, c.err
+	}
 	if err != nil && err != io.EOF {
 		c.err = c.fail.set(&contentCodingError{Coding: c.coding, Err: err})
 		return n, c.err
@@ -256,12 +275,19 @@ func (c *codingReader) open() error {
 			c.dec, c.closer = z, func() { z.Close() }
 		}
 	case "zstd":
+		select {
+		case zstdStreams <- struct{}{}:
+		default:
+			return c.fail.set(&spoolError{errZstdBusy})
+		}
 		var d *zstd.Decoder
 		d, err = zstd.NewReader(c.src, zstd.WithDecoderConcurrency(1),
 			zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(zstdMaxWindow))
-		if err == nil {
-			c.dec, c.closer = d, d.Close
+		if err != nil {
+			<-zstdStreams
+			break
 		}
+		c.dec, c.closer = d, func() { d.Close(); <-zstdStreams }
 	default:
 		err = errUnknownCoding
 	}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -34,9 +35,18 @@ const (
 	spoolBufferSize = 64 << 10
 )
 
-// DefaultSpoolDir is Config.SpoolDir's default: caddy-idempotency-spool
-// under the system's temporary directory (TMPDIR on Unix).
-func DefaultSpoolDir() string { return filepath.Join(os.TempDir(), "caddy-idempotency-spool") }
+// DefaultSpoolDir is Config.SpoolDir's default: caddy-idempotency-spool-<uid>
+// under the system's temporary directory (TMPDIR on Unix), one per user, as
+// the directory is its creator's alone (0700); caddy-idempotency-spool
+// where there are no user ids (Windows). The Caddy module's default is in
+// Caddy's data directory instead.
+func DefaultSpoolDir() string {
+	name := "caddy-idempotency-spool"
+	if uid := os.Getuid(); uid >= 0 {
+		name += "-" + strconv.Itoa(uid)
+	}
+	return filepath.Join(os.TempDir(), name)
+}
 
 // liveSpools holds the paths of the spool files this process has open, which
 // a sweep leaves alone: handlers of two configurations (a reload) share a

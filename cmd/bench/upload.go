@@ -91,14 +91,15 @@ func runUpload(o uploadOptions, w io.Writer) error {
 		config := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\n"+
 			"http://127.0.0.1:%d {\n\trespond /healthz 200\n%s\treverse_proxy %s\n}\n", ports[i], handler, up.addr)
 		dir := filepath.Join(e.dir, fmt.Sprintf("caddy-%d", i))
-		// Its own TMPDIR: the default spool directory is under it, and so
-		// removed with the run (and the Caddyfile needs no spool_dir, which
-		// a build from before spooling would not know).
-		if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o700); err != nil {
+		// The default spool directory is in the Caddy's own data directory
+		// (XDG_DATA_HOME, which startCaddy sets), and so removed with the
+		// run; the Caddyfile needs no spool_dir, which a build from before
+		// spooling would not know.
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
-		s.spoolDir = filepath.Join(dir, "tmp", "caddy-idempotency-spool")
-		if s.cmd, err = startCaddy(e.bin, dir, config, []int{ports[i]}, "TMPDIR="+filepath.Join(dir, "tmp")); err != nil {
+		s.spoolDir = filepath.Join(dir, "data", "caddy", "idempotency-spool")
+		if s.cmd, err = startCaddy(e.bin, dir, config, []int{ports[i]}); err != nil {
 			return err
 		}
 		defer stopCaddy(s.cmd)
