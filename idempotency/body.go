@@ -49,11 +49,12 @@ func (a *admission) setUpstreamBody(r *http.Request) {
 		setBody(r, a.upstream, a.decoded)
 		return
 	}
-	r.Body = a.spool.reader()
-	r.GetBody = func() (io.ReadCloser, error) { return a.spool.reader(), nil }
-	r.ContentLength = a.spool.size
+	spool := a.spool // not a, which every request's claim would then put on the heap
+	r.Body = spool.reader()
+	r.GetBody = func() (io.ReadCloser, error) { return spool.reader(), nil }
+	r.ContentLength = spool.size
 	r.TransferEncoding = nil
-	r.Header.Set("Content-Length", strconv.FormatInt(a.spool.size, 10))
+	r.Header.Set("Content-Length", strconv.FormatInt(spool.size, 10))
 	r.Header.Del("Expect")
 }
 

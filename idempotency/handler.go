@@ -75,10 +75,10 @@ func (h *Handler) Handle(w http.ResponseWriter, r *http.Request, next Next) erro
 	ans := passing // not covered, or without a key: the request goes on as it came
 	if h.methods[r.Method] {
 		a, ref := h.admit(r)
-		if a.spool != nil {
+		if spool := a.spool; spool != nil {
 			// Whatever becomes of the request (stored, released, refused,
 			// replayed, its client gone, a panic), its spooled body goes.
-			defer a.spool.remove()
+			defer spool.remove()
 		}
 		switch {
 		case ref != nil:
