@@ -1,15 +1,12 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,80 +15,30 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/caddy-idempotency/caddy-idempotency/internal/uploadbody"
 )
 
 // Large uploads: bodies generated as they are sent, an upstream that hashes
 // what it receives as it streams, and the spool directory they pass through.
 
-// upload is a multipart/form-data upload of a file of size bytes, generated
-// as it is read (never held whole): a purpose field, then the file, whose
-// content depends on seed alone, under boundary.
-type upload struct {
-	contentType string
-	prefix      []byte // the field and the file part's header
-	suffix      []byte // the close delimiter
-	size        int64  // of the file
-	seed        uint64
-}
+// upload is a multipart/form-data upload of a file, generated as it is read
+// (never held whole); its content depends on its seed alone.
+type upload = uploadbody.Form
 
 func newUpload(t testing.TB, boundary string, size int64, seed uint64) upload {
 	t.Helper()
-	var buf bytes.Buffer
-	mw := multipart.NewWriter(&buf)
-	if err := mw.SetBoundary(boundary); err != nil {
+	u, err := uploadbody.NewForm(boundary, "input.jsonl", size, seed)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := mw.WriteField("purpose", "batch"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := mw.CreateFormFile("file", "input.jsonl"); err != nil {
-		t.Fatal(err)
-	}
-	prefix := bytes.Clone(buf.Bytes())
-	buf.Reset()
-	if err := mw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return upload{contentType: mw.FormDataContentType(), prefix: prefix, suffix: bytes.Clone(buf.Bytes()), size: size, seed: seed}
+	return u
 }
 
-// length is the whole body's length in bytes.
-func (u upload) length() int64 { return int64(len(u.prefix)) + u.size + int64(len(u.suffix)) }
-
-// body reads the upload's bytes, generated as they are read.
-func (u upload) body() io.Reader {
-	return io.MultiReader(bytes.NewReader(u.prefix), io.LimitReader(newPattern(u.seed), u.size), bytes.NewReader(u.suffix))
-}
-
-// pattern repeats a 64 KiB block of pseudo-random bytes drawn from its seed.
-type pattern struct {
-	block []byte
-	off   int
-}
-
-func newPattern(seed uint64) *pattern {
-	block := make([]byte, 64<<10)
-	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	for i := range block {
-		block[i] = byte(r.Uint32())
-	}
-	return &pattern{block: block}
-}
-
-func (p *pattern) Read(b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		c := copy(b[n:], p.block[p.off:])
-		n += c
-		p.off = (p.off + c) % len(p.block)
-	}
-	return n, nil
-}
-
-// sha256 is the hex SHA-256 of the upload's bytes, generated anew.
-func (u upload) sha256() string {
+// uploadSHA256 is the hex SHA-256 of the upload's bytes, generated anew.
+func uploadSHA256(u upload) string {
 	d := sha256.New()
-	_, _ = io.Copy(d, u.body())
+	_, _ = io.Copy(d, u.Body())
 	return hex.EncodeToString(d.Sum(nil))
 }
 
@@ -99,16 +46,16 @@ func (u upload) sha256() string {
 // Content-Length, or chunked.
 func uploadRequest(t testing.TB, ctx context.Context, url, key string, u upload, chunked bool, extra ...io.Reader) *http.Request {
 	t.Helper()
-	body := io.MultiReader(append([]io.Reader{u.body()}, extra...)...)
+	body := io.MultiReader(append([]io.Reader{u.Body()}, extra...)...)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.ContentLength = u.length()
+	req.ContentLength = u.Length()
 	if chunked {
 		req.ContentLength = -1
 	}
-	req.Header.Set("Content-Type", u.contentType)
+	req.Header.Set("Content-Type", u.ContentType)
 	req.Header.Set("Authorization", tenantA)
 	req.Header.Set("Idempotency-Key", key)
 	return req
@@ -119,7 +66,7 @@ func sendUpload(t testing.TB, c *http.Client, url, key string, u upload, chunked
 	t.Helper()
 	r, err := do(c, uploadRequest(t, context.Background(), url, key, u, chunked))
 	if err != nil {
-		t.Fatalf("upload of %d bytes: %v", u.length(), err)
+		t.Fatalf("upload of %d bytes: %v", u.Length(), err)
 	}
 	return r
 }

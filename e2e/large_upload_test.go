@@ -29,7 +29,7 @@ func TestLargeUploadReplaysAndConflicts(t *testing.T) {
 			first := sendUpload(t, c, siteURL("/v1/files"), key, u, false)
 			mustFresh(t, first)
 			got := first.received(t)
-			if want, sent := u.length(), u.sha256(); got.Bytes != want || got.ContentLength != want || got.SHA256 != sent {
+			if want, sent := u.Length(), uploadSHA256(u); got.Bytes != want || got.ContentLength != want || got.SHA256 != sent {
 				t.Fatalf("upstream received %d bytes (Content-Length %d, sha256 %s), want the %d bytes sent (sha256 %s)",
 					got.Bytes, got.ContentLength, got.SHA256, want, sent)
 			}
@@ -111,7 +111,7 @@ func TestLargeUploadLeavesNoSpoolFile(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		u := newUpload(t, "b", size, 1)
-		u.size, u.suffix = 8<<20, nil // 8 MB of the file, then nothing until the client leaves
+		u.Size, u.Suffix = 8<<20, nil // 8 MB of the file, then nothing until the client leaves
 		req := uploadRequest(t, ctx, siteURL("/v1/files"), key, u, true, blockUntil{ctx})
 		before := up.requests.Load()
 		done := make(chan error, 1)
@@ -200,7 +200,7 @@ http://127.0.0.1:%d {
 	parallel(concurrent, func(i int) {
 		u := newUpload(t, "b", size, uint64(i))
 		r := sendUpload(t, c, p.url+"/v1/files", uniqueKey(fmt.Sprint("rss-", i)), u, i%2 == 1)
-		if got := r.received(t); got.SHA256 != u.sha256() {
+		if got := r.received(t); got.SHA256 != uploadSHA256(u) {
 			t.Errorf("upload %d reached the upstream altered", i)
 		}
 	})
@@ -215,7 +215,7 @@ http://127.0.0.1:%d {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	u := newUpload(t, "b", 4<<20, 9)
-	u.suffix = nil
+	u.Suffix = nil
 	req := uploadRequest(t, ctx, p.url+"/v1/files", uniqueKey("killed"), u, true, blockUntil{ctx})
 	go func() { _, _ = do(c, req) }()
 	waitFor(t, "the upload spooled", func() bool { return spoolSize(dir) >= 2<<20 })
@@ -243,13 +243,13 @@ func TestLargeUploadAcrossReload(t *testing.T) {
 	u := newUpload(t, "b", 24<<20, 3)
 	gate := make(chan struct{})
 	release := opener(t, gate)
-	b := u.body()
+	b := u.Body()
 	req, err := http.NewRequest(http.MethodPost, siteURL("/v1/files"), io.MultiReader(io.LimitReader(b, 8<<20), gateReader(gate), b))
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.ContentLength = u.length()
-	req.Header.Set("Content-Type", u.contentType)
+	req.ContentLength = u.Length()
+	req.Header.Set("Content-Type", u.ContentType)
 	req.Header.Set("Authorization", tenantA)
 	req.Header.Set("Idempotency-Key", uniqueKey("reload"))
 	done := make(chan reply, 1)
@@ -267,7 +267,7 @@ func TestLargeUploadAcrossReload(t *testing.T) {
 	}
 	release()
 	r := <-done
-	if got := r.received(t); got.SHA256 != u.sha256() || got.ContentLength != u.length() {
+	if got := r.received(t); got.SHA256 != uploadSHA256(u) || got.ContentLength != u.Length() {
 		t.Fatalf("the upload reached the upstream altered: %+v", got)
 	}
 	mustEmptySpool(t, dir, "an upload across a reload")

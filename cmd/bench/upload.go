@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,8 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"math/rand/v2"
-	"mime/multipart"
 	"net"
 	"net/http"
 	"os"
@@ -22,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-idempotency/caddy-idempotency/internal/uploadbody"
 	"github.com/dustin/go-humanize"
 )
 
@@ -108,8 +106,11 @@ func runUpload(o uploadOptions, w io.Writer) error {
 		}
 	}
 
-	form := newUploadForm(o.size)
-	want := form.sha256()
+	form, err := uploadbody.NewForm("", "batch.jsonl", o.size, 1)
+	if err != nil {
+		return err
+	}
+	want := formSHA256(form)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.concurrency, DisableCompression: true}}
 	defer client.CloseIdleConnections()
 	for round := range o.rounds {
@@ -130,7 +131,7 @@ func runUpload(o uploadOptions, w io.Writer) error {
 
 // round sends concurrency uploads at once, each with a new key, and adds
 // their bytes and times.
-func (s *uploadSide) round(client *http.Client, form uploadForm, want string, concurrency, round int, rate int64) error {
+func (s *uploadSide) round(client *http.Client, form uploadbody.Form, want string, concurrency, round int, rate int64) error {
 	errs := make([]error, concurrency)
 	lat := make([]time.Duration, concurrency)
 	start := time.Now()
@@ -139,7 +140,7 @@ func (s *uploadSide) round(client *http.Client, form uploadForm, want string, co
 		wg.Go(func() {
 			key := fmt.Sprintf("bench-upload-%d-%d-%d", time.Now().UnixNano(), round, i)
 			t0 := time.Now()
-			errs[i] = form.send(client, s.url+"/v1/files", key, want, rate)
+			errs[i] = sendForm(form, client, s.url+"/v1/files", key, want, rate)
 			lat[i] = time.Since(t0)
 		})
 	}
@@ -152,53 +153,24 @@ func (s *uploadSide) round(client *http.Client, form uploadForm, want string, co
 		s.latency += l
 	}
 	s.uploads += concurrency
-	s.bytes += int64(concurrency) * form.length()
+	s.bytes += int64(concurrency) * form.Length()
 	if left, _ := filepath.Glob(filepath.Join(s.spoolDir, "*")); len(left) > 0 {
 		return fmt.Errorf("spool files left after a round: %v", left)
 	}
 	return nil
 }
 
-// uploadForm is a multipart upload (purpose, file) generated as it is sent.
-type uploadForm struct {
-	contentType    string
-	prefix, suffix []byte
-	size           int64
-	block          []byte // the file repeats it
-}
-
-func newUploadForm(size int64) uploadForm {
-	var buf bytes.Buffer
-	mw := multipart.NewWriter(&buf)
-	_ = mw.WriteField("purpose", "batch")
-	_, _ = mw.CreateFormFile("file", "batch.jsonl")
-	prefix := bytes.Clone(buf.Bytes())
-	buf.Reset()
-	_ = mw.Close()
-	block := make([]byte, 64<<10)
-	r := rand.New(rand.NewPCG(1, 2))
-	for i := range block {
-		block[i] = byte(r.Uint32())
-	}
-	return uploadForm{contentType: mw.FormDataContentType(), prefix: prefix, suffix: bytes.Clone(buf.Bytes()), size: size, block: block}
-}
-
-func (f uploadForm) length() int64 { return int64(len(f.prefix)) + f.size + int64(len(f.suffix)) }
-
-func (f uploadForm) body() io.Reader {
-	return io.MultiReader(bytes.NewReader(f.prefix), io.LimitReader(&repeated{block: f.block}, f.size), bytes.NewReader(f.suffix))
-}
-
-func (f uploadForm) sha256() string {
+// formSHA256 is the hex SHA-256 of the form's bytes, generated anew.
+func formSHA256(f uploadbody.Form) string {
 	d := sha256.New()
-	_, _ = io.Copy(d, f.body())
+	_, _ = io.Copy(d, f.Body())
 	return hex.EncodeToString(d.Sum(nil))
 }
 
-// send uploads the form under key, at most rate bytes/s (0: unpaced), and
+// sendForm uploads f under key, at most rate bytes/s (0: unpaced), and
 // checks the upstream received it whole.
-func (f uploadForm) send(client *http.Client, url, key, want string, rate int64) error {
-	body := f.body()
+func sendForm(f uploadbody.Form, client *http.Client, url, key, want string, rate int64) error {
+	body := f.Body()
 	if rate > 0 {
 		body = &paced{r: body, rate: rate, start: time.Now()}
 	}
@@ -206,8 +178,8 @@ func (f uploadForm) send(client *http.Client, url, key, want string, rate int64)
 	if err != nil {
 		return err
 	}
-	req.ContentLength = f.length()
-	req.Header.Set("Content-Type", f.contentType)
+	req.ContentLength = f.Length()
+	req.Header.Set("Content-Type", f.ContentType)
 	req.Header.Set("Authorization", benchAuth)
 	req.Header.Set("Idempotency-Key", key)
 	res, err := client.Do(req)
@@ -244,22 +216,6 @@ func (p *paced) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b[:min(len(b), 64<<10)])
 	p.n += int64(n)
 	return n, err
-}
-
-// repeated reads block over and over.
-type repeated struct {
-	block []byte
-	off   int
-}
-
-func (r *repeated) Read(p []byte) (int, error) {
-	n := 0
-	for n < len(p) {
-		c := copy(p[n:], r.block[r.off:])
-		n += c
-		r.off = (r.off + c) % len(r.block)
-	}
-	return n, nil
 }
 
 // filesUpstream answers an upload with the SHA-256 of the body it read as
