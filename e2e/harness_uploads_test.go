@@ -203,25 +203,28 @@ func (b blockUntil) Read([]byte) (int, error) {
 	return 0, b.ctx.Err()
 }
 
-// peakRSS is a process's peak resident set (VmHWM) in bytes, from /proc.
-func peakRSS(t testing.TB, pid int) int64 {
+// procStatus is a memory line of /proc/<pid>/status (VmHWM, RssAnon, ...)
+// in bytes.
+func procStatus(t testing.TB, pid int, field string) int64 {
 	t.Helper()
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		t.Skipf("no /proc to read the peak RSS from: %v", err)
+		t.Fatalf("reading the memory of process %d: %v", pid, err)
 	}
 	for _, line := range strings.Split(string(status), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
 			var kb int64
 			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err != nil {
-				t.Fatalf("VmHWM line %q: %v", line, err)
+				t.Fatalf("%s line %q: %v", field, line, err)
 			}
 			return kb << 10
 		}
 	}
-	t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
 }
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
 // parallel runs fn(i) for i in [0, n) at once and waits for them all.
 func parallel(n int, fn func(i int)) {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A keyed multipart upload far above the spool threshold goes upstream
@@ -173,14 +174,19 @@ func TestLargeUploadSpoolUnavailable(t *testing.T) {
 }
 
 // Caddy's memory stays bounded while uploads far larger than it are in
-// flight: its peak RSS (VmHWM) with three concurrent 64 MB keyed uploads
-// stays under 64 MiB plus 2 MiB per upload. A Caddy killed mid-upload
-// leaves its spool file, which the next start sweeps.
+// flight: with three concurrent 64 MB keyed uploads, the memory it
+// allocates (RssAnon, sampled every 5 ms) grows by at most 2 MiB per upload
+// plus 4 MiB of garbage collector headroom, where bodies held in memory
+// would add 192 MiB. The bound is not on VmHWM: that counts the pages of
+// the executable mapped in, which differ by 10 MiB between runs of the same
+// binary (48 to 59 MiB at start) whatever the handler does; cmd/bench
+// -upload reports VmHWM. A Caddy killed mid-upload leaves its spool file,
+// which the next start sweeps.
 func TestLargeUploadPeakRSS(t *testing.T) {
 	const (
 		concurrent = 3
 		size       = 64 << 20
-		bound      = 64<<20 + concurrent*2<<20
+		bound      = concurrent*2<<20 + 4<<20
 	)
 	up := startUploadUpstream(t)
 	dir := spoolDir(t)
@@ -196,7 +202,25 @@ http://127.0.0.1:%d {
 }
 `, port, port, uploadRoute("/v1/files", dir, "100MiB", up.addr()))
 	p := startCaddy(t, caddyfile, port)
+	pid := p.cmd.Process.Pid
 	c := newClient(t)
+	start := procStatus(t, pid, "RssAnon")
+	peak := start
+	sampled := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				peak = max(peak, procStatus(t, pid, "RssAnon"))
+			}
+		}
+	}()
 	parallel(concurrent, func(i int) {
 		u := newUpload(t, "b", size, uint64(i))
 		r := sendUpload(t, c, p.url+"/v1/files", uniqueKey(fmt.Sprint("rss-", i)), u, i%2 == 1)
@@ -204,10 +228,12 @@ http://127.0.0.1:%d {
 			t.Errorf("upload %d reached the upstream altered", i)
 		}
 	})
-	peak := peakRSS(t, p.cmd.Process.Pid)
-	t.Logf("Caddy's peak RSS with %d concurrent %d MiB uploads: %.1f MiB", concurrent, size>>20, float64(peak)/(1<<20))
-	if peak > bound {
-		t.Fatalf("Caddy's peak RSS %.1f MiB, want under %d MiB", float64(peak)/(1<<20), bound>>20)
+	close(done)
+	<-sampled
+	t.Logf("Caddy with %d concurrent %d MiB uploads: RssAnon %.1f MiB at start, %.1f MiB at most; VmHWM %.1f MiB",
+		concurrent, size>>20, mib(start), mib(peak), mib(procStatus(t, pid, "VmHWM")))
+	if grown := peak - start; grown > bound {
+		t.Fatalf("Caddy's anonymous memory grew by %.1f MiB, want at most %d MiB", mib(grown), bound>>20)
 	}
 	mustEmptySpool(t, dir, "the uploads")
 
