@@ -303,15 +303,9 @@ func TestBackendThatRewritesMetadataIsUnsure(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			back := batchesbackend.New()
 			back.SetFault(batchesbackend.Fault{After: true, Status: http.StatusInternalServerError, Times: 1})
-			next := func(w http.ResponseWriter, r *http.Request) error {
-				if r.Method != http.MethodGet {
-					back.ServeHTTP(w, r)
-					return nil
-				}
-				rec := httptest.NewRecorder()
-				back.ServeHTTP(rec, r)
+			next := rewritingListings(back, func(w http.ResponseWriter, listing []byte) error {
 				var l map[string]any
-				if err := json.Unmarshal(rec.Body.Bytes(), &l); err != nil {
+				if err := json.Unmarshal(listing, &l); err != nil {
 					return err
 				}
 				for _, it := range l["data"].([]any) {
@@ -319,7 +313,7 @@ func TestBackendThatRewritesMetadataIsUnsure(t *testing.T) {
 				}
 				w.Header().Set("Content-Type", "application/json")
 				return json.NewEncoder(w).Encode(l)
-			}
+			})
 			h, _ := newHandler(t, Config{Reconcile: tc.rc})
 			for range 3 {
 				w := httptest.NewRecorder()
@@ -419,19 +413,13 @@ func TestMaxDoubtsFitsWhatStoresKeep(t *testing.T) {
 func TestCompressedListingIsRead(t *testing.T) {
 	back := batchesbackend.New()
 	back.SetFault(batchesbackend.Fault{After: true, Status: http.StatusBadGateway, Times: 1})
-	next := func(w http.ResponseWriter, r *http.Request) error {
-		if r.Method != http.MethodGet {
-			back.ServeHTTP(w, r)
-			return nil
-		}
-		rec := httptest.NewRecorder()
-		back.ServeHTTP(rec, r)
+	next := rewritingListings(back, func(w http.ResponseWriter, listing []byte) error {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Content-Encoding", "gzip")
 		zw := gzip.NewWriter(w)
-		_, _ = zw.Write(rec.Body.Bytes())
+		_, _ = zw.Write(listing)
 		return zw.Close()
-	}
+	})
 	h, _ := newHandler(t, Config{Reconcile: &Batches{}})
 	w := httptest.NewRecorder()
 	_ = h.Handle(w, jsonRequest(t, "k-gzip-list", createBody), next)
@@ -792,4 +780,18 @@ func reconcilingFront(t *testing.T, upstream string) *httptest.Server {
 	front := httptest.NewServer(h.Middleware(newProxy(t, upstream)))
 	t.Cleanup(front.Close)
 	return front
+}
+
+// rewritingListings is back as the upstream, with each listing (a GET) it
+// answers handed to rewrite to write in its place; a create goes as is.
+func rewritingListings(back *batchesbackend.Server, rewrite func(w http.ResponseWriter, listing []byte) error) Next {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method != http.MethodGet {
+			back.ServeHTTP(w, r)
+			return nil
+		}
+		rec := httptest.NewRecorder()
+		back.ServeHTTP(rec, r)
+		return rewrite(w, rec.Body.Bytes())
+	}
 }

@@ -155,4 +155,29 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// waitExpired waits until Get no longer finds key, and fails if that came
+// before expiresAt (less the clocks' slack).
+func waitExpired(t *testing.T, s idempotency.Store, key idempotency.RecordKey, expiresAt time.Time, what string) {
+	t.Helper()
+	waitFor(t, what+" to expire", func() bool {
+		_, ok := get(t, s, key)
+		return !ok
+	})
+	if now := time.Now(); now.Before(expiresAt.Add(-clockSlack / 10)) {
+		t.Errorf("%s vanished at %v, before it expired at %v", what, now, expiresAt)
+	}
+}
+
+// waitLeaseLapsed waits until Get no longer finds key's in-flight record,
+// its lease over, and then until after, so that the lease is over on any
+// clock.
+func waitLeaseLapsed(t *testing.T, s idempotency.Store, key idempotency.RecordKey, after time.Time) {
+	t.Helper()
+	waitFor(t, "lease expiry", func() bool {
+		_, ok := get(t, s, key)
+		return !ok
+	})
+	sleepUntil(after)
+}
+
 func sleepUntil(at time.Time) { time.Sleep(time.Until(at)) }

@@ -162,13 +162,7 @@ func testHeldExpiry(t *testing.T, s idempotency.Store) {
 	mustHold(t, s, key, fp, shortHold)
 	rec := mustGet(t, s, key)
 	wantInDoubt(t, rec, fp, 1)
-	waitFor(t, "the hold to end", func() bool {
-		_, ok := get(t, s, key)
-		return !ok
-	})
-	if now := time.Now(); now.Before(rec.ExpiresAt.Add(-clockSlack / 10)) {
-		t.Errorf("held record vanished at %v, before it expired at %v", now, rec.ExpiresAt)
-	}
+	waitExpired(t, s, key, rec.ExpiresAt, "the held record")
 
 	fpB, ownerB := newFingerprint(), idempotency.NewOwnerToken()
 	start := time.Now()
@@ -185,11 +179,7 @@ func testHeldExpiry(t *testing.T, s idempotency.Store) {
 func testLateOwnerMayHold(t *testing.T, s idempotency.Store) {
 	key, fp, owner := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	rec := mustOwn(t, s, key, fp, owner, shortLease)
-	waitFor(t, "lease expiry", func() bool {
-		_, ok := get(t, s, key)
-		return !ok
-	})
-	sleepUntil(rec.LeaseUntil.Add(lateOwnerDelay))
+	waitLeaseLapsed(t, s, key, rec.LeaseUntil.Add(lateOwnerDelay))
 	if err := s.Hold(ctx(t), key, owner, longTTL); err != nil {
 		t.Fatalf("Hold by the late owner of a key nobody took over: %v", err)
 	}

@@ -234,11 +234,7 @@ func testLeaseExpiryTakeover(t *testing.T, s idempotency.Store) {
 func testLeaseExpiryOtherFingerprintConflicts(t *testing.T, s idempotency.Store) {
 	key, fpA, ownerA := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	recA := mustOwn(t, s, key, fpA, ownerA, shortLease)
-	waitFor(t, "lease expiry", func() bool {
-		_, ok := get(t, s, key)
-		return !ok
-	})
-	sleepUntil(recA.LeaseUntil.Add(shortLease)) // well past it on any clock
+	waitLeaseLapsed(t, s, key, recA.LeaseUntil.Add(shortLease)) // well past it on any clock
 
 	fpB, ownerB := newFingerprint(), idempotency.NewOwnerToken()
 	rec, owned := mustBegin(t, s, key, fpB, ownerB, longLease)
@@ -270,11 +266,7 @@ func testLeaseExpiryOtherFingerprintConflicts(t *testing.T, s idempotency.Store)
 func testLateOwnerMayComplete(t *testing.T, s idempotency.Store) {
 	key, fp, owner := newKey(), newFingerprint(), idempotency.NewOwnerToken()
 	rec := mustOwn(t, s, key, fp, owner, shortLease)
-	waitFor(t, "lease expiry", func() bool {
-		_, ok := get(t, s, key)
-		return !ok
-	})
-	sleepUntil(rec.LeaseUntil.Add(lateOwnerDelay))
+	waitLeaseLapsed(t, s, key, rec.LeaseUntil.Add(lateOwnerDelay))
 	resp := sampleResponse()
 	if err := s.Complete(ctx(t), key, owner, cloneResponse(resp), longTTL); err != nil {
 		t.Fatalf("Complete by the late owner of a key nobody took over: %v", err)
@@ -353,13 +345,7 @@ func testTTLExpiry(t *testing.T, s idempotency.Store) {
 	if rec.State != idempotency.StateCompleted {
 		t.Fatalf("State = %v right after Complete, want completed", rec.State)
 	}
-	waitFor(t, "ttl expiry", func() bool {
-		_, ok := get(t, s, key)
-		return !ok
-	})
-	if now := time.Now(); now.Before(rec.ExpiresAt.Add(-clockSlack / 10)) {
-		t.Errorf("record vanished at %v, before it expired at %v", now, rec.ExpiresAt)
-	}
+	waitExpired(t, s, key, rec.ExpiresAt, "the completed record")
 
 	fpB, ownerB := newFingerprint(), idempotency.NewOwnerToken()
 	got := mustOwn(t, s, key, fpB, ownerB, longLease)

@@ -391,14 +391,7 @@ func TestFaultBlock(t *testing.T) {
 
 	// A blocked request whose client gives up creates nothing.
 	s.SetFault(Fault{Block: make(chan struct{})})
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "POST", ts.URL+"/v1/batches", strings.NewReader(validBody))
-	req.Header.Set("Content-Type", "application/json")
-	if resp, err := ts.Client().Do(req); err == nil {
-		resp.Body.Close()
-		t.Fatal("request under a never-released Block returned")
-	}
+	giveUpOnBlockedCreate(t, ts)
 	s.SetFault(Fault{})
 	create(t, ts)
 	if s.Creates() != 3 || s.Requests() != 4 {
@@ -829,14 +822,7 @@ func TestFaultAfterBlock(t *testing.T) {
 
 	// A client that gives up on an After+Block create still made the batch.
 	s.SetFault(Fault{Block: make(chan struct{}), After: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "POST", ts.URL+"/v1/batches", strings.NewReader(validBody))
-	req.Header.Set("Content-Type", "application/json")
-	if resp, err := ts.Client().Do(req); err == nil {
-		resp.Body.Close()
-		t.Fatal("request under a never-released Block returned")
-	}
+	giveUpOnBlockedCreate(t, ts)
 	s.SetFault(Fault{})
 	if s.Creates() != 3 || len(s.Batches("")) != 3 {
 		t.Errorf("Creates=%d Batches=%d, want 3/3", s.Creates(), len(s.Batches("")))
@@ -1056,5 +1042,19 @@ func TestHonourIdempotencyKeyWithFaults(t *testing.T) {
 	createAs(t, ts, tenantA, body("before"))
 	if s.Creates() != 3 || len(s.Batches(tenantA)) != 3 {
 		t.Fatalf("Creates=%d Batches=%d, want 3/3", s.Creates(), len(s.Batches(tenantA)))
+	}
+}
+
+// giveUpOnBlockedCreate sends a create under a never-released Block fault
+// and gives up on it after 100 ms.
+func giveUpOnBlockedCreate(t *testing.T, ts *httptest.Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", ts.URL+"/v1/batches", strings.NewReader(validBody))
+	req.Header.Set("Content-Type", "application/json")
+	if resp, err := ts.Client().Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatal("request under a never-released Block returned")
 	}
 }
