@@ -310,7 +310,7 @@ func TestAmbiguousResetNotResentByProxy(t *testing.T) {
 	srv.Start()
 	t.Cleanup(srv.Close)
 	upstream := srv.Listener.Addr().String()
-	s := &stack{t: t, tester: newTester(t), backend: backend, upstream: upstream,
+	s := &stack{t: t, backend: backend, upstream: upstream,
 		url: fmt.Sprintf("http://localhost:%d", httpPort), client: newClient(t)}
 	s.loadCaddyfile(testCaddyfile(quietLog, ambiguousSite(plainBlock(t))(upstream)))
 	tenant := tenantFor("reset-keepalive")

@@ -148,13 +148,13 @@ func deferredConfig(dir, upstream string, release bool) string {
 		"apps": {"http": {"http_port": %d, "https_port": %d, "servers": {"srv0": {
 			"listen": [":%d"],
 			"automatic_https": {"disable": true},
-			"routes": [{"handle": [
+			"routes": [%s, {"handle": [
 				{"handler": "idempotency", "store": {"backend": "badger", "path": %q}},
 				%s
 				{"handler": "reverse_proxy", "upstreams": [{"dial": %q}]}
 			]}]
 		}}}}
-	}`, adminPort, httpPort, httpsPort, httpPort, dir, releaser, upstream)
+	}`, adminPort, httpPort, httpsPort, httpPort, warmUpRouteJSON, dir, releaser, upstream)
 }
 
 // In one process: a directory held at provisioning is opened at the start;
@@ -174,10 +174,7 @@ func TestConventionDeferredOpen(t *testing.T) {
 	s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-before").batch(t) // the memory config still serves
 
 	// Still held at provisioning; let go of before the start.
-	s.tester.InitServer(deferredConfig(dir, s.upstream, true), "json")
-	if t.Failed() {
-		t.FailNow()
-	}
+	s.loadConfig(deferredConfig(dir, s.upstream, true), "json")
 	created := s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-deferred").batch(t)
 	r = s.send(http.MethodPost, "/v1/batches", body, "Idempotency-Key", "k-deferred")
 	if b := r.batch(t); b.ID != created.ID || r.Header.Get("Idempotent-Replayed") != "true" {

@@ -288,7 +288,7 @@ func TestExampleGatewayFileUpload(t *testing.T) {
 	}
 	site := string(src)
 	for old, repl := range map[string]string{
-		":8080 {":        fmt.Sprintf("http://localhost:%d {", httpPort),
+		":8080 {":        fmt.Sprintf("http://localhost:%d {\n\t%s", httpPort, warmUpRoute),
 		"localhost:9000": upstream,
 	} {
 		if strings.Count(site, old) != 1 {
@@ -296,13 +296,10 @@ func TestExampleGatewayFileUpload(t *testing.T) {
 		}
 		site = strings.Replace(site, old, repl, 1)
 	}
-	newTester(t).InitServer(globalOptions(quietLog)+site, "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
-
+	loadConfig(t, globalOptions(quietLog)+site, "caddyfile")
 	client := newClient(t)
 	base := fmt.Sprintf("http://localhost:%d", httpPort)
+	warmUp(t, client, base+warmUpPath, "", generation)
 	key := uniqueKey("upload")
 	upload := func(contentType string, body []byte, key string) reply {
 		t.Helper()

@@ -123,9 +123,9 @@ func globalOptions(globals string) string {
 }
 
 // testCaddyfile is a whole Caddyfile: the given global options, and one
-// site on httpPort.
+// site on httpPort with the warm-up route.
 func testCaddyfile(globals, site string) string {
-	return globalOptions(globals) + fmt.Sprintf("http://localhost:%d {\n%s\n}\n", httpPort, site)
+	return globalOptions(globals) + fmt.Sprintf("http://localhost:%d {\n%s\n\t%s\n}\n", httpPort, site, warmUpRoute)
 }
 
 // idempotencySite is a site body: idempotency on /v1/batches, configured by
@@ -146,6 +146,10 @@ func caddyfileFor(block, upstream string) string {
 const (
 	warmUpPath     = "/e2e-warm-up"
 	generationMark = "E2E-GENERATION"
+	// warmUpRoute goes nowhere upstream and names the config's generation;
+	// warmUpRouteJSON is the same route in a JSON config's routes.
+	warmUpRoute     = "handle " + warmUpPath + " {\n\t\trespond \"" + generationMark + "\"\n\t}"
+	warmUpRouteJSON = `{"match": [{"path": ["` + warmUpPath + `"]}], "handle": [{"handler": "static_response", "body": "` + generationMark + `"}]}`
 )
 
 var (
@@ -157,16 +161,23 @@ var (
 // line, and a warm-up route that goes nowhere upstream and names the
 // config's generation.
 func siteBlock(address string, lines ...string) string {
-	lines = append(lines, "handle "+warmUpPath+" {\n\t\trespond \""+generationMark+"\"\n\t}")
+	lines = append(lines, warmUpRoute)
 	return address + " {\n\t" + strings.Join(lines, "\n\t") + "\n}"
 }
 
 // loadSites (re)loads the shared Caddy with the given site blocks.
 func loadSites(t *testing.T, sites ...string) {
 	t.Helper()
+	loadConfig(t, globalOptions(quietLog)+strings.Join(sites, "\n")+"\n", "caddyfile")
+}
+
+// loadConfig (re)loads the shared Caddy with config, in the form adapter
+// names ("caddyfile", "json"), as a new generation, which its warm-up
+// routes name.
+func loadConfig(t *testing.T, config, adapter string) {
+	t.Helper()
 	generation = fmt.Sprintf("generation-%d", generations.Add(1))
-	config := globalOptions(quietLog) + strings.ReplaceAll(strings.Join(sites, "\n"), generationMark, generation) + "\n"
-	newTester(t).InitServer(config, "caddyfile")
+	newTester(t).InitServer(strings.ReplaceAll(config, generationMark, generation), adapter)
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -274,7 +285,6 @@ func waitTaken(t *testing.T, taken <-chan struct{}) {
 // stack is a real Caddy with the handler in front of a real batches backend.
 type stack struct {
 	t        *testing.T
-	tester   *caddytest.Tester
 	backend  *batchesbackend.Server
 	upstream string          // the backend's host:port
 	taken    <-chan struct{} // see watchFaults
@@ -298,7 +308,6 @@ func newSiteStack(t *testing.T, globals string, site func(upstream string) strin
 	watched, taken := watchFaults(backend)
 	s := &stack{
 		t:        t,
-		tester:   newTester(t),
 		backend:  backend,
 		upstream: serveBackend(t, watched),
 		taken:    taken,
@@ -319,10 +328,17 @@ func (s *stack) load(block, upstream string) {
 // loadCaddyfile applies a whole Caddyfile through the admin API.
 func (s *stack) loadCaddyfile(caddyfile string) {
 	s.t.Helper()
-	s.tester.InitServer(caddyfile, "caddyfile")
-	if s.t.Failed() {
-		s.t.FailNow()
-	}
+	s.loadConfig(caddyfile, "caddyfile")
+}
+
+// loadConfig applies config, which has the warm-up route, through the admin
+// API, and returns once the stack's client has a connection to the new
+// config: after a reload, the old server can still answer on a kept-alive
+// connection.
+func (s *stack) loadConfig(config, adapter string) {
+	s.t.Helper()
+	loadConfig(s.t, config, adapter)
+	warmUp(s.t, s.client, s.url+warmUpPath, "", generation)
 }
 
 // send sends a request to path on the stack's site; see sendTo.

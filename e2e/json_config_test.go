@@ -27,14 +27,14 @@ func TestJSONConfigRedis(t *testing.T) {
 func loadJSONConfig(t *testing.T, storeJSON string) *stack {
 	backend := batchesbackend.New()
 	upstream := serveBackend(t, backend)
-	tester := newTester(t)
-	tester.InitServer(fmt.Sprintf(`{
+	s := &stack{t: t, backend: backend, url: fmt.Sprintf("http://localhost:%d", httpPort), client: newClient(t)}
+	s.loadConfig(fmt.Sprintf(`{
 		"admin": {"listen": "localhost:%d"},
 		"logging": {"logs": {"default": {"level": "ERROR"}}},
 		"apps": {"http": {"http_port": %d, "https_port": %d, "servers": {"srv0": {
 			"listen": [":%d"],
 			"automatic_https": {"disable": true},
-			"routes": [{
+			"routes": [%s, {
 				"match": [{"path": ["/v1/batches"]}],
 				"handle": [{
 					"handler": "idempotency",
@@ -60,11 +60,8 @@ func loadJSONConfig(t *testing.T, storeJSON string) *stack {
 				}]
 			}]
 		}}}}
-	}`, adminPort, httpPort, httpsPort, httpPort, storeJSON, upstream), "json")
-	if t.Failed() {
-		t.FailNow()
-	}
-	return &stack{t: t, backend: backend, url: fmt.Sprintf("http://localhost:%d", httpPort), client: newClient(t)}
+	}`, adminPort, httpPort, httpsPort, httpPort, warmUpRouteJSON, storeJSON, upstream), "json")
+	return s
 }
 
 func checkJSONConfig(t *testing.T, s *stack) {
