@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -166,6 +167,26 @@ func (l *loader) send(ctx context.Context, keep bool) ([]byte, error) {
 	return nil, nil
 }
 
+// errNoneFinished is run's error when no request ended, in success or
+// failure, before d was over: a slice too short for the machine's load.
+var errNoneFinished = errors.New("no request finished in time")
+
+// warm readies a scenario before it is measured: one request that must
+// succeed, however long the first connection and the store's first dial
+// take (up to 30 seconds), then unmeasured load for d, where a request
+// still in flight when d ends is not a failure.
+func (l *loader) warm(d time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := l.once(ctx); err != nil {
+		return fmt.Errorf("first request: %w", err)
+	}
+	if err := l.run(d, &result{}); err != nil && !errors.Is(err, errNoneFinished) {
+		return err
+	}
+	return nil
+}
+
 // run sends requests for d and adds the latencies of those that succeeded to
 // r; summarize sorts them into percentiles once every round is in.
 func (l *loader) run(d time.Duration, r *result) error {
@@ -199,16 +220,18 @@ func (l *loader) run(d time.Duration, r *result) error {
 	r.elapsed += time.Since(start)
 	n := len(r.lat)
 	r.lat = slices.Concat(append([][]time.Duration{r.lat}, lat...)...)
-	errors := 0
+	failed := 0
 	for _, e := range errs {
-		errors += e
+		failed += e
 	}
-	r.errors += errors
+	r.errors += failed
 	switch {
+	case len(r.lat) == n && failed == 0:
+		return errNoneFinished
 	case len(r.lat) == n:
-		return fmt.Errorf("no request succeeded (%d errors, first: %v)", errors, firstErr.Load())
-	case errors > 0:
-		return fmt.Errorf("%d requests failed, first: %v", errors, firstErr.Load())
+		return fmt.Errorf("no request succeeded (%d errors, first: %v)", failed, firstErr.Load())
+	case failed > 0:
+		return fmt.Errorf("%d requests failed, first: %v", failed, firstErr.Load())
 	}
 	return nil
 }

@@ -274,7 +274,7 @@ func run(o options, w io.Writer) error {
 			l.wantLen = int64(size)
 		}
 		if o.warmup > 0 {
-			if err := l.run(o.warmup, &result{}); err != nil {
+			if err := l.warm(o.warmup); err != nil {
 				return fmt.Errorf("%s warmup: %w", t, err)
 			}
 		}

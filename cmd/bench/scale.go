@@ -387,7 +387,7 @@ func (sr scaleRun) measureLatency(bin, dir, up string, body []byte, stores []*sc
 		l := replayLoader(s, body, sr.concurrency)
 		defer l.client.CloseIdleConnections()
 		if sr.warmup > 0 {
-			if err := l.run(sr.warmup, &result{}); err != nil {
+			if err := l.warm(sr.warmup); err != nil {
 				stopCaddyGracefully(cmd)
 				return fmt.Errorf("%s store warmup: %w", s.name, err)
 			}
